@@ -1,0 +1,123 @@
+"""Opening the index: engine, SQLite pragmas, automatic Alembic upgrade, and refusal of newer schemas."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+
+INDEX_FILE = "index.sqlite"
+BUSY_TIMEOUT_MS = 120_000
+
+
+class IndexError_(RuntimeError):
+    """The index cannot be used (newer schema, unwritable folder...); the message says why."""
+
+
+def default_url(cache: Path) -> str:
+    return f"sqlite:///{Path(cache).resolve() / INDEX_FILE}"
+
+
+def _alembic_config(connection=None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("eegcache.migrations")))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    # Writers take the write lock at BEGIN so that two of them queue on busy_timeout instead of failing to
+    # upgrade a read transaction ("database is locked"); readers take no lock (WAL).
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "isolation_level": None})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def _file_lock(path: Path):
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    with writer(engine).begin() as conn:
+        command.upgrade(_alembic_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    with writer(engine).begin() as conn:
+        command.downgrade(_alembic_config(conn), revision)
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse an index written by a newer eegcache rather than misread it."""
+    current = current_revision(engine)
+    known = {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    if current is not None and current not in known:
+        raise IndexError_(
+            f"the index is at schema revision {current!r}, which this eegcache does not know "
+            f"(newest known: {head_revision()!r}); upgrade eegcache to read it"
+        )
+
+
+def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = True) -> Engine:
+    """Engine for the cache's index, created and upgraded to the newest schema when needed."""
+    cache = Path(cache)
+    if url is None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexError_(f"cannot create the cache folder {cache}: {exc.strerror or exc}") from None
+        if not os.access(cache, os.W_OK | os.X_OK):
+            raise IndexError_(f"the cache folder {cache} is not writable")
+    engine = make_engine(url or default_url(cache))
+    check_schema(engine)
+    if upgrade_schema and current_revision(engine) != head_revision():
+        lock_dir = cache if url is None else Path(os.environ.get("TMPDIR", "/tmp"))
+        with _file_lock(lock_dir / ".index.lock"):
+            if current_revision(engine) != head_revision():
+                upgrade(engine)
+    return engine
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine whose transactions take the write lock up front (SQLite ``BEGIN IMMEDIATE``)."""
+    return engine.execution_options(writer=True)

@@ -1,0 +1,132 @@
+"""SQLAlchemy 2 models of the index. Alembic migrations in ``migrations/`` create and change these tables;
+the public SQL API is the views ``window_labels`` and ``recording_status`` (see ``eegcache.index.views``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StoredObject(Base):
+    """One immutable Zarr group: the preprocessed signal and its label mask."""
+
+    __tablename__ = "objects"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label_key: Mapped[str] = mapped_column(String(64))
+    spec_digest: Mapped[str] = mapped_column(String(16), index=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    n_channels: Mapped[int] = mapped_column(Integer)
+    n_samples: Mapped[int] = mapped_column(BigInteger)
+    fs: Mapped[float] = mapped_column(Float)
+    dtype: Mapped[str] = mapped_column(String(16))
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ObjectFile(Base):
+    """sha256 of every file of an object (chunks and metadata), checked by ``verify``."""
+
+    __tablename__ = "object_files"
+
+    object_key: Mapped[str] = mapped_column(ForeignKey("objects.key", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Recording(Base):
+    """One source EDF and what became of it."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_path: Mapped[str] = mapped_column(Text, unique=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    subject: Mapped[str | None] = mapped_column(String(64))
+    session: Mapped[str | None] = mapped_column(String(64))
+    split: Mapped[str | None] = mapped_column(String(16))
+    montage: Mapped[str | None] = mapped_column(String(32))
+    token: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    warnings: Mapped[str | None] = mapped_column(Text)
+    reader: Mapped[str | None] = mapped_column(String(16))
+    filled_channels: Mapped[str | None] = mapped_column(Text)
+    edf_size: Mapped[int | None] = mapped_column(BigInteger)
+    edf_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    edf_sha256: Mapped[str | None] = mapped_column(String(64))
+    annotation_path: Mapped[str | None] = mapped_column(Text)
+    annotation_size: Mapped[int | None] = mapped_column(BigInteger)
+    annotation_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    annotation_sha256: Mapped[str | None] = mapped_column(String(64))
+    object_key: Mapped[str | None] = mapped_column(ForeignKey("objects.key"), index=True)
+    spec_digest: Mapped[str | None] = mapped_column(String(16))
+    orig_fs: Mapped[float | None] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    seizure_s: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+    __table_args__ = (Index("ix_recordings_split_status", "split", "status"),)
+
+
+class SeizureEvent(Base):
+    """Seizure intervals after clipping and merging, as the mask encodes them."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id", ondelete="CASCADE"), index=True)
+    start_s: Mapped[float] = mapped_column(Float)
+    stop_s: Mapped[float] = mapped_column(Float)
+
+
+class WindowSet(Base):
+    """A (window, stride) pair; its windows are rows, never copies of the signal."""
+
+    __tablename__ = "window_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window_s: Mapped[float] = mapped_column(Float)
+    stride_s: Mapped[float] = mapped_column(Float)
+    fs: Mapped[float] = mapped_column(Float)
+    window_samples: Mapped[int] = mapped_column(Integer)
+    stride_samples: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (UniqueConstraint("window_s", "stride_s", "fs", name="uq_window_sets_shape"),)
+
+
+class Window(Base):
+    """One window: a slice of a recording's stored signal, with its label counted from the stored mask."""
+
+    __tablename__ = "windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id", ondelete="CASCADE"))
+    window_set_id: Mapped[int] = mapped_column(ForeignKey("window_sets.id", ondelete="CASCADE"))
+    start_sample: Mapped[int] = mapped_column(BigInteger)
+    seizure_samples: Mapped[int] = mapped_column(Integer)
+    label: Mapped[int] = mapped_column(SmallInteger)  # 0 no_seizure, 1 partial_seizure, 2 full_seizure
+
+    __table_args__ = (
+        UniqueConstraint("recording_id", "window_set_id", "start_sample", name="uq_windows_slice"),
+        Index("ix_windows_set_label", "window_set_id", "label"),
+    )

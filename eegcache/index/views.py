@@ -1,0 +1,11 @@
+"""The public SQL API: two views whose columns stay stable while the tables behind them evolve.
+
+The migrations create them (``migrations/versions``); these column lists are the contract the tests pin.
+"""
+
+WINDOW_LABELS_COLUMNS = (
+    "window_id", "recording", "subject", "session", "split", "montage",
+    "window_s", "stride_s", "start_s", "duration_s", "label", "seizure_fraction",
+)
+RECORDING_STATUS_COLUMNS = ("recording", "source_path", "status", "reason", "n_windows")
+LABELS = ("no_seizure", "partial_seizure", "full_seizure")

@@ -1,0 +1,44 @@
+"""Content keys: sha256 over declared inputs, never over Python objects or code."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from eegcache.spec import LABEL_RULES_VERSION, PIPELINE_VERSION, PreprocessSpec
+
+_BLOCK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, streamed so that a 1 h EDF never sits in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def label_key(annotation_digest: str | None) -> str:
+    """Key of the label mask: the annotation bytes and the label rules that read them."""
+    return _digest({"annotation": annotation_digest, "rules": LABEL_RULES_VERSION})
+
+
+def object_key(edf_digest: str, spec: PreprocessSpec, labels: str) -> str:
+    """Key of one stored object (signal + mask): EDF bytes, canonical spec, pipeline version, label key."""
+    return _digest({
+        "edf": edf_digest,
+        "spec": json.loads(spec.canonical_json()),
+        "pipeline": PIPELINE_VERSION,
+        "labels": labels,
+    })
+
+
+def spec_digest(spec: PreprocessSpec) -> str:
+    """Short identity of a spec, recorded per object so stats can group by it."""
+    return _digest({"spec": json.loads(spec.canonical_json()), "pipeline": PIPELINE_VERSION})[:16]

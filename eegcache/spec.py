@@ -1,0 +1,122 @@
+"""The declared preprocessing spec: every field is part of the cache key.
+
+The spec is plain data so it can be serialised canonically and hashed. Code changes that alter outputs bump
+``PIPELINE_VERSION`` instead of hashing code (hashing pickled functions gives false hits and misses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PIPELINE_VERSION = "eegcache-preprocess/1"
+LABEL_RULES_VERSION = "eegcache-labels/1"
+
+SZCORE_CHANNELS = (
+    "Fp1", "F3", "C3", "P3", "O1", "F7", "T3", "T5", "Fz", "Cz", "Pz",
+    "Fp2", "F4", "C4", "P4", "O2", "F8", "T4", "T6",
+)
+MISSING_POLICIES = ("fail", "zero")
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What turns an EDF into the stored signal. Defaults follow SeizureTransformer / SzCORE."""
+
+    fs: float = 256.0
+    channels: tuple[str, ...] = SZCORE_CHANNELS
+    bandpass_hz: tuple[float, float] | None = (0.5, 120.0)
+    notch_hz: tuple[float, ...] = (60.0,)
+    zscore: bool = True
+    dtype: str = "float32"
+    missing_electrodes: str = "fail"
+
+    def __post_init__(self) -> None:
+        if not self.fs > 0:
+            raise ValueError(f"fs must be positive, got {self.fs}")
+        if not self.channels:
+            raise ValueError("channels must name at least one electrode")
+        if self.bandpass_hz is not None:
+            low, high = self.bandpass_hz
+            if not 0 <= low < high < self.fs / 2:
+                raise ValueError(f"bandpass_hz {self.bandpass_hz} must satisfy 0 <= low < high < fs/2 ({self.fs / 2})")
+        for f0 in self.notch_hz:
+            if not 0 < f0 < self.fs / 2:
+                raise ValueError(f"notch frequency {f0} Hz must lie between 0 and fs/2 ({self.fs / 2})")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.missing_electrodes not in MISSING_POLICIES:
+            raise ValueError(f"missing_electrodes must be one of {MISSING_POLICIES}, got {self.missing_electrodes!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["channels"] = list(self.channels)
+        data["bandpass_hz"] = list(self.bandpass_hz) if self.bandpass_hz is not None else None
+        data["notch_hz"] = list(self.notch_hz)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing setting(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "channels" in values:
+            values["channels"] = tuple(values["channels"])
+        if values.get("bandpass_hz") is not None:
+            values["bandpass_hz"] = tuple(float(x) for x in values["bandpass_hz"])
+        if "notch_hz" in values:
+            notch = values["notch_hz"]
+            values["notch_hz"] = () if notch is None else tuple(float(x) for x in (notch if isinstance(notch, list | tuple) else [notch]))
+        if "fs" in values:
+            values["fs"] = float(values["fs"])
+        return cls(**values)
+
+    def canonical_json(self) -> str:
+        """Stable text for hashing: sorted keys, no whitespace, floats as Python writes them."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything an ingest run takes besides the source tree and the cache."""
+
+    spec: PreprocessSpec = field(default_factory=PreprocessSpec)
+    window_s: float = 60.0
+    stride_s: float = 60.0
+    workers: int = 1
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> IngestConfig:
+    """Read a TOML config (``[preprocess]`` table plus top-level ``window``/``stride``/``workers``) and apply
+    command-line overrides on top. Unknown keys are errors, not silently ignored settings."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"config file {path}: {exc}") from exc
+    preprocess = dict(data.pop("preprocess", {}))
+    top = {k: data.pop(k) for k in ("window", "stride", "workers") if k in data}
+    if data:
+        raise ValueError(f"config file {path}: unknown setting(s): {', '.join(sorted(data))}")
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in ("window", "stride", "workers"):
+            top[key] = value
+        else:
+            preprocess[key] = value
+    spec = PreprocessSpec.from_dict(preprocess)
+    return IngestConfig(
+        spec=spec,
+        window_s=float(top.get("window", 60.0)),
+        stride_s=float(top.get("stride", 60.0)),
+        workers=int(top.get("workers", 1)),
+    )
