@@ -72,9 +72,7 @@ def _fmt(x: float) -> str:
     return text + "0" if text.endswith(".") else text
 
 
-def clip_events(
-    events: Iterable[tuple[float, float]], duration_s: float
-) -> tuple[Events, list[str]]:
+def clip_events(events: Iterable[tuple[float, float]], duration_s: float) -> tuple[Events, list[str]]:
     """Clip events to [0, duration_s]; return (clipped events, warnings).
 
     Annotations sometimes run past the EDF's real length; the recording duration is only known

@@ -51,7 +51,9 @@ def seizure_counts(mask: np.ndarray, starts: np.ndarray, window: int) -> np.ndar
         raise ValueError(f"mask must be 1-D, got shape {mask.shape}")
     starts = np.asarray(starts, dtype=np.int64)
     if starts.size and (starts.min() < 0 or starts.max() + window > mask.size):
-        raise ValueError(f"windows of {window} samples at these starts do not fit a mask of {mask.size} samples")
+        raise ValueError(
+            f"windows of {window} samples at these starts do not fit a mask of {mask.size} samples"
+        )
     csum = np.zeros(mask.size + 1, dtype=np.int64)
     np.cumsum(mask != 0, out=csum[1:])
     return csum[starts + window] - csum[starts]

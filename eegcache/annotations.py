@@ -1,0 +1,248 @@
+"""Parse TUSZ seizure annotation files (.csv_bi, .csv and the legacy .tse_bi, .tse).
+
+Only the seizure intervals matter to the cache, so the parser reduces every format to one merged,
+sorted tuple of (start, stop) seconds. Files come from outside the project and may be damaged or
+hostile: every problem surfaces as an AnnotationError naming the file (and line), parsing is linear
+in the file size, and files over MAX_FILE_BYTES are refused before being read.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eegcache.labels import merge_arrays
+
+ANNOTATION_SUFFIXES = (".csv_bi", ".csv", ".tse_bi", ".tse")  # order of preference
+MAX_FILE_BYTES = 64 * 1024 * 1024
+CSV_HEADER = ("channel", "start_time", "stop_time", "label", "confidence")
+TSE_VERSION = "version=tse_v1.0.0"
+BACKGROUND = "bckg"
+_CHUNK = 1 << 20  # characters per splitlines() batch: bounds memory on files of tiny lines
+_SHOW = 60  # longest snippet of offending input quoted in a message
+
+
+class AnnotationError(ValueError):
+    """Raised with a message that names the file and the problem, e.g.
+    "aaaaaaac_s001_t000.csv_bi: line 8: stop_time 3.0 is before start_time 7.0"."""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """The seizure content of one annotation file; times are not clipped to the recording."""
+
+    path: Path
+    format: str  # "csv_bi", "csv", "tse_bi" or "tse"
+    duration_s: float | None  # from "# duration = 829.00 secs" (csv formats; None for tse)
+    events: tuple[tuple[float, float], ...]  # seizure intervals in seconds, sorted, merged
+
+
+def find_annotation(edf_path: Path) -> Path | None:
+    """The sibling annotation file of an EDF, by preference order (csv_bi first).
+
+    csv_bi is preferred because it is the already-unioned TERM view the NEDC scorers use.
+    """
+    edf_path = Path(edf_path)
+    for suffix in ANNOTATION_SUFFIXES:
+        candidate = edf_path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _show(text: str) -> str:
+    """A bounded repr of offending input, so a hostile 64 MiB line cannot flood a log."""
+    return repr(text if len(text) <= _SHOW else text[:_SHOW] + "...")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """splitlines() in ~1 MiB batches: C speed, but never a list of millions of strings at once."""
+    pos, n = 0, len(text)
+    while pos < n:
+        cut = text.find("\n", pos + _CHUNK)
+        end = n if cut < 0 else cut + 1
+        yield from text[pos:end].splitlines()
+        pos = end
+
+
+class _Parser:
+    """State shared by the format readers: the file name for messages and the event arrays."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = path.name
+        self.starts = array("d")  # 16 bytes per row instead of ~100 for a tuple of floats
+        self.stops = array("d")
+
+    def error(self, problem: str, lineno: int | None = None) -> AnnotationError:
+        where = f"{self.name}: line {lineno}: " if lineno is not None else f"{self.name}: "
+        return AnnotationError(where + problem)
+
+    def number(self, field: str, what: str, lineno: int) -> float:
+        """Strict float: rejects Python-only spellings (1_000, non-ASCII digits) and NaN/inf."""
+        text = field.strip()
+        try:
+            if not text.isascii() or "_" in text:
+                raise ValueError
+            value = float(text)
+        except ValueError:
+            raise self.error(f"{what} {_show(text)} is not a number", lineno) from None
+        if not math.isfinite(value):
+            raise self.error(f"{what} {_show(text)} is not a finite number", lineno)
+        return value
+
+    def add(self, start_field: str, stop_field: str, label: str, lineno: int, names: tuple[str, str]) -> None:
+        """Validate one row's times and keep it when its label is a seizure type."""
+        start = self.number(start_field, names[0], lineno)
+        stop = self.number(stop_field, names[1], lineno)
+        if start < 0:
+            raise self.error(f"{names[0]} {start!r} is negative", lineno)
+        if stop < start:
+            raise self.error(f"{names[1]} {stop!r} is before {names[0]} {start!r}", lineno)
+        label = label.strip().lower()
+        if not label:
+            raise self.error("empty label", lineno)
+        if label != BACKGROUND and stop > start:  # zero-length events carry no samples: dropped
+            self.starts.append(start)
+            self.stops.append(stop)
+
+    def events(self) -> tuple[tuple[float, float], ...]:
+        s, e = merge_arrays(
+            np.frombuffer(self.starts, dtype=np.float64), np.frombuffer(self.stops, dtype=np.float64)
+        )
+        return tuple(zip(s.tolist(), e.tolist(), strict=True))
+
+    def duration(self, value: str, lineno: int) -> float:
+        text = value.strip()
+        low = text.lower()
+        for unit in ("seconds", "second", "secs", "sec", "s"):
+            if low.endswith(unit):
+                text = text[: -len(unit)]
+                break
+        seconds = self.number(text, "duration", lineno)
+        if seconds < 0:
+            raise self.error(f"duration {seconds!r} is negative", lineno)
+        return seconds
+
+
+def _parse_csv(parser: _Parser, text: str, binary: bool) -> float:
+    """Read the csv/csv_bi body into parser; return the duration comment's value."""
+    duration: float | None = None
+    header_seen = False
+    for lineno, line in enumerate(_lines(text), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped[0] == "#":
+            key, sep, value = stripped[1:].partition("=")
+            if sep and key.strip().lower() == "duration":
+                seconds = parser.duration(value, lineno)
+                if duration is not None and seconds != duration:
+                    raise parser.error(f"second duration {seconds!r} contradicts {duration!r}", lineno)
+                duration = seconds
+            continue
+        fields = stripped.split(",", 5)  # maxsplit: a line of a million commas stays cheap
+        if not header_seen:
+            if tuple(f.strip().lower() for f in fields) != CSV_HEADER:
+                raise parser.error(f"expected header {','.join(CSV_HEADER)!r}, got {_show(stripped)}", lineno)
+            header_seen = True
+            continue
+        if len(fields) != 5:
+            got = "more than 5" if len(fields) > 5 else str(len(fields))
+            raise parser.error(f"expected 5 comma-separated fields, got {got}: {_show(stripped)}", lineno)
+        channel = fields[0].strip()
+        if binary and channel.upper() != "TERM":
+            raise parser.error(f"channel {_show(channel)} in a .csv_bi file (expected TERM)", lineno)
+        if not channel:
+            raise parser.error("empty channel", lineno)
+        parser.add(fields[1], fields[2], fields[3], lineno, ("start_time", "stop_time"))
+    if not header_seen:
+        raise parser.error(f"no header line {','.join(CSV_HEADER)!r}")
+    if duration is None:
+        raise parser.error("missing '# duration = <seconds> secs' comment")
+    return duration
+
+
+def _parse_tse(parser: _Parser, text: str) -> None:
+    """Read the legacy tse/tse_bi body ('version = tse_v1.0.0', then 'start stop label confidence')."""
+    version_seen = False
+    for lineno, line in enumerate(_lines(text), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not version_seen:
+            if "".join(stripped.split()).lower() != TSE_VERSION:
+                raise parser.error(f"expected 'version = tse_v1.0.0', got {_show(stripped)}", lineno)
+            version_seen = True
+            continue
+        if stripped[0] == "#":
+            continue
+        fields = stripped.split(maxsplit=4)
+        if len(fields) != 4:
+            got = "more than 4" if len(fields) > 4 else str(len(fields))
+            raise parser.error(
+                f"expected 4 whitespace-separated fields, got {got}: {_show(stripped)}", lineno
+            )
+        parser.add(fields[0], fields[1], fields[2], lineno, ("start", "stop"))
+    if not version_seen:  # pragma: no cover - the empty-file check runs first
+        raise parser.error("missing 'version = tse_v1.0.0' line")
+
+
+def _read(path: Path) -> str:
+    """Read as UTF-8, refusing oversized files before reading and turning I/O and decoding errors
+    into AnnotationError so callers handle one exception type for bad input."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise AnnotationError(
+                f"{path.name}: file is {size} bytes, larger than the {MAX_FILE_BYTES} byte limit "
+                "for annotation files; refusing to read it"
+            )
+        with path.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)  # the file may grow between stat() and read()
+    except OSError as exc:
+        raise AnnotationError(f"{path.name}: cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise AnnotationError(
+            f"{path.name}: file is larger than the {MAX_FILE_BYTES} byte limit; refusing it"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(
+            f"{path.name}: not valid UTF-8 text (byte offset {exc.start}: {exc.reason})"
+        ) from None
+
+
+def parse_annotation(path: Path, text: str | None = None) -> Annotation:
+    """Parse by suffix. Reads the file when text is None.
+
+    Raises AnnotationError (message starting with the file name) for any malformed input.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in ANNOTATION_SUFFIXES:
+        raise AnnotationError(
+            f"{path.name}: unknown annotation suffix {suffix or '(none)'!r}; expected one of "
+            f"{', '.join(ANNOTATION_SUFFIXES)}"
+        )
+    if text is None:
+        text = _read(path)
+    elif len(text) > MAX_FILE_BYTES:
+        raise AnnotationError(f"{path.name}: text is larger than the {MAX_FILE_BYTES} character limit")
+    if text.startswith("\ufeff"):  # a byte-order mark from Windows editors
+        text = text[1:]
+    parser = _Parser(path)
+    if not text or text.isspace():
+        raise parser.error("file is empty")
+    fmt = suffix[1:]
+    duration: float | None = None
+    if fmt in ("csv_bi", "csv"):
+        duration = _parse_csv(parser, text, binary=fmt == "csv_bi")
+    else:
+        _parse_tse(parser, text)
+    return Annotation(path=path, format=fmt, duration_s=duration, events=parser.events())
