@@ -112,7 +112,7 @@ def read_header(path: Path) -> EdfHeader:
         return [_field(rest[start + i * width : start + (i + 1) * width], "signal field", path) for i in range(ns)]
 
     labels = column(0, 16)
-    spr_text = column(16 + 80 + 8 * 6 + 80, 8)
+    spr_text = column(16 + 80 + 8 * 5 + 80, 8)
     spr = [_number(t, "samples per record", path) for t in spr_text]
     if any(not 0 < n <= MAX_SAMPLES_PER_RECORD for n in spr):
         raise EdfError(f"{path.name}: unreadable EDF header (samples per record {spr})")

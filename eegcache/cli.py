@@ -1,0 +1,229 @@
+"""The ``eegcache`` command line: argument parsing and printing only; the work is in the library."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from eegcache.index.db import INDEX_FILE, IndexError_, current_revision, head_revision, open_index
+
+cache_option = click.option(
+    "--cache", "cache", required=True, type=click.Path(file_okay=False, path_type=Path),
+    envvar="EEGCACHE_CACHE", help="Cache folder (index.sqlite + objects/). Env: EEGCACHE_CACHE.",
+)
+
+
+def _open(cache: Path, *, create: bool = False):
+    if not create and not (cache / INDEX_FILE).is_file():
+        raise click.ClickException(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
+    try:
+        return open_index(cache)
+    except IndexError_ as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(columns: list[str], rows: list) -> str:
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, sep, *body])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eegcache")
+def main() -> None:
+    """Content-addressed cache of preprocessed EEG windows with a transactional SQL index."""
+
+
+@main.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@cache_option
+@click.option("--window", type=float, help="Window length in seconds (default 60).")
+@click.option("--stride", type=float, help="Stride between window starts in seconds (default 60).")
+@click.option("--workers", type=click.IntRange(1, 256), help="Preprocessing worker processes (default 1).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file: [preprocess] settings and window/stride/workers.")
+@click.option("--fs", type=float, help="Target sampling rate in Hz (default 256).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), help="Stored signal type (default float32).")
+@click.option("--missing-electrodes", type=click.Choice(["fail", "zero"]),
+              help="A recording lacking a required electrode fails (default) or gets a zero-filled channel.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def ingest(src, cache, window, stride, workers, config_file, fs, dtype, missing_electrodes, as_json, quiet):
+    """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
+    from eegcache.ingest import ingest as run_ingest
+    from eegcache.spec import load_config
+
+    try:
+        config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
+                                           "dtype": dtype, "missing_electrodes": missing_electrodes})
+        summary = run_ingest(src, cache, config, progress=not quiet)
+    except (ValueError, FileNotFoundError, IndexError_) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        click.echo(
+            f"ingested {summary.ingested}, reused {summary.reused}, unchanged {summary.unchanged}, "
+            f"new window set from stored masks {summary.windows_added}, failed {summary.failed}, "
+            f"skipped {summary.skipped} in {summary.seconds:.1f} s; EDF files read: {summary.edf_read}"
+        )
+        counts = ", ".join(f"{k} {v}" for k, v in summary.window_counts.items())
+        click.echo(f"windows ({config.window_s:g} s / {config.stride_s:g} s stride): {counts}")
+        if summary.windows_added and not summary.edf_read:
+            click.echo("the new window set was computed from stored label masks: no EDF was read or preprocessed")
+        for path, reason in summary.failures:
+            click.echo(f"FAILED {path}: {reason}", err=True)
+    sys.exit(1 if summary.failed else 0)
+
+
+@main.command()
+@cache_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stats(cache, as_json):
+    """Recordings by status, windows per class per split and window set, seizure hours, bytes on disk."""
+    from eegcache.stats import stats as compute
+
+    data = compute(_open(cache), cache)
+    if as_json:
+        _print_json(data)
+        return
+    click.echo("recordings: " + ", ".join(f"{k} {v}" for k, v in data["recordings"].items()))
+    click.echo(f"EEG hours ingested: {data['eeg_hours']:.2f}, seizure hours: {data['seizure_hours']:.3f}")
+    click.echo("windows: " + ", ".join(f"{k} {v}" for k, v in data["windows"].items()))
+    if data["windows_by_set"]:
+        rows = [(r["window_s"], r["stride_s"], r["split"], r["label"], r["windows"]) for r in data["windows_by_set"]]
+        click.echo(_table(["window_s", "stride_s", "split", "label", "windows"], rows))
+    b = data["bytes"]
+    click.echo(f"objects: {data['objects']}, {b['objects'] / 1e6:.1f} MB; index {b['index'] / 1e6:.1f} MB")
+
+
+@main.command()
+@cache_option
+@click.argument("query")
+@click.option("--json", "fmt", flag_value="json", help="A JSON list of row objects.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")
+@click.option("--table", "fmt", flag_value="table", default=True, help="An aligned text table (default).")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE",
+              help="Bind :NAME in the query to VALUE (repeatable); values never enter the SQL text.")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Row cap.")
+@click.option("--timeout", type=click.FloatRange(0.01), default=30.0, show_default=True, help="Time limit (s).")
+def sql(cache, query, fmt, params, limit, timeout):
+    """Run a read-only SQL QUERY over the index (views: window_labels, recording_status)."""
+    from eegcache.query import QueryError, run_query
+
+    bound = {}
+    for p in params:
+        name, sep, value = p.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--param")
+        bound[name] = value
+    _open(cache)  # upgrades an older schema so the views exist
+    try:
+        result = run_query(cache / INDEX_FILE, query, bound, limit=limit, timeout_s=timeout)
+    except QueryError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        _print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
+    elif fmt == "csv":
+        out = csv.writer(sys.stdout)
+        out.writerow(result.columns)
+        out.writerows(result.rows)
+    else:
+        click.echo(_table(result.columns, result.rows))
+    if result.truncated:
+        click.echo(f"(stopped at {limit} rows; raise --limit for more)", err=True)
+
+
+@main.command()
+@cache_option
+@click.option("--repair", is_flag=True, help="Re-ingest the recordings of damaged objects from their sources.")
+@click.option("--json", "as_json", is_flag=True)
+def verify(cache, repair, as_json):
+    """Re-read every object against its checksums; name each missing or corrupt one; exit 1 if any."""
+    from eegcache.repair import repair as run_repair
+    from eegcache.verify import verify as run_verify
+
+    engine = _open(cache)
+    report = run_verify(engine, cache)
+    if as_json:
+        _print_json({"objects": report.objects, "files": report.files, "bytes": report.bytes,
+                     "problems": [str(p) for p in report.problems]})
+    else:
+        for problem in report.problems:
+            click.echo(f"DAMAGED {problem}")
+        click.echo(f"checked {report.objects} objects, {report.files} files, {report.bytes / 1e6:.1f} MB: "
+                   f"{len(report.problems)} problem(s)")
+    if report.problems and repair:
+        outcome = run_repair(engine, cache, report)
+        for line in outcome.messages:
+            click.echo(line)
+        report = run_verify(engine, cache)
+        click.echo(f"after repair: {len(report.problems)} problem(s)")
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@cache_option
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--grace", type=click.FloatRange(0), default=3600.0, show_default=True,
+              help="Only remove things older than this many seconds (protects concurrent writers).")
+def gc(cache, dry_run, grace):
+    """Remove staging leftovers and objects that no recording references."""
+    from eegcache.gc import gc as run_gc
+
+    report = run_gc(_open(cache), cache, grace_s=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for name in report.staging:
+        click.echo(f"{verb} staging/{name}")
+    for key in report.objects:
+        click.echo(f"{verb} object {key}")
+    click.echo(f"{verb} {len(report.staging)} staging folder(s), {len(report.objects)} object(s), "
+               f"{report.bytes / 1e6:.1f} MB")
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--hours", type=click.FloatRange(0.01), default=2.0, show_default=True, help="EEG-hours to write.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out, hours, seed):
+    """Write a synthetic TUSZ-like tree (EDF + .csv + .csv_bi) to OUT."""
+    from eegcache.synth import synthesize
+
+    recs = synthesize(out, hours=hours, seed=seed)
+    total = sum(r.duration_s for r in recs) / 3600
+    seizure = sum(b - a for r in recs for a, b in r.events) / 3600
+    click.echo(f"wrote {len(recs)} recordings, {total:.2f} EEG-hours, {seizure / total:.1%} seizure, to {out}")
+
+
+@main.group()
+def db() -> None:
+    """Index schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@cache_option
+def db_upgrade(cache):
+    """Upgrade the index to the newest schema (done automatically by every command)."""
+    engine = _open(cache, create=True)
+    click.echo(f"index at revision {current_revision(engine)} (newest {head_revision()})")
+
+
+@db.command("current")
+@cache_option
+def db_current(cache):
+    """Print the index's schema revision."""
+    from eegcache.index.db import default_url, make_engine
+
+    engine = make_engine(default_url(cache))
+    click.echo(f"{current_revision(engine)} (newest known: {head_revision()})")

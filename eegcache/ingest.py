@@ -1,0 +1,423 @@
+"""Ingest: EDF tree → preprocessed objects in the store → one index transaction per recording.
+
+Worker processes hash, read, preprocess and publish objects (``prepare``); the parent is the only writer to
+the index and registers each prepared recording in one transaction (``register``). A kill at any moment leaves
+at most an unreferenced object or staging folder, which the next run reuses or ``gc`` removes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import Engine, delete, select
+from tqdm import tqdm
+
+from eegcache import keys
+from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
+from eegcache.edf import EdfError, read_header, read_recording
+from eegcache.index.db import open_index, writer
+from eegcache.index.models import ObjectFile, Recording, SeizureEvent, StoredObject, Window, WindowSet
+from eegcache.index.sql import insert_ignore
+from eegcache.labels import clip_events, label_mask
+from eegcache.preprocess import preprocess
+from eegcache.spec import IngestConfig, PreprocessSpec
+from eegcache.store import FileChecksum, ObjectStore, object_digest
+from eegcache.tree import discover, is_utf8, parse_path, path_text
+from eegcache.windows import label_codes, seconds_to_samples, seizure_counts, window_starts
+
+
+@dataclass(frozen=True)
+class WindowShape:
+    id: int
+    window: int  # samples
+    stride: int  # samples
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a worker needs; ``known_*`` are digests reused from the index when size and mtime are unchanged."""
+
+    edf: Path
+    cache: Path
+    spec: PreprocessSpec
+    shapes: tuple[WindowShape, ...]
+    known_edf_sha256: str | None = None
+    known_annotation_sha256: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A worker's result: everything the index transaction needs, nothing it must re-read."""
+
+    source_path: str
+    status: str  # "ingested" or "failed"
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    edf_size: int | None = None
+    edf_mtime_ns: int | None = None
+    edf_sha256: str | None = None
+    annotation_path: str | None = None
+    annotation_size: int | None = None
+    annotation_mtime_ns: int | None = None
+    annotation_sha256: str | None = None
+    object_key: str | None = None
+    label_key: str | None = None
+    reader: str | None = None
+    filled: tuple[str, ...] = ()
+    orig_fs: float | None = None
+    n_samples: int = 0
+    n_channels: int = 0
+    events: tuple[tuple[float, float], ...] = ()
+    windows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    checksums: list[FileChecksum] | None = None
+    nbytes: int = 0
+    preprocessed: bool = False
+
+
+@dataclass
+class IngestSummary:
+    ingested: int = 0  # preprocessed and stored by this run
+    reused: int = 0  # object already stored: nothing read but the annotation (and the EDF hash when changed)
+    unchanged: int = 0  # nothing to do at all
+    windows_added: int = 0  # recordings that got a new window set from the stored mask
+    failed: int = 0
+    skipped: int = 0
+    edf_read: int = 0
+    window_counts: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _windows_for(mask: np.ndarray, shapes: tuple[WindowShape, ...]) -> dict:
+    out = {}
+    for shape in shapes:
+        starts = window_starts(mask.shape[0], shape.window, shape.stride)
+        counts = seizure_counts(mask, starts, shape.window)
+        out[shape.id] = (starts, counts, label_codes(counts, shape.window))
+    return out
+
+
+def prepare(task: Task) -> Prepared:
+    """Hash, parse, read, preprocess and publish one recording. Never raises for bad input."""
+    src = path_text(task.edf)
+    result = Prepared(source_path=src, status="failed")
+    name = task.edf.name
+    try:
+        if not is_utf8(task.edf):
+            result.reason = f"{src}: the file name is not valid UTF-8; rename the file"
+            return result
+        st = task.edf.stat()
+        result.edf_size, result.edf_mtime_ns = st.st_size, st.st_mtime_ns
+        if task.known_edf_sha256 is None:
+            read_header(task.edf)  # a damaged EDF is named as such before its annotation is looked at
+        ann_path = find_annotation(task.edf)
+        if ann_path is None:
+            result.reason = f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF"
+            return result
+        ast = ann_path.stat()
+        result.annotation_path = path_text(ann_path)
+        result.annotation_size, result.annotation_mtime_ns = ast.st_size, ast.st_mtime_ns
+        result.edf_sha256 = task.known_edf_sha256 or keys.file_digest(task.edf)
+        result.annotation_sha256 = task.known_annotation_sha256 or keys.file_digest(ann_path)
+        annotation = parse_annotation(ann_path)
+        result.label_key = keys.label_key(result.annotation_sha256)
+        result.object_key = keys.object_key(result.edf_sha256, task.spec, result.label_key)
+        store = ObjectStore(task.cache)
+        if store.exists(result.object_key):
+            group = store.open(result.object_key)
+            mask = np.asarray(group["labels"][...])
+            attrs = group.attrs.asdict()
+            result.reader, result.orig_fs = attrs.get("reader"), attrs.get("orig_fs")
+            result.filled = tuple(attrs.get("filled_channels", ()))
+            result.n_channels = int(group["signal"].shape[0])
+            result.n_samples = int(mask.shape[0])
+            result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
+        else:
+            raw = read_recording(task.edf, task.spec.channels, task.spec.missing_electrodes)
+            signal = preprocess(raw.data, raw.fs, task.spec)
+            result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
+            result.n_channels, result.n_samples = signal.shape
+            result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
+            if annotation.duration_s is not None and abs(annotation.duration_s - raw.duration_s) > 1.0:
+                result.warnings.append(
+                    f"annotation duration {annotation.duration_s:.2f} s differs from the EDF's {raw.duration_s:.2f} s"
+                )
+            mask = label_mask(result.events, result.n_samples, task.spec.fs)
+            attrs = {
+                "key": result.object_key, "label_key": result.label_key, "spec": task.spec.to_dict(),
+                "channels": list(task.spec.channels), "fs": task.spec.fs, "reader": raw.reader,
+                "orig_fs": raw.fs, "filled_channels": list(raw.filled), "events": [list(e) for e in result.events],
+            }
+            store.write(result.object_key, signal, mask, attrs)
+            result.preprocessed = True
+            result.checksums = store.checksums(result.object_key)
+        result.windows = _windows_for(mask, task.shapes)
+        result.status = "ingested"
+    except (EdfError, AnnotationError) as exc:
+        result.reason = str(exc)
+    except PermissionError as exc:
+        result.reason = f"{name}: permission denied reading {Path(exc.filename or name).name}"
+    except OSError as exc:
+        result.reason = f"{name}: {exc.strerror or exc}"
+    except MemoryError:
+        result.reason = f"{name}: out of memory while reading or preprocessing"
+    return result
+
+
+def _clip(annotation, n_samples: int, fs: float):
+    events, warnings = clip_events(annotation.events, n_samples / fs)
+    return events, list(warnings)
+
+
+def _json(value) -> str | None:
+    return json.dumps(list(value)) if value else None
+
+
+def register(engine: Engine, cache: Path, spec: PreprocessSpec, item: Prepared) -> str:
+    """Write one prepared recording in ONE transaction. Returns the status that was recorded."""
+    store = ObjectStore(cache)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with writer(engine).begin() as conn:
+        rec = conn.execute(select(Recording.id, Recording.object_key)
+                           .where(Recording.source_path == item.source_path)).first()
+        status, reason = item.status, item.reason
+        if status == "ingested":
+            dup = conn.execute(
+                select(Recording.source_path).where(
+                    Recording.edf_sha256 == item.edf_sha256,
+                    Recording.annotation_sha256 == item.annotation_sha256,
+                    Recording.status == "ingested",
+                    Recording.source_path != item.source_path,
+                )
+            ).first()
+            if dup is not None:
+                status, reason = "skipped", (
+                    f"same EDF and annotation bytes as {dup.source_path}; stored and windowed once"
+                )
+        if status == "ingested":
+            _ensure_object(conn, store, spec, item, now)
+        values = dict(
+            source_path=item.source_path, status=status, reason=reason, warnings=_json(item.warnings),
+            reader=item.reader, filled_channels=_json(item.filled), edf_size=item.edf_size,
+            edf_mtime_ns=item.edf_mtime_ns, edf_sha256=item.edf_sha256, annotation_path=item.annotation_path,
+            annotation_size=item.annotation_size, annotation_mtime_ns=item.annotation_mtime_ns,
+            annotation_sha256=item.annotation_sha256,
+            object_key=item.object_key if status != "failed" else None,
+            spec_digest=keys.spec_digest(spec) if status != "failed" else None,
+            orig_fs=item.orig_fs, duration_s=item.n_samples / spec.fs if item.n_samples else None,
+            seizure_s=sum(b - a for a, b in item.events) if status != "failed" else None, updated_at=now,
+            **parse_path(Path(item.source_path)).__dict__,
+        )
+        if rec is None:
+            rec_id = conn.execute(Recording.__table__.insert().values(**values)).inserted_primary_key[0]
+        else:
+            rec_id = rec.id
+            if rec.object_key != values["object_key"] or status != "ingested":
+                conn.execute(delete(Window).where(Window.recording_id == rec_id))
+            conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
+        conn.execute(delete(SeizureEvent).where(SeizureEvent.recording_id == rec_id))
+        if status == "ingested":
+            if item.events:
+                conn.execute(
+                    SeizureEvent.__table__.insert(),
+                    [{"recording_id": rec_id, "start_s": a, "stop_s": b} for a, b in item.events],
+                )
+            rows = [
+                {"recording_id": rec_id, "window_set_id": ws_id, "start_sample": int(s),
+                 "seizure_samples": int(c), "label": int(lab)}
+                for ws_id, (starts, counts, labels) in item.windows.items()
+                for s, c, lab in zip(starts, counts, labels, strict=True)
+            ]
+            if rows:
+                conn.execute(insert_ignore(conn, Window.__table__), rows)
+    return status
+
+
+class ObjectVanished(RuntimeError):
+    """The object a worker reused was collected before it could be registered; prepare it again."""
+
+
+def _ensure_object(conn, store: ObjectStore, spec: PreprocessSpec, item: Prepared, now: datetime) -> None:
+    registered = conn.execute(select(StoredObject.key).where(StoredObject.key == item.object_key)).first()
+    if registered and item.checksums is None:
+        return
+    # Inside the write transaction, so gc (which also takes the write lock) cannot remove it under us.
+    if not store.exists(item.object_key):
+        raise ObjectVanished(item.object_key)
+    checksums = item.checksums or store.checksums(item.object_key)
+    values = dict(
+        label_key=item.label_key, spec_digest=keys.spec_digest(spec), spec_json=spec.canonical_json(),
+        n_channels=item.n_channels, n_samples=item.n_samples, fs=spec.fs, dtype=spec.dtype,
+        nbytes=sum(c.size for c in checksums), digest=object_digest(checksums), created_at=now,
+    )
+    if registered:  # rebuilt by this run (repair): the files on disk are the truth
+        conn.execute(delete(ObjectFile).where(ObjectFile.object_key == item.object_key))
+        conn.execute(StoredObject.__table__.update().where(StoredObject.key == item.object_key).values(**values))
+    else:
+        conn.execute(StoredObject.__table__.insert().values(key=item.object_key, **values))
+    conn.execute(ObjectFile.__table__.insert(), [
+        {"object_key": item.object_key, "path": c.path, "size": c.size, "sha256": c.sha256} for c in checksums
+    ])
+
+
+def window_shape(engine: Engine, window_s: float, stride_s: float, fs: float) -> WindowShape:
+    """The window set's row, created on first use."""
+    window, stride = seconds_to_samples(window_s, fs), seconds_to_samples(stride_s, fs)
+    with writer(engine).begin() as conn:
+        conn.execute(insert_ignore(conn, WindowSet.__table__).values(
+            window_s=window_s, stride_s=stride_s, fs=fs, window_samples=window, stride_samples=stride))
+        ws_id = conn.execute(select(WindowSet.id).where(
+            WindowSet.window_s == window_s, WindowSet.stride_s == stride_s, WindowSet.fs == fs)).scalar_one()
+    return WindowShape(ws_id, window, stride)
+
+
+def _all_shapes(engine: Engine, fs: float) -> list[WindowShape]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(WindowSet.id, WindowSet.window_samples, WindowSet.stride_samples)
+                            .where(WindowSet.fs == fs).order_by(WindowSet.id)).all()
+    return [WindowShape(*r) for r in rows]
+
+
+def plan(engine: Engine, cache: Path, edfs: list[Path], config: IngestConfig, requested: WindowShape) -> tuple[list[Task], int]:
+    """Tasks for the files that need work, and the number that need none. Unchanged files (same path, size,
+    mtime, annotation and spec) get a windows-only task when the requested window set is new to them."""
+    spec = config.spec
+    sdigest = keys.spec_digest(spec)
+    shapes = tuple(_all_shapes(engine, spec.fs))
+    with engine.connect() as conn:
+        known = {r.source_path: r for r in conn.execute(select(
+            Recording.source_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
+            Recording.edf_sha256, Recording.annotation_path, Recording.annotation_size,
+            Recording.annotation_mtime_ns, Recording.annotation_sha256, Recording.spec_digest,
+            Recording.object_key, StoredObject.n_samples,
+        ).outerjoin(StoredObject, StoredObject.key == Recording.object_key))}
+        have_set = set(conn.execute(
+            select(Window.recording_id).where(Window.window_set_id == requested.id).distinct()).scalars())
+    tasks, unchanged = [], 0
+    for edf in edfs:
+        row = known.get(path_text(edf))
+        reuse = {}
+        if row is not None and row.status in ("ingested", "skipped") and row.edf_sha256:
+            try:
+                st = edf.stat()
+                ann = find_annotation(edf)
+                ast = ann.stat() if ann else None
+            except OSError:
+                st = ast = ann = None
+            same = (
+                st is not None and ast is not None and st.st_size == row.edf_size
+                and st.st_mtime_ns == row.edf_mtime_ns and path_text(ann) == row.annotation_path
+                and ast.st_size == row.annotation_size and ast.st_mtime_ns == row.annotation_mtime_ns
+            )
+            if same:
+                reuse = {"known_edf_sha256": row.edf_sha256, "known_annotation_sha256": row.annotation_sha256}
+                covered = (
+                    row.status == "skipped" or row.id in have_set
+                    or (row.n_samples or 0) < requested.window
+                )
+                if row.spec_digest == sdigest and covered and ObjectStore(cache).exists(row.object_key):
+                    unchanged += 1
+                    continue
+        tasks.append(Task(edf, cache, spec, shapes, **reuse))
+    return tasks, unchanged
+
+
+def ingest(
+    src: Path,
+    cache: Path,
+    config: IngestConfig | None = None,
+    *,
+    db_url: str | None = None,
+    progress: bool = True,
+) -> IngestSummary:
+    """Ingest every EDF under ``src`` into ``cache``. Bad files are recorded as failed; the run goes on."""
+    config = config or IngestConfig()
+    t0 = time.perf_counter()
+    cache = Path(cache)
+    edfs = discover(Path(src))
+    engine = open_index(cache, db_url)
+    try:
+        requested = window_shape(engine, config.window_s, config.stride_s, config.spec.fs)
+        tasks, unchanged = plan(engine, cache, edfs, config, requested)
+        summary = IngestSummary(unchanged=unchanged)
+        bar = tqdm(total=len(edfs), initial=unchanged, unit="file", disable=not progress, desc="ingest")
+        for task, item in _run(tasks, config.workers):
+            try:
+                status = register(engine, cache, config.spec, item)
+            except ObjectVanished:
+                item = prepare(task)
+                status = register(engine, cache, config.spec, item)
+            if status == "failed":
+                summary.failed += 1
+                summary.failures.append((item.source_path, item.reason or "unknown error"))
+                bar.write(f"failed: {item.reason}")
+            elif status == "skipped":
+                summary.skipped += 1
+            elif item.preprocessed:
+                summary.ingested += 1
+                summary.edf_read += 1
+            elif task.known_edf_sha256 is not None:
+                summary.windows_added += 1
+            else:
+                summary.reused += 1
+            bar.update(1)
+        bar.close()
+        summary.window_counts = window_counts(engine, requested.id)
+    finally:
+        engine.dispose()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run(tasks: list[Task], workers: int):
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield task, prepare(task)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(prepare, task): task for task in tasks}
+        for future in as_completed(futures):
+            task = futures[future]
+            try:
+                yield task, future.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker must not end the run
+                yield task, Prepared(source_path=path_text(task.edf), status="failed",
+                                     reason=f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
+
+
+def window_counts(engine: Engine, window_set_id: int) -> dict[str, int]:
+    from eegcache.index.views import LABELS
+
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT label, count(*) FROM windows WHERE window_set_id = ? GROUP BY label", (window_set_id,)
+        ).all()
+    counts = Counter({LABELS[code]: n for code, n in rows})
+    return {label: counts.get(label, 0) for label in LABELS}
+
+
+def reingest_sources(engine: Engine, cache: Path, sources: list[Path]) -> list[str]:
+    """Rebuild the recordings at these paths with the spec their objects were made with (used by repair).
+    Returns the failure reasons."""
+    failures = []
+    for src in sources:
+        with engine.connect() as conn:
+            spec_json = conn.execute(
+                select(StoredObject.spec_json).join(Recording, Recording.object_key == StoredObject.key)
+                .where(Recording.source_path == path_text(src))).scalar_one_or_none()
+        spec = PreprocessSpec.from_dict(json.loads(spec_json)) if spec_json else PreprocessSpec()
+        item = prepare(Task(src, Path(cache), spec, tuple(_all_shapes(engine, spec.fs))))
+        if register(engine, cache, spec, item) == "failed":
+            failures.append(item.reason or str(src))
+    return failures

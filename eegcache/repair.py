@@ -1,0 +1,38 @@
+"""Repair damaged objects by rebuilding them from their source EDFs (objects are pure functions of sources)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from eegcache.store import ObjectStore
+from eegcache.verify import VerifyReport, damaged_sources
+
+
+@dataclass
+class RepairOutcome:
+    repaired: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+
+def repair(engine: Engine, cache: Path, report: VerifyReport) -> RepairOutcome:
+    """Delete each damaged object folder and re-ingest the recordings that use it from their sources."""
+    from eegcache.ingest import reingest_sources
+
+    outcome = RepairOutcome()
+    store = ObjectStore(cache)
+    for key, sources in sorted(damaged_sources(engine, report).items()):
+        present = [Path(s) for s in sources if Path(s).is_file()]
+        if not present:
+            outcome.messages.append(f"cannot repair object {key[:12]}: its source file(s) are gone: {', '.join(sources)}")
+            continue
+        store.remove(key)
+        failed = reingest_sources(engine, cache, present)
+        if failed:
+            outcome.messages.append(f"object {key[:12]}: re-ingest failed: {'; '.join(failed)}")
+        else:
+            outcome.repaired.append(key)
+            outcome.messages.append(f"repaired object {key[:12]} from {', '.join(str(p) for p in present)}")
+    return outcome

@@ -1,0 +1,45 @@
+"""Summaries of a cache: the manifest is a query, so stats are always what is on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from eegcache.index.views import LABELS
+
+
+def _rows(engine: Engine, sql: str):
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(sql).all()
+
+
+def stats(engine: Engine, cache: Path | None = None) -> dict:
+    """Recordings by status, windows per class per split and window set, seizure hours, bytes."""
+    recordings = {s: 0 for s in ("ingested", "failed", "skipped")}
+    recordings.update({status: n for status, n in _rows(engine, "SELECT status, count(*) FROM recordings GROUP BY status")})
+    windows = {label: 0 for label in LABELS}
+    by_set: list[dict] = []
+    for ws_id, window_s, stride_s, split, label, n in _rows(engine, """
+        SELECT ws.id, ws.window_s, ws.stride_s, r.split, w.label, count(*)
+        FROM windows w JOIN window_sets ws ON ws.id = w.window_set_id JOIN recordings r ON r.id = w.recording_id
+        GROUP BY ws.id, ws.window_s, ws.stride_s, r.split, w.label ORDER BY ws.id, r.split, w.label"""):
+        windows[LABELS[label]] += n
+        by_set.append({"window_set": ws_id, "window_s": window_s, "stride_s": stride_s, "split": split,
+                       "label": LABELS[label], "windows": n})
+    (hours, seizure_hours), = _rows(engine, """
+        SELECT coalesce(sum(duration_s), 0) / 3600.0, coalesce(sum(seizure_s), 0) / 3600.0
+        FROM recordings WHERE status = 'ingested'""")
+    (object_bytes, n_objects), = _rows(engine, "SELECT coalesce(sum(nbytes), 0), count(*) FROM objects")
+    index_bytes = 0
+    if cache is not None:
+        index_bytes = sum(p.stat().st_size for p in Path(cache).glob("index.sqlite*") if p.is_file())
+    return {
+        "recordings": recordings,
+        "windows": windows,
+        "windows_by_set": by_set,
+        "eeg_hours": hours,
+        "seizure_hours": seizure_hours,
+        "objects": n_objects,
+        "bytes": {"objects": object_bytes, "index": index_bytes, "total": object_bytes + index_bytes},
+    }
