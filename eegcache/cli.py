@@ -227,3 +227,7 @@ def db_current(cache):
 
     engine = make_engine(default_url(cache))
     click.echo(f"{current_revision(engine)} (newest known: {head_revision()})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from eegcache.cli import main
+
+main()
