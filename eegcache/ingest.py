@@ -17,7 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 from tqdm import tqdm
 
 from eegcache import keys
@@ -31,7 +31,7 @@ from eegcache.preprocess import preprocess
 from eegcache.spec import IngestConfig, PreprocessSpec
 from eegcache.store import FileChecksum, ObjectStore, object_digest
 from eegcache.tree import discover, is_utf8, parse_path, path_text
-from eegcache.windows import label_codes, seconds_to_samples, seizure_counts, window_starts
+from eegcache.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
 
 
 @dataclass(frozen=True)
@@ -397,11 +397,9 @@ def _run(tasks: list[Task], workers: int):
 
 
 def window_counts(engine: Engine, window_set_id: int) -> dict[str, int]:
-    from eegcache.index.views import LABELS
-
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT label, count(*) FROM windows WHERE window_set_id = ? GROUP BY label", (window_set_id,)
+        rows = conn.execute(
+            select(Window.label, func.count()).where(Window.window_set_id == window_set_id).group_by(Window.label)
         ).all()
     counts = Counter({LABELS[code]: n for code, n in rows})
     return {label: counts.get(label, 0) for label in LABELS}

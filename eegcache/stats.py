@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from eegcache.index.views import LABELS
+from eegcache.windows import LABELS
 
 
 def _rows(engine: Engine, sql: str):

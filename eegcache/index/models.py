@@ -73,7 +73,7 @@ class Recording(Base):
     filled_channels: Mapped[str | None] = mapped_column(Text)
     edf_size: Mapped[int | None] = mapped_column(BigInteger)
     edf_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
-    edf_sha256: Mapped[str | None] = mapped_column(String(64))
+    edf_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     annotation_path: Mapped[str | None] = mapped_column(Text)
     annotation_size: Mapped[int | None] = mapped_column(BigInteger)
     annotation_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)

@@ -3,9 +3,10 @@
 The migrations create them (``migrations/versions``); these column lists are the contract the tests pin.
 """
 
+from eegcache.windows import LABELS  # noqa: F401 - label codes 0/1/2, re-exported for SQL users
+
 WINDOW_LABELS_COLUMNS = (
     "window_id", "recording", "subject", "session", "split", "montage",
     "window_s", "stride_s", "start_s", "duration_s", "label", "seizure_fraction",
 )
 RECORDING_STATUS_COLUMNS = ("recording", "source_path", "status", "reason", "n_windows")
-LABELS = ("no_seizure", "partial_seizure", "full_seizure")

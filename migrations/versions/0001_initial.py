@@ -101,6 +101,7 @@ def upgrade() -> None:
     op.create_index("ix_recordings_name", "recordings", ["name"])
     op.create_index("ix_recordings_object_key", "recordings", ["object_key"])
     op.create_index("ix_recordings_split_status", "recordings", ["split", "status"])
+    op.create_index("ix_recordings_edf_sha256", "recordings", ["edf_sha256"])
     op.create_table(
         "events",
         sa.Column("id", sa.Integer, primary_key=True),
