@@ -73,7 +73,8 @@ class PreprocessSpec:
             values["bandpass_hz"] = tuple(float(x) for x in values["bandpass_hz"])
         if "notch_hz" in values:
             notch = values["notch_hz"]
-            values["notch_hz"] = () if notch is None else tuple(float(x) for x in (notch if isinstance(notch, list | tuple) else [notch]))
+            notch = [] if notch is None else notch if isinstance(notch, list | tuple) else [notch]
+            values["notch_hz"] = tuple(float(x) for x in notch)
         if "fs" in values:
             values["fs"] = float(values["fs"])
         return cls(**values)
