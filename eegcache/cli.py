@@ -17,13 +17,22 @@ cache_option = click.option(
 )
 
 
-def _open(cache: Path, *, create: bool = False):
-    if not create and not (cache / INDEX_FILE).is_file():
+db_option = click.option(
+    "--db", "db_url", envvar="EEGCACHE_DB", default=None, metavar="URL",
+    help="SQLAlchemy URL of the index (e.g. postgresql+psycopg2://host/db). Default: CACHE/index.sqlite. "
+         "Env: EEGCACHE_DB.",
+)
+
+
+def _open(cache: Path, db_url: str | None = None, *, create: bool = False):
+    if not create and db_url is None and not (cache / INDEX_FILE).is_file():
         raise click.ClickException(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
     try:
-        return open_index(cache)
+        return open_index(cache, db_url)
     except IndexError_ as exc:
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. an unreachable database server
+        raise click.ClickException(f"cannot open the index: {exc}") from None
 
 
 def _print_json(data) -> None:
@@ -48,6 +57,7 @@ def main() -> None:
 @main.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @cache_option
+@db_option
 @click.option("--window", type=float, help="Window length in seconds (default 60).")
 @click.option("--stride", type=float, help="Stride between window starts in seconds (default 60).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Preprocessing worker processes (default 1).")
@@ -59,7 +69,7 @@ def main() -> None:
               help="A recording lacking a required electrode fails (default) or gets a zero-filled channel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(src, cache, window, stride, workers, config_file, fs, dtype, missing_electrodes, as_json, quiet):
+def ingest(src, cache, db_url, window, stride, workers, config_file, fs, dtype, missing_electrodes, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ingest import ingest as run_ingest
     from eegcache.spec import load_config
@@ -67,7 +77,7 @@ def ingest(src, cache, window, stride, workers, config_file, fs, dtype, missing_
     try:
         config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes})
-        summary = run_ingest(src, cache, config, progress=not quiet)
+        summary = run_ingest(src, cache, config, db_url=db_url, progress=not quiet)
     except (ValueError, FileNotFoundError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -89,12 +99,13 @@ def ingest(src, cache, window, stride, workers, config_file, fs, dtype, missing_
 
 @main.command()
 @cache_option
+@db_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(cache, as_json):
+def stats(cache, db_url, as_json):
     """Recordings by status, windows per class per split and window set, seizure hours, bytes on disk."""
     from eegcache.stats import stats as compute
 
-    data = compute(_open(cache), cache)
+    data = compute(_open(cache, db_url), cache)
     if as_json:
         _print_json(data)
         return
@@ -110,6 +121,7 @@ def stats(cache, as_json):
 
 @main.command()
 @cache_option
+@db_option
 @click.argument("query")
 @click.option("--json", "fmt", flag_value="json", help="A JSON list of row objects.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row.")
@@ -118,7 +130,7 @@ def stats(cache, as_json):
               help="Bind :NAME in the query to VALUE (repeatable); values never enter the SQL text.")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Row cap.")
 @click.option("--timeout", type=click.FloatRange(0.01), default=30.0, show_default=True, help="Time limit (s).")
-def sql(cache, query, fmt, params, limit, timeout):
+def sql(cache, db_url, query, fmt, params, limit, timeout):
     """Run a read-only SQL QUERY over the index (views: window_labels, recording_status)."""
     from eegcache.query import QueryError, run_query
 
@@ -128,9 +140,9 @@ def sql(cache, query, fmt, params, limit, timeout):
         if not sep:
             raise click.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--param")
         bound[name] = value
-    _open(cache)  # upgrades an older schema so the views exist
+    _open(cache, db_url).dispose()  # upgrades an older schema so the views exist
     try:
-        result = run_query(cache / INDEX_FILE, query, bound, limit=limit, timeout_s=timeout)
+        result = run_query(db_url or cache / INDEX_FILE, query, bound, limit=limit, timeout_s=timeout)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
@@ -147,14 +159,15 @@ def sql(cache, query, fmt, params, limit, timeout):
 
 @main.command()
 @cache_option
+@db_option
 @click.option("--repair", is_flag=True, help="Re-ingest the recordings of damaged objects from their sources.")
 @click.option("--json", "as_json", is_flag=True)
-def verify(cache, repair, as_json):
+def verify(cache, db_url, repair, as_json):
     """Re-read every object against its checksums; name each missing or corrupt one; exit 1 if any."""
     from eegcache.repair import repair as run_repair
     from eegcache.verify import verify as run_verify
 
-    engine = _open(cache)
+    engine = _open(cache, db_url)
     report = run_verify(engine, cache)
     if as_json:
         _print_json({"objects": report.objects, "files": report.files, "bytes": report.bytes,
@@ -175,14 +188,15 @@ def verify(cache, repair, as_json):
 
 @main.command()
 @cache_option
+@db_option
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--grace", type=click.FloatRange(0), default=3600.0, show_default=True,
               help="Only remove things older than this many seconds (protects concurrent writers).")
-def gc(cache, dry_run, grace):
+def gc(cache, db_url, dry_run, grace):
     """Remove staging leftovers and objects that no recording references."""
     from eegcache.gc import gc as run_gc
 
-    report = run_gc(_open(cache), cache, grace_s=grace, dry_run=dry_run)
+    report = run_gc(_open(cache, db_url), cache, grace_s=grace, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for name in report.staging:
         click.echo(f"{verb} staging/{name}")
@@ -213,14 +227,16 @@ def db() -> None:
 
 @db.command("upgrade")
 @cache_option
-def db_upgrade(cache):
+@db_option
+def db_upgrade(cache, db_url):
     """Upgrade the index to the newest schema (done automatically by every command)."""
-    engine = _open(cache, create=True)
+    engine = _open(cache, db_url, create=True)
     click.echo(f"index at revision {current_revision(engine)} (newest {head_revision()})")
 
 
 @db.command("current")
 @cache_option
+@db_option
 def db_current(cache):
     """Print the index's schema revision."""
     from eegcache.index.db import default_url, make_engine

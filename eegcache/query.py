@@ -1,8 +1,9 @@
 """Read-only ad hoc SQL over the index, with a time limit and a row cap (``eegcache sql``).
 
-Safety does not rest on parsing the statement: SQLite opens the file read-only (``mode=ro``), an authorizer
-allows only reading (no ATTACH, no writable PRAGMA, no functions that load extensions), and a progress handler
-interrupts a statement that runs past its time limit.
+Safety does not rest on parsing the statement. On SQLite the file is opened read-only (``mode=ro``), an
+authorizer allows only reading (no ATTACH, no writable PRAGMA, no functions that load extensions), and a
+progress handler interrupts a statement that runs past its time limit. On PostgreSQL the statement runs in a
+``READ ONLY`` transaction with a local ``statement_timeout``, and is rolled back whatever it did.
 """
 
 from __future__ import annotations
@@ -41,15 +42,19 @@ def _authorizer(action, arg1, arg2, _db, _trigger):
 
 
 def run_query(
-    index_file: Path,
+    index: Path | str,
     sql: str,
     params: dict | tuple = (),
     *,
     limit: int = DEFAULT_LIMIT,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> QueryResult:
-    """Run one read-only statement and return at most ``limit`` rows (``truncated`` says if there were more)."""
-    index_file = Path(index_file)
+    """Run one read-only statement and return at most ``limit`` rows (``truncated`` says if there were more).
+
+    ``index`` is the SQLite index file, or a SQLAlchemy URL of a server database."""
+    if isinstance(index, str) and "://" in index and not index.startswith("sqlite"):
+        return _run_server(index, sql, params, limit, timeout_s)
+    index_file = Path(str(index).removeprefix("sqlite:///"))
     if not index_file.is_file():
         raise QueryError(f"no index at {index_file}: ingest something into this cache first")
     conn = sqlite3.connect(f"{index_file.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
@@ -74,3 +79,37 @@ def run_query(
         return QueryResult(columns, rows[:limit], len(rows) > limit)
     finally:
         conn.close()
+
+
+_SERVER_READ_KEYWORDS = ("select", "with", "values", "table", "explain", "show")
+
+
+def _run_server(url: str, sql: str, params, limit: int, timeout_s: float) -> QueryResult:
+    from sqlalchemy import create_engine, exc, text
+
+    body = sql.strip().rstrip(";").strip()
+    # A READ ONLY transaction still lets a superuser run COPY ... TO PROGRAM or server file functions, so one
+    # reading statement is all that is accepted (and a least-privilege role is still the right connection).
+    if ";" in body or not body.split(None, 1)[0].lower().startswith(_SERVER_READ_KEYWORDS) or "copy" in body.lower().split():
+        raise QueryError("refused: eegcache sql runs one reading statement (SELECT, WITH, VALUES, TABLE, EXPLAIN, SHOW)")
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+            try:
+                result = conn.execute(text(sql), params if isinstance(params, dict) else {})
+                rows = [tuple(r) for r in result.fetchmany(limit + 1)] if result.returns_rows else []
+                columns = list(result.keys()) if result.returns_rows else []
+            except exc.DBAPIError as err:
+                code = getattr(err.orig, "pgcode", None)
+                if code == "25006":  # read_only_sql_transaction
+                    raise QueryError("refused: eegcache sql only reads; nothing was changed") from None
+                if code == "57014":  # query_canceled (statement_timeout)
+                    raise QueryError(f"stopped: the query ran longer than the {timeout_s:g} s time limit") from None
+                raise QueryError(f"SQL error: {str(err.orig).strip()}") from None
+            finally:
+                conn.rollback()
+        return QueryResult(columns, rows[:limit], len(rows) > limit)
+    finally:
+        engine.dispose()

@@ -38,8 +38,8 @@ def stats(engine: Engine, cache: Path | None = None) -> dict:
         "recordings": recordings,
         "windows": windows,
         "windows_by_set": by_set,
-        "eeg_hours": hours,
-        "seizure_hours": seizure_hours,
-        "objects": n_objects,
-        "bytes": {"objects": object_bytes, "index": index_bytes, "total": object_bytes + index_bytes},
+        "eeg_hours": float(hours),
+        "seizure_hours": float(seizure_hours),
+        "objects": int(n_objects),
+        "bytes": {"objects": int(object_bytes), "index": index_bytes, "total": int(object_bytes) + index_bytes},
     }

@@ -53,13 +53,26 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
 
+WRITER_LOCK_ID = 0x6565_6763  # "eegc": the advisory lock that serialises writers on PostgreSQL
+
+
+def _postgres_begin(conn) -> None:
+    # The PostgreSQL twin of BEGIN IMMEDIATE: writers queue on one transaction-scoped advisory lock, so
+    # check-then-insert sequences never race and never deadlock.
+    if conn.get_execution_options().get("writer"):
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK_ID})")
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "isolation_level": None})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "begin", _postgres_begin)
+    return engine
 
 
 @contextmanager
@@ -99,8 +112,11 @@ def check_schema(engine: Engine) -> None:
 
 
 def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = True) -> Engine:
-    """Engine for the cache's index, created and upgraded to the newest schema when needed."""
+    """Engine for the cache's index, created and upgraded to the newest schema when needed.
+
+    ``url`` (or ``$EEGCACHE_DB``) is a SQLAlchemy URL; by default the index is ``CACHE/index.sqlite``."""
     cache = Path(cache)
+    url = url or os.environ.get("EEGCACHE_DB") or None
     if url is None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -111,10 +127,12 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
     engine = make_engine(url or default_url(cache))
     check_schema(engine)
     if upgrade_schema and current_revision(engine) != head_revision():
-        lock_dir = cache if url is None else Path(os.environ.get("TMPDIR", "/tmp"))
-        with _file_lock(lock_dir / ".index.lock"):
-            if current_revision(engine) != head_revision():
-                upgrade(engine)
+        if url is None:  # a new SQLite file: one process creates it while the others wait
+            with _file_lock(cache / ".index.lock"):
+                if current_revision(engine) != head_revision():
+                    upgrade(engine)
+        else:  # the writer lock serialises upgraders; Alembic skips what is already applied
+            upgrade(engine)
     return engine
 
 
