@@ -24,6 +24,12 @@ db_option = click.option(
 )
 
 
+store_option = click.option(
+    "--store", "store_url", envvar="EEGCACHE_STORE", default=None, metavar="URL",
+    help="Where objects live: a folder (default: the cache folder) or s3://bucket/prefix. Env: EEGCACHE_STORE.",
+)
+
+
 def _open(cache: Path, db_url: str | None = None, *, create: bool = False):
     if not create and db_url is None and not (cache / INDEX_FILE).is_file():
         raise click.ClickException(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
@@ -58,6 +64,7 @@ def main() -> None:
 @click.argument("src", type=click.Path(path_type=Path))
 @cache_option
 @db_option
+@store_option
 @click.option("--window", type=float, help="Window length in seconds (default 60).")
 @click.option("--stride", type=float, help="Stride between window starts in seconds (default 60).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Preprocessing worker processes (default 1).")
@@ -69,7 +76,7 @@ def main() -> None:
               help="A recording lacking a required electrode fails (default) or gets a zero-filled channel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(src, cache, db_url, window, stride, workers, config_file, fs, dtype, missing_electrodes, as_json, quiet):
+def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, fs, dtype, missing_electrodes, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ingest import ingest as run_ingest
     from eegcache.spec import load_config
@@ -77,7 +84,7 @@ def ingest(src, cache, db_url, window, stride, workers, config_file, fs, dtype, 
     try:
         config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes})
-        summary = run_ingest(src, cache, config, db_url=db_url, progress=not quiet)
+        summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
     except (ValueError, FileNotFoundError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -160,15 +167,16 @@ def sql(cache, db_url, query, fmt, params, limit, timeout):
 @main.command()
 @cache_option
 @db_option
+@store_option
 @click.option("--repair", is_flag=True, help="Re-ingest the recordings of damaged objects from their sources.")
 @click.option("--json", "as_json", is_flag=True)
-def verify(cache, db_url, repair, as_json):
+def verify(cache, db_url, store_url, repair, as_json):
     """Re-read every object against its checksums; name each missing or corrupt one; exit 1 if any."""
     from eegcache.repair import repair as run_repair
     from eegcache.verify import verify as run_verify
 
     engine = _open(cache, db_url)
-    report = run_verify(engine, cache)
+    report = run_verify(engine, cache, store_url)
     if as_json:
         _print_json({"objects": report.objects, "files": report.files, "bytes": report.bytes,
                      "problems": [str(p) for p in report.problems]})
@@ -178,10 +186,10 @@ def verify(cache, db_url, repair, as_json):
         click.echo(f"checked {report.objects} objects, {report.files} files, {report.bytes / 1e6:.1f} MB: "
                    f"{len(report.problems)} problem(s)")
     if report.problems and repair:
-        outcome = run_repair(engine, cache, report)
+        outcome = run_repair(engine, cache, report, store_url)
         for line in outcome.messages:
             click.echo(line)
-        report = run_verify(engine, cache)
+        report = run_verify(engine, cache, store_url)
         click.echo(f"after repair: {len(report.problems)} problem(s)")
     sys.exit(0 if report.ok else 1)
 
@@ -189,14 +197,15 @@ def verify(cache, db_url, repair, as_json):
 @main.command()
 @cache_option
 @db_option
+@store_option
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--grace", type=click.FloatRange(0), default=3600.0, show_default=True,
               help="Only remove things older than this many seconds (protects concurrent writers).")
-def gc(cache, db_url, dry_run, grace):
+def gc(cache, db_url, store_url, dry_run, grace):
     """Remove staging leftovers and objects that no recording references."""
     from eegcache.gc import gc as run_gc
 
-    report = run_gc(_open(cache, db_url), cache, grace_s=grace, dry_run=dry_run)
+    report = run_gc(_open(cache, db_url), cache, grace_s=grace, dry_run=dry_run, store_url=store_url)
     verb = "would remove" if dry_run else "removed"
     for name in report.staging:
         click.echo(f"{verb} staging/{name}")

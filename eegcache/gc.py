@@ -1,14 +1,14 @@
 """Garbage collection: staging leftovers and objects no recording references, after a grace period.
 
-The grace period protects a concurrent writer: its staging folder, and an object it has renamed into place but
-not yet registered, are younger than the grace period. Unreferenced rows are deleted and their folders moved to
-``trash/`` inside one write transaction, so an ingest that registers an object (also under the write lock) sees
-either the object or its absence, never a row without a folder.
+The grace period protects a concurrent writer: its staging folder, and an object it has published but not yet
+registered, are younger than the grace period. Unreferenced rows are deleted and their objects withdrawn
+(moved to ``trash/``, or their ``COMPLETE`` marker removed on an object store) inside one write transaction, so
+an ingest that registers an object (also under the write lock) sees either the object or its absence, never a
+row without its data. The files are purged after the commit.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,10 +18,9 @@ from sqlalchemy import Engine, delete, select
 
 from eegcache.index.db import writer
 from eegcache.index.models import ObjectFile, Recording, StoredObject
-from eegcache.store import OBJECTS, STAGING, ObjectStore
+from eegcache.store import age, open_store
 
 DEFAULT_GRACE_S = 3600.0
-TRASH = "trash"
 
 
 @dataclass
@@ -31,66 +30,47 @@ class GcReport:
     bytes: int = 0
 
 
-def _age(path: Path, now: float) -> float:
-    st = path.lstat()
-    return now - max(st.st_mtime, st.st_ctime)
-
-
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def gc(engine: Engine, cache: Path, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False) -> GcReport:
+def gc(
+    engine: Engine, cache: Path, grace_s: float = DEFAULT_GRACE_S, dry_run: bool = False, store_url: str | None = None
+) -> GcReport:
     cache = Path(cache)
+    store = open_store(cache, store_url)
     report = GcReport()
     now = time.time()
-    staging = cache / STAGING
+    staging = store.staging_root
     for entry in sorted(staging.iterdir()) if staging.is_dir() else []:
-        if _age(entry, now) >= grace_s:
+        if age(entry, now) >= grace_s:
             report.staging.append(entry.name)
             report.bytes += _size(entry)
             if not dry_run:
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-    moved: list[tuple[Path, Path]] = []
+    withdrawn: list[tuple[str, object]] = []
     try:
-        _sweep_objects(engine, cache, grace_s, dry_run, now, report, moved)
+        with writer(engine).begin() as conn:
+            referenced = set(conn.execute(
+                select(Recording.object_key).where(Recording.object_key.is_not(None))).scalars())
+            registered = set(conn.execute(select(StoredObject.key)).scalars())
+            if not dry_run:
+                store.recover_withdrawn(registered)
+            ages = store.object_ages(now)
+            doomed = sorted(
+                key for key in (registered | set(ages)) - referenced if key not in ages or ages[key] >= grace_s
+            )
+            report.objects.extend(doomed)
+            if not dry_run and doomed:
+                conn.execute(delete(ObjectFile).where(ObjectFile.object_key.in_(doomed)))
+                conn.execute(delete(StoredObject).where(StoredObject.key.in_(doomed)))
+                for key in doomed:
+                    if key in ages:
+                        withdrawn.append((key, store.withdraw(key)))
     except BaseException:
-        for original, target in moved:  # the transaction rolled back: put the folders back
-            os.rename(target, original)
+        for key, token in withdrawn:  # the transaction rolled back: put the objects back
+            store.restore(key, token)
         raise
-    for _original, target in moved:
-        shutil.rmtree(target, ignore_errors=True)
+    for key, token in withdrawn:
+        store.purge(key, token)
     return report
-
-
-def _sweep_objects(engine, cache, grace_s, dry_run, now, report, moved) -> None:
-    trash = cache / TRASH
-    with writer(engine).begin() as conn:
-        referenced = set(conn.execute(select(Recording.object_key).where(Recording.object_key.is_not(None))).scalars())
-        registered = set(conn.execute(select(StoredObject.key)).scalars())
-        for leftover in sorted(trash.iterdir()) if trash.is_dir() and not dry_run else []:
-            # A gc killed mid-way: folders of still-registered objects go back, the rest are garbage.
-            key = leftover.name.split(".")[0]
-            home = ObjectStore(cache).path(key)
-            if key in registered and not home.exists():
-                os.rename(leftover, home)
-            else:
-                shutil.rmtree(leftover, ignore_errors=True)
-        on_disk = {p.name: p for p in (cache / OBJECTS).glob("??/*") if p.is_dir()}
-        doomed = sorted(
-            key for key in (registered | set(on_disk)) - referenced
-            if key not in on_disk or _age(on_disk[key], now) >= grace_s
-        )
-        for key in doomed:
-            report.objects.append(key)
-            if key in on_disk:
-                report.bytes += _size(on_disk[key])
-        if not dry_run and doomed:
-            conn.execute(delete(ObjectFile).where(ObjectFile.object_key.in_(doomed)))
-            conn.execute(delete(StoredObject).where(StoredObject.key.in_(doomed)))
-            trash.mkdir(exist_ok=True)
-            for key in doomed:
-                if key in on_disk:
-                    target = trash / f"{key}.{os.getpid()}"
-                    os.rename(on_disk[key], target)
-                    moved.append((on_disk[key], target))

@@ -29,7 +29,7 @@ from eegcache.index.sql import insert_ignore
 from eegcache.labels import clip_events, label_mask
 from eegcache.preprocess import preprocess
 from eegcache.spec import IngestConfig, PreprocessSpec
-from eegcache.store import FileChecksum, ObjectStore, object_digest
+from eegcache.store import FileChecksum, ObjectStore, object_digest, open_store
 from eegcache.tree import discover, is_utf8, parse_path, path_text
 from eegcache.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
 
@@ -51,6 +51,7 @@ class Task:
     shapes: tuple[WindowShape, ...]
     known_edf_sha256: str | None = None
     known_annotation_sha256: str | None = None
+    store_url: str | None = None
 
 
 @dataclass
@@ -133,7 +134,7 @@ def prepare(task: Task) -> Prepared:
         annotation = parse_annotation(ann_path)
         result.label_key = keys.label_key(result.annotation_sha256)
         result.object_key = keys.object_key(result.edf_sha256, task.spec, result.label_key)
-        store = ObjectStore(task.cache)
+        store = open_store(task.cache, task.store_url)
         if store.exists(result.object_key):
             group = store.open(result.object_key)
             mask = np.asarray(group["labels"][...])
@@ -184,9 +185,8 @@ def _json(value) -> str | None:
     return json.dumps(list(value)) if value else None
 
 
-def register(engine: Engine, cache: Path, spec: PreprocessSpec, item: Prepared) -> str:
+def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Prepared) -> str:
     """Write one prepared recording in ONE transaction. Returns the status that was recorded."""
-    store = ObjectStore(cache)
     now = datetime.now(UTC).replace(tzinfo=None)
     with writer(engine).begin() as conn:
         rec = conn.execute(select(Recording.id, Recording.object_key)
@@ -289,7 +289,9 @@ def _all_shapes(engine: Engine, fs: float) -> list[WindowShape]:
     return [WindowShape(*r) for r in rows]
 
 
-def plan(engine: Engine, cache: Path, edfs: list[Path], config: IngestConfig, requested: WindowShape) -> tuple[list[Task], int]:
+def plan(
+    engine: Engine, store: ObjectStore, edfs: list[Path], config: IngestConfig, requested: WindowShape
+) -> tuple[list[Task], int]:
     """Tasks for the files that need work, and the number that need none. Unchanged files (same path, size,
     mtime, annotation and spec) get a windows-only task when the requested window set is new to them."""
     spec = config.spec
@@ -326,10 +328,10 @@ def plan(engine: Engine, cache: Path, edfs: list[Path], config: IngestConfig, re
                     row.status == "skipped" or row.id in have_set
                     or (row.n_samples or 0) < requested.window
                 )
-                if row.spec_digest == sdigest and covered and ObjectStore(cache).exists(row.object_key):
+                if row.spec_digest == sdigest and covered and store.exists(row.object_key):
                     unchanged += 1
                     continue
-        tasks.append(Task(edf, cache, spec, shapes, **reuse))
+        tasks.append(Task(edf, store.root, spec, shapes, store_url=store.url, **reuse))
     return tasks, unchanged
 
 
@@ -339,6 +341,7 @@ def ingest(
     config: IngestConfig | None = None,
     *,
     db_url: str | None = None,
+    store_url: str | None = None,
     progress: bool = True,
 ) -> IngestSummary:
     """Ingest every EDF under ``src`` into ``cache``. Bad files are recorded as failed; the run goes on."""
@@ -347,17 +350,18 @@ def ingest(
     cache = Path(cache)
     edfs = discover(Path(src))
     engine = open_index(cache, db_url)
+    store = open_store(cache, store_url)
     try:
         requested = window_shape(engine, config.window_s, config.stride_s, config.spec.fs)
-        tasks, unchanged = plan(engine, cache, edfs, config, requested)
+        tasks, unchanged = plan(engine, store, edfs, config, requested)
         summary = IngestSummary(unchanged=unchanged)
         bar = tqdm(total=len(edfs), initial=unchanged, unit="file", disable=not progress, desc="ingest")
         for task, item in _run(tasks, config.workers):
             try:
-                status = register(engine, cache, config.spec, item)
+                status = register(engine, store, config.spec, item)
             except ObjectVanished:
                 item = prepare(task)
-                status = register(engine, cache, config.spec, item)
+                status = register(engine, store, config.spec, item)
             if status == "failed":
                 summary.failed += 1
                 summary.failures.append((item.source_path, item.reason or "unknown error"))
@@ -405,7 +409,7 @@ def window_counts(engine: Engine, window_set_id: int) -> dict[str, int]:
     return {label: counts.get(label, 0) for label in LABELS}
 
 
-def reingest_sources(engine: Engine, cache: Path, sources: list[Path]) -> list[str]:
+def reingest_sources(engine: Engine, store: ObjectStore, sources: list[Path]) -> list[str]:
     """Rebuild the recordings at these paths with the spec their objects were made with (used by repair).
     Returns the failure reasons."""
     failures = []
@@ -415,7 +419,7 @@ def reingest_sources(engine: Engine, cache: Path, sources: list[Path]) -> list[s
                 select(StoredObject.spec_json).join(Recording, Recording.object_key == StoredObject.key)
                 .where(Recording.source_path == path_text(src))).scalar_one_or_none()
         spec = PreprocessSpec.from_dict(json.loads(spec_json)) if spec_json else PreprocessSpec()
-        item = prepare(Task(src, Path(cache), spec, tuple(_all_shapes(engine, spec.fs))))
-        if register(engine, cache, spec, item) == "failed":
+        item = prepare(Task(src, store.root, spec, tuple(_all_shapes(engine, spec.fs)), store_url=store.url))
+        if register(engine, store, spec, item) == "failed":
             failures.append(item.reason or str(src))
     return failures

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from eegcache.store import ObjectStore
+from eegcache.store import open_store
 from eegcache.verify import VerifyReport, damaged_sources
 
 
@@ -17,19 +17,19 @@ class RepairOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def repair(engine: Engine, cache: Path, report: VerifyReport) -> RepairOutcome:
+def repair(engine: Engine, cache: Path, report: VerifyReport, store_url: str | None = None) -> RepairOutcome:
     """Delete each damaged object folder and re-ingest the recordings that use it from their sources."""
     from eegcache.ingest import reingest_sources
 
     outcome = RepairOutcome()
-    store = ObjectStore(cache)
+    store = open_store(cache, store_url)
     for key, sources in sorted(damaged_sources(engine, report).items()):
         present = [Path(s) for s in sources if Path(s).is_file()]
         if not present:
             outcome.messages.append(f"cannot repair object {key[:12]}: its source file(s) are gone: {', '.join(sources)}")
             continue
         store.remove(key)
-        failed = reingest_sources(engine, cache, present)
+        failed = reingest_sources(engine, store, present)
         if failed:
             outcome.messages.append(f"object {key[:12]}: re-ingest failed: {'; '.join(failed)}")
         else:

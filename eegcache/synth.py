@@ -177,12 +177,14 @@ def _plan(hours: float, rng: np.random.Generator) -> list[_File]:
 
 
 def _durations(split: str, target_s: float, rng: np.random.Generator) -> list[_File]:
-    """Mostly 300 or 601 s files, some log-uniform up to 1 h, one remainder file, and very short files."""
+    """Mostly 300 or 601 s files, some log-uniform up to 1 h (a third of the split at most, so that small
+    trees still have several files), one remainder file, and very short files."""
     durations: list[int] = []
     remaining = round(target_s)
+    longest = min(3600.0, max(target_s / 3, 120.0))
     while remaining >= 45 or not durations:
         u = rng.random()
-        d = 300 if u < 0.45 else 601 if u < 0.75 else int(math.exp(rng.uniform(math.log(60), math.log(3600))))
+        d = 300 if u < 0.45 else 601 if u < 0.75 else int(math.exp(rng.uniform(math.log(60), math.log(longest))))
         d = min(d, max(remaining, 60))
         durations.append(d)
         remaining -= d
@@ -486,8 +488,9 @@ def _signals(f: _File, rng: np.random.Generator, quick: bool) -> list[tuple[str,
         if name in blink_gain:
             data[c] += blink_gain[name] * blinks
 
+    background_rms = data.std(axis=1)
     for event in f.events:
-        _add_seizure(data, spatial, rms, event, fs, rng)
+        _add_seizure(data, spatial, background_rms, event, fs, rng)
 
     channels = {name: data[c] for c, name in enumerate(spatial)}
     for name in f.aux:
@@ -550,7 +553,7 @@ def _add_seizure(data: np.ndarray, names: list[str], rms: np.ndarray, event: _Ev
     phase = 2 * np.pi * np.cumsum(freq) / fs + rng.uniform(0, 2 * np.pi)
     ramp = min(2.0, d / 4)
     edge = np.clip(np.minimum(t, d - t) / ramp, 0, 1)
-    envelope = (0.5 - 0.5 * np.cos(np.pi * edge)) * (0.6 + 0.4 * t / d) * rng.uniform(3.0, 6.0)
+    envelope = (0.5 - 0.5 * np.cos(np.pi * edge)) * (0.7 + 0.3 * t / d) * rng.uniform(3.0, 6.0)
     for c, name in enumerate(names):
         w = _spatial_weight(event, name) if name in _POS and name not in ("LOC", "ROC") else 0.0
         if w:

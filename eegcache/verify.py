@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from eegcache.index.models import ObjectFile, Recording, StoredObject
-from eegcache.store import ObjectStore
+from eegcache.store import ObjectStore, open_store
 
 
 @dataclass
@@ -36,14 +36,12 @@ class VerifyReport:
 
 
 def _check_object(store: ObjectStore, key: str, files: list) -> tuple[list[str], int]:
-    root = store.path(key)
-    if not root.is_dir():
-        return [f"object folder {root} is missing"], 0
+    if not store.has_folder(key):
+        return [f"object folder {key[:2]}/{key} is missing"], 0
     issues, nbytes = [], 0
     for f in files:
-        path = root / f.path
         try:
-            data = path.read_bytes()
+            data = store.read_file(key, f.path)
         except FileNotFoundError:
             issues.append(f"file {f.path} is missing")
             continue
@@ -58,9 +56,9 @@ def _check_object(store: ObjectStore, key: str, files: list) -> tuple[list[str],
     return issues, nbytes
 
 
-def verify(engine: Engine, cache: Path) -> VerifyReport:
+def verify(engine: Engine, cache: Path, store_url: str | None = None) -> VerifyReport:
     """Check every object file; name each missing or corrupt one with the recordings that use it."""
-    store = ObjectStore(cache)
+    store = open_store(cache, store_url)
     report = VerifyReport()
     with engine.connect() as conn:
         users: dict[str, list[str]] = {}
