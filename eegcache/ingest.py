@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from eegcache import keys
 from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
+from eegcache.claims import Claims, release_in
 from eegcache.edf import EdfError, read_header, read_recording
 from eegcache.index.db import open_index, writer
 from eegcache.index.models import ObjectFile, Recording, SeizureEvent, StoredObject, Window, WindowSet
@@ -226,6 +227,7 @@ def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Pre
             if rec.object_key != values["object_key"] or status != "ingested":
                 conn.execute(delete(Window).where(Window.recording_id == rec_id))
             conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
+        release_in(conn, item.source_path)
         conn.execute(delete(SeizureEvent).where(SeizureEvent.recording_id == rec_id))
         if status == "ingested":
             if item.events:
@@ -344,7 +346,10 @@ def ingest(
     store_url: str | None = None,
     progress: bool = True,
 ) -> IngestSummary:
-    """Ingest every EDF under ``src`` into ``cache``. Bad files are recorded as failed; the run goes on."""
+    """Ingest every EDF under ``src`` into ``cache``. Bad files are recorded as failed; the run goes on.
+
+    Several processes may run this on one index at once (on one machine or many): files are claimed, so each is
+    prepared once, and a dead process's files are taken over when its claims expire."""
     config = config or IngestConfig()
     t0 = time.perf_counter()
     cache = Path(cache)
@@ -356,26 +361,14 @@ def ingest(
         tasks, unchanged = plan(engine, store, edfs, config, requested)
         summary = IngestSummary(unchanged=unchanged)
         bar = tqdm(total=len(edfs), initial=unchanged, unit="file", disable=not progress, desc="ingest")
-        for task, item in _run(tasks, config.workers):
-            try:
-                status = register(engine, store, config.spec, item)
-            except ObjectVanished:
-                item = prepare(task)
-                status = register(engine, store, config.spec, item)
-            if status == "failed":
-                summary.failed += 1
-                summary.failures.append((item.source_path, item.reason or "unknown error"))
-                bar.write(f"failed: {item.reason}")
-            elif status == "skipped":
-                summary.skipped += 1
-            elif item.preprocessed:
-                summary.ingested += 1
-                summary.edf_read += 1
-            elif task.known_edf_sha256 is not None:
-                summary.windows_added += 1
-            else:
-                summary.reused += 1
-            bar.update(1)
+        with Claims(engine) as claims:
+            replan = lambda task: plan(engine, store, [task.edf], config, requested)[0]  # noqa: E731
+            for task, item in _schedule(tasks, config.workers, claims, replan):
+                if item is None:  # another process ingested it meanwhile
+                    summary.unchanged += 1
+                else:
+                    _tally(summary, task, item, _register_or_redo(engine, store, config.spec, task, item), bar)
+                bar.update(1)
         bar.close()
         summary.window_counts = window_counts(engine, requested.id)
     finally:
@@ -384,20 +377,78 @@ def ingest(
     return summary
 
 
-def _run(tasks: list[Task], workers: int):
-    if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield task, prepare(task)
-        return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(prepare, task): task for task in tasks}
-        for future in as_completed(futures):
-            task = futures[future]
-            try:
-                yield task, future.result()
-            except Exception as exc:  # noqa: BLE001 - a crashed worker must not end the run
-                yield task, Prepared(source_path=path_text(task.edf), status="failed",
-                                     reason=f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
+def _register_or_redo(engine: Engine, store: ObjectStore, spec: PreprocessSpec, task: Task, item: Prepared) -> str:
+    try:
+        return register(engine, store, spec, item)
+    except ObjectVanished:  # gc collected the object this worker reused: build it again
+        item.__dict__.update(prepare(task).__dict__)
+        return register(engine, store, spec, item)
+
+
+def _tally(summary: IngestSummary, task: Task, item: Prepared, status: str, bar) -> None:
+    if status == "failed":
+        summary.failed += 1
+        summary.failures.append((item.source_path, item.reason or "unknown error"))
+        bar.write(f"failed: {item.reason}")
+    elif status == "skipped":
+        summary.skipped += 1
+    elif item.preprocessed:
+        summary.ingested += 1
+        summary.edf_read += 1
+    elif task.known_edf_sha256 is not None:
+        summary.windows_added += 1
+    else:
+        summary.reused += 1
+
+
+POLL_S = 0.5
+
+
+def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
+    """Yield (task, Prepared) for each task this process claims and prepares, and (task, None) for tasks another
+    process finished while this one waited. Tasks claimed elsewhere wait until their owner registers them or
+    its claim expires."""
+    pending = deque(tasks)
+    waiting: list[Task] = []
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
+    in_flight: dict = {}
+    try:
+        while pending or waiting or in_flight:
+            while pending and (pool is None or len(in_flight) < workers + 1):
+                task = pending.popleft()
+                if not claims.try_claim(path_text(task.edf)):
+                    waiting.append(task)
+                    continue
+                fresh = replan(task)  # another process may have finished it since this run's plan
+                if not fresh:
+                    claims.release(path_text(task.edf))
+                    yield task, None
+                    continue
+                task = fresh[0]
+                if pool is None:
+                    yield task, prepare(task)
+                else:
+                    in_flight[pool.submit(prepare, task)] = task
+            if in_flight:
+                done, _ = wait(in_flight, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = in_flight.pop(future)
+                    yield task, _result(future, task)
+            elif waiting and not pending:
+                time.sleep(POLL_S)
+                pending.extend(waiting)
+                waiting = []
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _result(future, task: Task) -> Prepared:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - a crashed worker must not end the run
+        return Prepared(source_path=path_text(task.edf), status="failed",
+                        reason=f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
 
 
 def window_counts(engine: Engine, window_set_id: int) -> dict[str, int]:

@@ -260,7 +260,8 @@ def _montage(rng: np.random.Generator) -> str:
 
 
 def _assign_traits(files: list[_File], by_split: dict[str, list[_File]], rng: np.random.Generator) -> None:
-    """Per-file rates and channel quirks, each forced to appear at least once where the brief asks for it."""
+    """Per-file rates and channel quirks, each forced onto a readable file at least once (when the tree is big
+    enough), so that a reader that skips the bad-date file still meets every quirk."""
     for f in files:
         f.fs = 250 if rng.random() < 0.8 else int(rng.choice(RATES[1:]))
         f.missing = rng.random() < 0.034
@@ -269,26 +270,26 @@ def _assign_traits(files: list[_File], by_split: dict[str, list[_File]], rng: np
         f.slow_aux = rng.random() < 0.5
         f.order = str(rng.choice(["tuh", "szcore", "shuffled"], p=[0.6, 0.2, 0.2]))
         f.start_time = (int(rng.integers(7, 20)), int(rng.integers(0, 60)), int(rng.integers(0, 60)))
-    if len(files) >= 8:
-        free = [f for f in files if f.fs == 250]
-        for rate in RATES[1:]:
-            if free and not any(f.fs == rate for f in files):
-                free.pop(int(rng.integers(len(free)))).fs = rate
-        if not any(f.synonyms for f in files):
-            files[int(rng.integers(len(files)))].synonyms = True
-        if not any("C3P" in f.aux for f in files):
-            f = files[int(rng.integers(len(files)))]
-            f.aux += ("C3P",)
-    if not any(f.missing for f in by_split["train"]):
-        by_split["train"][int(rng.integers(len(by_split["train"])))].missing = True
-    if not any(f.slow_aux for f in files):
-        files[0].slow_aux = True
     evals = by_split["eval"]
     if len(evals) >= 2:
         longest = max(evals, key=lambda f: f.duration)
         candidates = [f for f in evals if f is not longest]
         regular = [f for f in candidates if f.duration >= 60] or candidates
         regular[int(rng.integers(len(regular)))].bad_date = True
+    readable = [f for f in files if not f.bad_date]
+    if len(files) >= 8:
+        free = [f for f in readable if f.fs == 250]
+        for rate in RATES[1:]:
+            if free and not any(f.fs == rate for f in readable):
+                free.pop(int(rng.integers(len(free)))).fs = rate
+        if not any(f.synonyms for f in readable):
+            readable[int(rng.integers(len(readable)))].synonyms = True
+        if not any("C3P" in f.aux for f in readable):
+            readable[int(rng.integers(len(readable)))].aux += ("C3P",)
+    if not any(f.missing for f in by_split["train"]):
+        by_split["train"][int(rng.integers(len(by_split["train"])))].missing = True
+    if not any(f.slow_aux for f in readable):
+        readable[0].slow_aux = True
 
 
 def _plan_seizures(by_split: dict[str, list[_File]], rng: np.random.Generator) -> None:

@@ -130,3 +130,14 @@ class Window(Base):
         UniqueConstraint("recording_id", "window_set_id", "start_sample", name="uq_windows_slice"),
         Index("ix_windows_set_label", "window_set_id", "label"),
     )
+
+
+class Claim(Base):
+    """A lease on one source file, so that several ingest processes (on one or many machines) share a tree
+    without preprocessing a file twice. A dead owner's claim expires and is taken over."""
+
+    __tablename__ = "claims"
+
+    source_path: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    expires_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch

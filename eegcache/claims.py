@@ -1,0 +1,83 @@
+"""Leases on source files, so concurrent ingest processes divide a tree instead of duplicating it.
+
+A process claims a file before preparing it and releases the claim in the transaction that registers the
+result. A background thread renews the process's claims; when a process dies its claims expire after the lease
+and another process takes the files over.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+
+from sqlalchemy import Engine, delete, select, update
+
+from eegcache.index.db import writer
+from eegcache.index.models import Claim
+
+DEFAULT_LEASE_S = float(os.environ.get("EEGCACHE_CLAIM_LEASE_S", "300"))
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Claims:
+    """This process's claims; use as a context manager to keep them renewed."""
+
+    def __init__(self, engine: Engine, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None) -> None:
+        self.engine = engine
+        self.lease_s = lease_s
+        self.owner = owner or new_owner()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def try_claim(self, source_path: str) -> bool:
+        """Take the file unless another live process holds it."""
+        now = time.time()
+        with writer(self.engine).begin() as conn:
+            row = conn.execute(select(Claim.owner, Claim.expires_at).where(Claim.source_path == source_path)).first()
+            if row is not None and row.owner != self.owner and row.expires_at > now:
+                return False
+            values = {"owner": self.owner, "expires_at": now + self.lease_s}
+            if row is None:
+                conn.execute(Claim.__table__.insert().values(source_path=source_path, **values))
+            else:
+                conn.execute(update(Claim).where(Claim.source_path == source_path).values(**values))
+        return True
+
+    def release(self, source_path: str) -> None:
+        with writer(self.engine).begin() as conn:
+            conn.execute(delete(Claim).where(Claim.source_path == source_path, Claim.owner == self.owner))
+
+    def release_all(self) -> None:
+        with writer(self.engine).begin() as conn:
+            conn.execute(delete(Claim).where(Claim.owner == self.owner))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                with writer(self.engine).begin() as conn:
+                    conn.execute(update(Claim).where(Claim.owner == self.owner)
+                                 .values(expires_at=time.time() + self.lease_s))
+            except Exception:  # noqa: BLE001 - a missed renewal only risks duplicate work, never wrong data
+                pass
+
+    def __enter__(self) -> Claims:
+        self._thread = threading.Thread(target=self._renew, name="eegcache-claims", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.release_all()
+
+
+def release_in(conn, source_path: str) -> None:
+    """Drop a file's claim inside the transaction that registers its result."""
+    conn.execute(delete(Claim).where(Claim.source_path == source_path))
