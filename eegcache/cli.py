@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -41,8 +42,14 @@ def _open(cache: Path, db_url: str | None = None, *, create: bool = False):
         raise click.ClickException(f"cannot open the index: {exc}") from None
 
 
+def _jsonable(value):
+    if isinstance(value, Decimal):  # PostgreSQL numeric
+        return float(value)
+    return str(value)
+
+
 def _print_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(data, indent=2, default=_jsonable))
 
 
 def _table(columns: list[str], rows: list) -> str:

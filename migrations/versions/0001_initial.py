@@ -28,7 +28,7 @@ SELECT
     w.start_sample / ws.fs AS start_s,
     ws.window_s AS duration_s,
     CASE w.label WHEN 0 THEN 'no_seizure' WHEN 1 THEN 'partial_seizure' ELSE 'full_seizure' END AS label,
-    w.seizure_samples * 1.0 / ws.window_samples AS seizure_fraction
+    CAST(w.seizure_samples AS DOUBLE PRECISION) / ws.window_samples AS seizure_fraction
 FROM windows w
 JOIN recordings r ON r.id = w.recording_id
 JOIN window_sets ws ON ws.id = w.window_set_id

@@ -1,0 +1,274 @@
+"""Scale-out: the same commands on PostgreSQL and an S3 API, several ingest processes sharing one tree.
+
+Real servers only: PostgreSQL on 127.0.0.1:5432 (skipped when absent) and moto's S3 server started on a free
+loopback port by this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from eegcache.synth import synthesize
+
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+def _pg_available() -> bool:
+    try:
+        with create_engine(PG_ADMIN).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+pytestmark = pytest.mark.postgres
+needs_pg = pytest.mark.skipif(not _pg_available(), reason="no PostgreSQL on 127.0.0.1:5432")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory):
+    """An S3 API on loopback (moto server) and the environment that points boto/s3fs at it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(10)
+
+
+def _bucket(env) -> str:
+    import s3fs
+
+    name = f"b{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(name)
+    return f"s3://{name}/cache"
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL schema per test, dropped afterwards."""
+    schema = f"ec_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{PG_ADMIN}?options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    synthesize(root, hours=0.3, seed=3)
+    return root
+
+
+def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "eegcache", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eegcache {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def snapshot(cache: Path, db: str | None = None) -> tuple[set, set]:
+    """What a user sees: every window_labels row (without ids) and every recording_status row."""
+    def rows(query: str) -> set:
+        args = ["sql", "--cache", str(cache), query, "--json", "--limit", "1000000"]
+        if db:
+            args += ["--db", db]
+        return {tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in r.items()))
+                for r in json.loads(cli(*args).stdout)}
+
+    windows = rows("SELECT recording, split, window_s, stride_s, start_s, label, seizure_fraction FROM window_labels")
+    recordings = rows("SELECT recording, status, n_windows FROM recording_status")
+    return windows, recordings
+
+
+@pytest.fixture(scope="module")
+def serial_sqlite(tree, tmp_path_factory):
+    """The reference: one serial ingest into SQLite and a local folder."""
+    cache = tmp_path_factory.mktemp("serial") / "cache"
+    cli("ingest", str(tree), "--cache", str(cache), "--quiet", "--missing-electrodes", "zero")
+    return snapshot(cache)
+
+
+@needs_pg
+def test_postgres_index_gives_the_same_views_as_sqlite(tree, tmp_path, pg_url, serial_sqlite):
+    cache = tmp_path / "cache"
+    cli("ingest", str(tree), "--cache", str(cache), "--db", pg_url, "--quiet", "--missing-electrodes", "zero")
+    assert not (cache / "index.sqlite").exists(), "with --db the index lives on the server"
+    assert snapshot(cache, pg_url) == serial_sqlite
+    stats = json.loads(cli("stats", "--cache", str(cache), "--db", pg_url, "--json").stdout)
+    assert sum(stats["windows"].values()) == len(serial_sqlite[0])
+    # the environment variable works like the flag
+    assert snapshot(cache, pg_url) == snapshot_env(cache, pg_url)
+    assert cli("verify", "--cache", str(cache), "--db", pg_url).returncode == 0
+
+
+def snapshot_env(cache: Path, url: str):
+    old = os.environ.get("EEGCACHE_DB")
+    os.environ["EEGCACHE_DB"] = url
+    try:
+        return snapshot(cache)
+    finally:
+        if old is None:
+            os.environ.pop("EEGCACHE_DB")
+        else:
+            os.environ["EEGCACHE_DB"] = old
+
+
+@needs_pg
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM windows", "DROP TABLE windows", "INSERT INTO window_sets VALUES (99, 1, 1, 256, 256, 256)",
+    "SELECT 1; DELETE FROM windows", "UPDATE recordings SET status = 'x'", "COPY windows TO PROGRAM 'true'",
+])
+def test_postgres_sql_is_read_only(tree, tmp_path, pg_url, statement):
+    cache = tmp_path / "cache"
+    cli("ingest", str(tree), "--cache", str(cache), "--db", pg_url, "--quiet", "--missing-electrodes", "zero")
+    before = snapshot(cache, pg_url)
+    proc = cli("sql", "--cache", str(cache), "--db", pg_url, statement, check=False)
+    assert proc.returncode != 0
+    assert "refused" in proc.stderr
+    assert snapshot(cache, pg_url) == before
+
+
+@needs_pg
+def test_postgres_statement_timeout(tmp_path, pg_url):
+    cli("db", "upgrade", "--cache", str(tmp_path / "c"), "--db", pg_url)
+    proc = cli("sql", "--cache", str(tmp_path / "c"), "--db", pg_url, "SELECT pg_sleep(5)", "--timeout", "0.3",
+               check=False)
+    assert proc.returncode != 0 and "time limit" in proc.stderr
+
+
+@needs_pg
+def test_postgres_migrations_downgrade_and_upgrade(pg_url):
+    from eegcache.index.db import current_revision, downgrade, head_revision, make_engine, upgrade
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    downgrade(engine, "base")
+    assert current_revision(engine) is None
+    upgrade(engine)
+    with engine.connect() as conn:
+        cols = list(conn.execute(text("SELECT * FROM window_labels")).keys())
+    assert cols[0] == "window_id" and cols[-1] == "seizure_fraction"
+
+
+def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, serial_sqlite):
+    import s3fs
+
+    store = _bucket(s3_env)
+    cache = tmp_path / "cache"
+    cli("ingest", str(tree), "--cache", str(cache), "--store", store, "--quiet", "--missing-electrodes", "zero",
+        env=s3_env)
+    assert snapshot(cache) == serial_sqlite
+    assert not (cache / "objects").exists(), "objects live in the bucket, not the cache folder"
+    assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
+    fs = s3fs.S3FileSystem()
+    chunk = next(p for p in fs.find(store) if "/signal/c/" in p)
+    data = bytearray(fs.cat_file(chunk))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(chunk, bytes(data))
+    proc = cli("verify", "--cache", str(cache), "--store", store, check=False, env=s3_env)
+    assert proc.returncode == 1
+    assert chunk.rsplit("/", 4)[-4][:12] in proc.stdout and "corrupt" in proc.stdout
+    repaired = cli("verify", "--cache", str(cache), "--store", store, "--repair", check=False, env=s3_env)
+    assert "after repair: 0 problem(s)" in repaired.stdout
+    assert snapshot(cache) == serial_sqlite
+
+
+def test_s3_gc_removes_only_unreferenced_objects(tree, tmp_path, s3_env):
+    import s3fs
+
+    store = _bucket(s3_env)
+    cache = tmp_path / "cache"
+    cli("ingest", str(tree), "--cache", str(cache), "--store", store, "--quiet", "--missing-electrodes", "zero",
+        env=s3_env)
+    fs = s3fs.S3FileSystem()
+    orphan = f"{store.removeprefix('s3://')}/objects/ff/{'f' * 64}/zarr.json"
+    fs.pipe_file(orphan, b"{}")  # a publish whose registration never happened
+    out = cli("gc", "--cache", str(cache), "--store", store, "--grace", "0", env=s3_env).stdout
+    assert "f" * 64 in out
+    assert not fs.exists(orphan)
+    assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
+
+
+def test_concurrent_ingest_processes_divide_the_work(tree, tmp_path, serial_sqlite):
+    """Three processes on one SQLite cache: every file preprocessed exactly once, same index as a serial run."""
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-m", "eegcache", "ingest", str(tree), "--cache", str(cache),
+                               "--quiet", "--json", "--missing-electrodes", "zero"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert not any("database is locked" in err for _, err in outs)
+    summaries = [json.loads(out) for out, _ in outs]
+    n_files = len(list(tree.rglob("*.edf")))
+    assert sum(s["ingested"] for s in summaries) == n_files
+    assert snapshot(cache) == serial_sqlite
+
+
+@needs_pg
+def test_multi_node_ingest_with_a_killed_node(tree, tmp_path, pg_url, s3_env, serial_sqlite):
+    """Three 'nodes' (separate scratch folders) share a PostgreSQL index and an S3 bucket; one is killed
+    mid-run; the survivors take over its files after the lease and the index equals a serial SQLite run."""
+    store = _bucket(s3_env)
+    env = {**s3_env, "EEGCACHE_CLAIM_LEASE_S": "3"}
+
+    def node(i: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "eegcache", "ingest", str(tree), "--cache", str(tmp_path / f"node{i}"),
+             "--db", pg_url, "--store", store, "--quiet", "--json", "--missing-electrodes", "zero"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+
+    cli("db", "upgrade", "--cache", str(tmp_path / "node0"), "--db", pg_url)
+    nodes = [node(i) for i in range(3)]
+    time.sleep(1.5)
+    nodes[0].send_signal(signal.SIGKILL)
+    outs = [p.communicate(timeout=600) for p in nodes[1:]]
+    assert all(p.returncode == 0 for p in nodes[1:]), outs
+    assert not any("database is locked" in err for _, err in outs)
+    assert snapshot(tmp_path / "node1", pg_url) == serial_sqlite
+    assert cli("verify", "--cache", str(tmp_path / "node1"), "--db", pg_url, "--store", store,
+               env=s3_env).returncode == 0
