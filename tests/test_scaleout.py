@@ -82,9 +82,7 @@ def _bucket(env) -> str:
     return f"s3://{name}/cache"
 
 
-@pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL schema per test, dropped afterwards."""
+def _pg_schema():
     schema = f"ec_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -93,6 +91,23 @@ def pg_url():
     with admin.connect() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL schema per test, dropped afterwards."""
+    yield from _pg_schema()
+
+
+@pytest.fixture(scope="module")
+def pg_cache(tree, tmp_path_factory):
+    """The tree ingested once into a PostgreSQL schema: (cache folder, URL)."""
+    if not _pg_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    for url in _pg_schema():
+        cache = tmp_path_factory.mktemp("pg") / "cache"
+        cli("ingest", str(tree), "--cache", str(cache), "--db", url, "--quiet", "--missing-electrodes", "zero")
+        yield cache, url
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +148,8 @@ def serial_sqlite(tree, tmp_path_factory):
 
 
 @needs_pg
-def test_postgres_index_gives_the_same_views_as_sqlite(tree, tmp_path, pg_url, serial_sqlite):
-    cache = tmp_path / "cache"
-    cli("ingest", str(tree), "--cache", str(cache), "--db", pg_url, "--quiet", "--missing-electrodes", "zero")
+def test_postgres_index_gives_the_same_views_as_sqlite(pg_cache, serial_sqlite):
+    cache, pg_url = pg_cache
     assert not (cache / "index.sqlite").exists(), "with --db the index lives on the server"
     assert snapshot(cache, pg_url) == serial_sqlite
     stats = json.loads(cli("stats", "--cache", str(cache), "--db", pg_url, "--json").stdout)
@@ -162,9 +176,8 @@ def snapshot_env(cache: Path, url: str):
     "DELETE FROM windows", "DROP TABLE windows", "INSERT INTO window_sets VALUES (99, 1, 1, 256, 256, 256)",
     "SELECT 1; DELETE FROM windows", "UPDATE recordings SET status = 'x'", "COPY windows TO PROGRAM 'true'",
 ])
-def test_postgres_sql_is_read_only(tree, tmp_path, pg_url, statement):
-    cache = tmp_path / "cache"
-    cli("ingest", str(tree), "--cache", str(cache), "--db", pg_url, "--quiet", "--missing-electrodes", "zero")
+def test_postgres_sql_is_read_only(pg_cache, statement):
+    cache, pg_url = pg_cache
     before = snapshot(cache, pg_url)
     proc = cli("sql", "--cache", str(cache), "--db", pg_url, statement, check=False)
     assert proc.returncode != 0
