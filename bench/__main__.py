@@ -1,0 +1,46 @@
+"""``python -m bench [--quick] [--hours H] [--out DIR] [--repeats N]``: run, write ``OUT/results.json``, print the
+table last."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench import report
+from bench.run import BenchConfig, run_all
+
+
+def parse_args(argv: list[str] | None = None) -> BenchConfig:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="≈2 EEG-hours and a 1 M-window index (minutes, not tens)")
+    p.add_argument("--hours", type=float, help="EEG-hours of synthetic corpus (default 20, quick 2)")
+    p.add_argument("--out", type=Path, default=Path("bench/out"), help="output folder (default bench/out)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per timing, ≥ 1 (default 3)")
+    p.add_argument("--index-windows", type=int, help="windows in the large synthetic index (default 10 M, quick 1 M)")
+    p.add_argument("--workers", type=int, help="'all cores' worker count (default: os.cpu_count())")
+    a = p.parse_args(argv)
+    if a.repeats < 1:
+        p.error("--repeats must be ≥ 1")
+    overrides = {"out": a.out, "repeats": a.repeats}
+    for key in ("hours", "index_windows", "workers"):
+        if getattr(a, key) is not None:
+            overrides[key] = getattr(a, key)
+    return BenchConfig.quick_config(**overrides) if a.quick else BenchConfig(**overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    results = run_all(cfg)
+    results["targets"] = [t.to_dict() for t in report.targets(results)]
+    results["derived"] = report.derived(results)
+    path = Path(cfg.out) / "results.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nraw figures: {path}\n")
+    print(report.summary_lines(results))
+    print()
+    print(report.table(results))
+
+
+if __name__ == "__main__":
+    main()

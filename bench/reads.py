@@ -1,0 +1,190 @@
+"""Reading windows back: one map-style dataset per store, random single-window reads, and DataLoader throughput.
+
+The three datasets serve the same windows (same recordings, same starts) and return the same thing, a
+``(signal channels × samples float32, labels samples uint8)`` pair. Index ``-1`` returns zeros of that shape; the
+DataLoader measurement uses it to start its workers before the clock starts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.contenders import labels_file, window_file
+from bench.timing import summary
+from eegcache.store import ObjectStore
+
+N_CHANNELS = 19
+
+
+@dataclass(frozen=True)
+class WindowRef:
+    source_path: str  # the EDF
+    object_key: str
+    start: int  # sample
+    label: int
+
+
+class _Windows:
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._open: dict[Any, Any] = {}
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = {}  # handles are per process
+        return state
+
+    def _blank(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((N_CHANNELS, self.window), np.float32), np.zeros(self.window, np.uint8)
+
+
+class EegcacheWindows(_Windows):
+    """A window is a Zarr slice of its recording's stored signal and mask; arrays stay open per object."""
+
+    def __init__(self, cache: Path, refs: list[WindowRef], window: int) -> None:
+        super().__init__(window)
+        self.cache = Path(cache)
+        self.items = [(r.object_key, r.start) for r in refs]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i < 0:
+            return self._blank()
+        key, start = self.items[i]
+        arrays = self._open.get(key)
+        if arrays is None:
+            group = ObjectStore(self.cache).open(key)
+            arrays = self._open[key] = (group["signal"], group["labels"])
+        stop = start + self.window
+        return arrays[0][:, start:stop], arrays[1][start:stop]
+
+
+class NpzWindows(_Windows):
+    """The field's cache: a window is one row of its recording's ``np.savez_compressed`` file, loaded per read."""
+
+    def __init__(self, root: Path, src: Path, refs: list[WindowRef], window: int, stride: int) -> None:
+        super().__init__(window)
+        self.items = [(window_file(Path(root), Path(src), Path(r.source_path), "npz"), r.start // stride) for r in refs]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i < 0:
+            return self._blank()
+        path, row = self.items[i]
+        with np.load(path) as z:
+            return z["signal"][row], z["labels"][row]
+
+
+class NpyWindows(_Windows):
+    """The uncompressed variant: one ``.npy`` of windows per recording, memory-mapped, kept open per file."""
+
+    def __init__(self, root: Path, src: Path, refs: list[WindowRef], window: int, stride: int) -> None:
+        super().__init__(window)
+        self.items = [(window_file(Path(root), Path(src), Path(r.source_path), "npy"), r.start // stride) for r in refs]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i < 0:
+            return self._blank()
+        path, row = self.items[i]
+        maps = self._open.get(path)
+        if maps is None:
+            maps = self._open[path] = (np.load(path, mmap_mode="r"), np.load(labels_file(path), mmap_mode="r"))
+        return np.array(maps[0][row]), np.array(maps[1][row])
+
+
+def random_reads(make_dataset, n: int, budget_s: float, repeats: int, seed: int) -> dict[str, Any]:
+    """Single-window reads per second in this process, at random windows; a fresh dataset (cold handles) per run.
+    Each run stops after ``n`` reads or ``budget_s`` seconds, whichever comes first (at least 2 reads)."""
+    rates, counts = [], []
+    for run in range(repeats):
+        ds = make_dataset()
+        order = np.random.default_rng([seed, run]).integers(0, len(ds), n)
+        t0 = time.perf_counter()
+        done = 0
+        for i in order.tolist():
+            ds[i]
+            done += 1
+            if done >= 2 and time.perf_counter() - t0 >= budget_s:
+                break
+        rates.append(done / (time.perf_counter() - t0))
+        counts.append(done)
+    return {**summary(rates), "reads": counts}
+
+
+class Stores:
+    """Several window datasets behind one map-style dataset indexed by ``(store name, window index)``, so that
+    one set of DataLoader workers serves every store (spawning workers costs seconds on a small machine)."""
+
+    def __init__(self, stores: dict[str, Any]) -> None:
+        self.stores = stores
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.stores.values())
+
+    def __getitem__(self, index: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        name, i = index
+        return self.stores[name][i]
+
+
+class _Batches:
+    """A batch sampler whose batches are replaced between rounds, so persistent workers serve every round."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def loader_rates(stores: dict[str, Any], workers: int, n_batches: dict[str, int], batch_size: int, budget_s: float,
+                 repeats: int, seed: int) -> dict[str, Any]:
+    """Batches per second from one ``torch.utils.data.DataLoader`` per worker count, for each store in turn.
+
+    Workers are spawned once and persist across stores and rounds (start-up is not timed). Each round starts with
+    ``2 × workers`` (or 1) blank batches, so the clock starts with every worker idle and warm, then times
+    ``n_batches[store]`` shuffled batches (stopping early after ``budget_s`` seconds, with at least one batch)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    sampler = _Batches()
+    loader = DataLoader(Stores(stores), batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                        multiprocessing_context="spawn" if workers else None)
+    n_warm = max(1, 2 * workers)
+    rates: dict[str, list[float]] = {name: [] for name in stores}
+    counts: dict[str, list[int]] = {name: [] for name in stores}
+    for run in range(repeats):
+        for name, ds in stores.items():
+            want = n_batches[name]
+            order = np.random.default_rng([seed, run]).permutation(len(ds))
+            order = np.resize(order, want * batch_size)  # a small corpus repeats windows rather than end early
+            sampler.batches = [[(name, -1)] * batch_size for _ in range(n_warm)]
+            sampler.batches += [[(name, int(i)) for i in order[k : k + batch_size]]
+                                for k in range(0, order.size, batch_size)]
+            it = iter(loader)
+            for _ in range(n_warm):
+                next(it)
+            t0 = time.perf_counter()
+            done = 0
+            for signal, _labels in it:
+                assert isinstance(signal, torch.Tensor) and signal.shape[0] == batch_size
+                done += 1
+                if done >= want or time.perf_counter() - t0 >= budget_s:
+                    break
+            rates[name].append(done / (time.perf_counter() - t0))
+            counts[name].append(done)
+    del loader
+    return {name: {**summary(rates[name]), "batches": counts[name]} for name in stores}

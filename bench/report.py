@@ -1,0 +1,272 @@
+"""From raw results to figures: derived rates, the issue's targets (PASS / MISS / PENDING) and the Markdown table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.timing import summary
+
+TEN_M = 10_000_000
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    text: str  # what the issue asks
+    value: float | None  # the measured ratio or seconds (medians)
+    limit: float
+    higher_is_better: bool
+    detail: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.value is None:
+            return "PENDING"
+        ok = self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+        return "PASS" if ok else "MISS"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "target": self.text, "value": self.value, "limit": self.limit,
+                "higher_is_better": self.higher_is_better, "status": self.status, "detail": self.detail}
+
+
+# --- formatting ---------------------------------------------------------------------------------------------------
+
+
+def num(x: float | None) -> str:
+    if x is None:
+        return "—"
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def secs(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.3g} s"
+
+
+def spread(s: dict[str, Any], fmt=num) -> str:
+    """``median (min–max)``; just the median for a single run."""
+    if s.get("median") is None:
+        return "—"
+    if len(s.get("runs", [])) <= 1:
+        return f"{fmt(s['median'])} (1 run)"
+    return f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
+
+
+def mb(x: float | None) -> str:
+    return "—" if x is None else f"{x / 1e6:,.1f} MB"
+
+
+# --- derived figures ----------------------------------------------------------------------------------------------
+
+
+def hours(results: dict) -> float:
+    """EEG-hours every contender processed (recordings that eegcache can ingest with the default spec)."""
+    return results["floor"]["1"]["runs"][0]["eeg_hours"]
+
+
+def rates(runs: list[dict], eeg_hours: float, cores: int) -> dict[str, Any]:
+    """EEG-hours per second per core of each run."""
+    return summary([eeg_hours / r["seconds"] / cores for r in runs])
+
+
+def derived(results: dict) -> dict[str, Any]:
+    """Per-core throughputs, bytes per EEG-hour, read ratios: the numbers the table and targets use."""
+    h = hours(results)
+    cpu = results["machine"]["cpu_count"] or 1
+    d: dict[str, Any] = {"eeg_hours": h, "throughput": {}, "disk_per_hour": {}}
+    for name in ("floor", "eegcache"):
+        for w, entry in results[name].items():
+            d["throughput"][f"{name}/{w}"] = rates(entry["runs"], h, min(int(w), cpu))
+    workers = results["config"]["workers"]
+    for kind, by_stride in results["window_caches"].items():
+        d["throughput"][f"{kind}/{workers}"] = rates(by_stride["10"]["runs"], h, min(workers, cpu))
+        for stride, entry in by_stride.items():
+            d["disk_per_hour"][f"{kind}/{stride}"] = entry["runs"][-1]["bytes"] / h
+    for stride, size in results["eegcache_strides"]["sizes"].items():
+        d["disk_per_hour"][f"eegcache/{stride}"] = size["total"] / h
+        d["disk_per_hour"][f"eegcache-objects/{stride}"] = size["objects"] / h
+    return d
+
+
+def _median(s: dict) -> float | None:
+    return s.get("median")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b in (None, 0) else a / b
+
+
+def _big(results: dict) -> tuple[str, dict]:
+    key = str(results["config"]["index_windows"])
+    return key, results["counts_scaled"][key]
+
+
+def targets(results: dict) -> list[Target]:
+    """The issue's targets, measured on this run (medians)."""
+    d = derived(results)
+    t = d["throughput"]
+    workers = results["config"]["workers"]
+    out = [
+        Target("ingest_vs_floor_1", "ingest ≥ 0.8× the floor (1 worker)",
+               _ratio(_median(t["eegcache/1"]), _median(t["floor/1"])), 0.8, True),
+    ]
+    if workers != 1:
+        out.append(Target(f"ingest_vs_floor_{workers}", f"ingest ≥ 0.8× the floor ({workers} workers)",
+                          _ratio(_median(t[f"eegcache/{workers}"]), _median(t[f"floor/{workers}"])), 0.8, True))
+    out.append(Target("ingest_vs_npz_10s", f"ingest ≥ 3× the npz pipeline at 10 s stride ({workers} workers)",
+                      _ratio(_median(t[f"eegcache/{workers}"]), _median(t[f"npz/{workers}"])), 3.0, True))
+    for stride, size in results["eegcache_strides"]["sizes"].items():
+        out.append(Target(f"disk_{stride}s", f"disk ≤ 1.1× the stored signal + mask at {stride} s stride",
+                          size["total"] / size["objects"], 1.1, False,
+                          f"{mb(size['total'])} total, {mb(size['objects'])} objects"))
+    tusz_key = str(results["config"]["tusz_windows"])
+    tusz = results["counts_scaled"][tusz_key]["eegcache"]
+    big_key, big = _big(results)
+    scale = int(tusz_key) / int(big_key)
+    for q in ("table", "view"):
+        out.append(Target(f"counts_tusz_{q}", f"class counts ≤ 50 ms at {int(tusz_key):,} windows ({q} query)",
+                          _median(tusz[q]), 0.05, False))
+        out.append(Target(f"counts_tusz_{q}_est", f"class counts ≤ 50 ms at {int(tusz_key):,} windows ({q} query, "
+                          f"linear estimate from {int(big_key):,})", _median(big["eegcache"][q]) * scale, 0.05, False))
+        est = "" if int(big_key) == TEN_M else f" (estimated ×{TEN_M / int(big_key):g} from {int(big_key):,})"
+        out.append(Target(f"counts_10M_{q}", f"class counts ≤ 1 s at 10 M windows ({q} query){est}",
+                          _median(big["eegcache"][q]) * TEN_M / int(big_key), 1.0, False))
+    epoch = big["epoch_draw"]
+    est = "" if int(big_key) == TEN_M else f" (measured at {int(big_key):,})"
+    draw_only = epoch.get("draw_only", {}).get("median")
+    out.append(Target("epoch_10M", f"epoch draw ≤ 1 s at 10 M windows (queries + first draw){est}",
+                      epoch.get("seconds"), 1.0, False,
+                      epoch.get("status", "") + ("" if draw_only is None else f"; a later epoch's draw alone {secs(draw_only)}")))
+    rr = results["reads"]["random_reads"]
+    out.append(Target("reads_vs_npz", "random window reads ≥ 100× the compressed npz",
+                      _ratio(_median(rr["eegcache"]), _median(rr["npz"])), 100.0, True))
+    out.append(Target("reads_vs_npy", "random window reads ≥ 0.5× the memory-mapped npy",
+                      _ratio(_median(rr["eegcache"]), _median(rr["npy"])), 0.5, True))
+    read_cache = results["eegcache_s10_sizes"]["total"]
+    npy_bytes = results["window_caches"]["npy"]["10"]["runs"][-1]["bytes"]
+    out.append(Target("disk_vs_npy", "… at ≤ 0.6× the npy cache's disk size (10 s stride)",
+                      _ratio(read_cache, npy_bytes), 0.6, False))
+    s = results["eegcache_strides"]
+    out.append(Target("reingest_unchanged", "re-ingest of an unchanged tree ≤ hashing every EDF byte",
+                      _ratio(_median(s["unchanged"]["seconds"]), _median(s["hash_all_edfs"]["seconds"])), 1.0, False,
+                      f"EDFs read: {[r['edf_read'] for r in s['unchanged']['runs']]}"))
+    out.append(Target("new_stride_no_edf", "a new stride reads no EDF (EDF files read)",
+                      float(max(r["edf_read"] for r in s["new_stride"]["runs"])), 0.0, False))
+    return out
+
+
+# --- the table ----------------------------------------------------------------------------------------------------
+
+
+def _tcell(ts: dict[str, Target], *keys: str) -> str:
+    parts = []
+    for k in keys:
+        if k in ts:
+            v = ts[k].value
+            parts.append(f"{ts[k].text.split(' (')[0]}: **{ts[k].status}**" + ("" if v is None else f" ({num(v)})"))
+    return "; ".join(parts) or "—"
+
+
+def table(results: dict) -> str:
+    """The Markdown table: a row per figure, a column per contender, the target beside it."""
+    d = derived(results)
+    ts = {t.key: t for t in targets(results)}
+    t = d["throughput"]
+    w = results["config"]["workers"]
+    bd = results["braindecode"]
+    bd_cell = bd["note"] if not bd.get("installed") else f"{bd['version']}: {bd['note']}"
+    rows: list[list[str]] = []
+
+    def row(figure: str, eeg: str, npz: str, npy: str, floor: str, target: str) -> None:
+        rows.append([figure, eeg, npz, npy, bd_cell if not rows else "—", floor, target])
+
+    row("Build, EEG-h/s per core, 1 worker", spread(t["eegcache/1"]), "—", "—", spread(t["floor/1"]),
+        _tcell(ts, "ingest_vs_floor_1"))
+    if w != 1:
+        row(f"Build, EEG-h/s per core, {w} workers (npz/npy incl. manifest)", spread(t[f"eegcache/{w}"]),
+            spread(t[f"npz/{w}"]), spread(t[f"npy/{w}"]), spread(t[f"floor/{w}"]),
+            _tcell(ts, f"ingest_vs_floor_{w}", "ingest_vs_npz_10s"))
+    for stride in ("60", "15", "10"):
+        row(f"Disk per EEG-hour, 60 s windows / {stride} s stride", mb(d["disk_per_hour"][f"eegcache/{stride}"]),
+            mb(d["disk_per_hour"].get(f"npz/{stride}")), mb(d["disk_per_hour"].get(f"npy/{stride}")), "—",
+            _tcell(ts, f"disk_{stride}s"))
+    cc = results["counts_corpus"]
+    n_corpus = sum(cc["eegcache"]["table"]["counts"].values())
+    row(f"Class counts, corpus ({n_corpus:,} windows)",
+        f"table {spread(cc['eegcache']['table'], secs)} · view {spread(cc['eegcache']['view'], secs)}",
+        f"scan {spread(cc['npz']['scan'], secs)} · load json {spread(cc['npz']['load'], secs)}",
+        f"scan {spread(cc['npy']['scan'], secs)} · load json {spread(cc['npy']['load'], secs)}", "—", "—")
+    for key, entry in sorted(results["counts_scaled"].items(), key=lambda kv: int(kv[0])):
+        e = entry["eegcache"]
+        if key == str(results["config"]["index_windows"]):
+            tkeys = ("counts_10M_table", "counts_10M_view", "counts_tusz_table_est", "counts_tusz_view_est")
+        else:
+            tkeys = ("counts_tusz_table", "counts_tusz_view")
+        row(f"Class counts, synthetic index of {int(key):,} windows",
+            f"table {spread(e['table'], secs)} · view {spread(e['view'], secs)}",
+            f"load json {spread(entry['npz_manifest']['load'], secs)}", "—", "—", _tcell(ts, *tkeys))
+    big_key, big = _big(results)
+    ep = big["epoch_draw"]
+    ep_cell = ep.get("status", "—") if "first_epoch" not in ep else (
+        f"first epoch {spread(ep['first_epoch'], secs)} · later draw {spread(ep['draw_only'], secs)} "
+        f"({ep['epoch_windows']:,} windows)")
+    row(f"Epoch draw (trainer), balanced, {int(big_key):,} windows", ep_cell, "—", "—", "—", _tcell(ts, "epoch_10M"))
+    rr = results["reads"]["random_reads"]
+    row("Random single-window reads/s, one process", spread(rr["eegcache"]), spread(rr["npz"]), spread(rr["npy"]), "—",
+        _tcell(ts, "reads_vs_npz", "reads_vs_npy", "disk_vs_npy"))
+    dl = results["reads"]["dataloader"]
+    for workers, by in dl["workers"].items():
+        label = f"{workers} workers" + (" (all cores)" if int(workers) == w else "")
+        row(f"DataLoader batches/s (batch {dl['batch_size']}), {label}", spread(by["eegcache"]), spread(by["npz"]),
+            spread(by["npy"]), "—", "—")
+    rss1 = results["eegcache"]["1"]["runs"]
+    rssn = results["eegcache"][str(w)]["runs"]
+    eeg_rss = f"1 worker {num(max(r['rss_mb']['process'] for r in rss1))} MB"
+    if w != 1:
+        eeg_rss += f" · {w} workers: {num(max(r['rss_mb']['workers'] for r in rssn))} MB per worker"
+    wc = results["window_caches"]
+    floor_n = results["floor"][str(w)]["runs"]
+    row("Peak resident memory per worker", eeg_rss,
+        f"{num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npz']['10']['runs']))} MB",
+        f"{num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npy']['10']['runs']))} MB", "—",
+        f"{num(max(r['worker_peak_rss_mb'] or 0 for r in floor_n))} MB" if w != 1 else "—")
+    s = results["eegcache_strides"]
+    un = s["unchanged_all_workers"]
+    row("Re-ingest of the unchanged tree (1 worker, the CLI default)",
+        f"{spread(s['unchanged']['seconds'], secs)}; {un['workers']} workers: {secs(un['seconds'])}",
+        "no reuse: full rebuild", "no reuse: full rebuild",
+        f"sha256 of every EDF: {spread(s['hash_all_edfs']['seconds'], secs)}", _tcell(ts, "reingest_unchanged"))
+    edf_read = max(r["edf_read"] for r in s["new_stride"]["runs"])
+    row("Add a new stride (10 s to a cache with 60 s and 15 s)",
+        f"{spread(s['new_stride']['seconds'], secs)}, EDFs read: {edf_read}",
+        f"rebuild: {spread(wc['npz']['10']['seconds'], secs)}", f"rebuild: {spread(wc['npy']['10']['seconds'], secs)}",
+        "—", _tcell(ts, "new_stride_no_edf"))
+    header = ["Figure", "eegcache", "npz (compressed)", "npy (mmap)", "braindecode", "floor (read + preprocess)",
+              "Target"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_lines(results: dict) -> str:
+    """Corpus, machine and the PASS/MISS list, printed above the table."""
+    c, m, v = results["corpus"], results["machine"], results["versions"]
+    lines = [
+        f"Corpus: {c['eeg_hours_total']:.2f} EEG-hours in {c['edf_files']} EDFs ({c['bytes'] / 1e6:,.0f} MB), "
+        f"{c.get('processed_eeg_hours', 0):.2f} h ingestable with the default spec; "
+        f"{c.get('windows_at_10s_stride', 0):,} windows at 60 s / 10 s.",
+        f"Machine: {m['cpu_count']} × {m['cpu_model']}, {m['memory_gib']} GiB.",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        f"Repeats: {results['config']['repeats']} (median, min–max); total {results['seconds_total']:.0f} s.",
+        "",
+    ]
+    lines += [f"- **{t.status}** {t.text}: {num(t.value)}" + (f" — {t.detail}" if t.detail else "")
+              for t in targets(results)]
+    return "\n".join(lines)

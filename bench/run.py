@@ -1,0 +1,264 @@
+"""The benchmark run: every contender on one corpus, in a fixed order, into one JSON-able dict of raw figures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import contenders, index_scale, machine, reads
+from bench.corpus import SEED, STRIDES_S, WINDOW_S, Corpus, make_corpus
+from bench.timing import repeat, run_child, summary
+from eegcache import keys
+from eegcache.index.db import INDEX_FILE
+from eegcache.spec import PreprocessSpec
+from eegcache.windows import seconds_to_samples
+
+FS = PreprocessSpec().fs
+WINDOW = seconds_to_samples(WINDOW_S, FS)
+READ_STRIDE_S = 10.0  # reads, loaders and class counts use the densest window set
+
+
+@dataclass
+class BenchConfig:
+    """Everything a run depends on; ``quick()`` is the under-3-minutes variant."""
+
+    out: Path = Path("bench/out")
+    hours: float = 20.0
+    repeats: int = 3
+    seed: int = SEED
+    quick: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    tusz_windows: int = 350_000  # TUSZ at 60 s windows / 10 s stride
+    index_windows: int = 10_000_000
+    batch_size: int = 16
+    max_reads: int = 3000
+    read_budget_s: float = 3.0
+    max_batches: int = 40
+    loader_budget_s: float = 4.0
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> BenchConfig:
+        values = {"hours": 2.0, "quick": True, "index_windows": 1_000_000, "read_budget_s": 0.5,
+                  "loader_budget_s": 1.0, "max_reads": 1000, "max_batches": 15}
+        return cls(**{**values, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def _index_bytes(cache: Path) -> int:
+    return sum(p.stat().st_size for p in cache.glob(INDEX_FILE + "*") if p.is_file())
+
+
+def _cache_sizes(cache: Path) -> dict[str, int]:
+    return {"objects": contenders.dir_size(cache / "objects"), "index": _index_bytes(cache),
+            "total": contenders.dir_size(cache)}
+
+
+def _window_set_id(cache: Path, stride_s: float) -> int:
+    with sqlite3.connect(cache / INDEX_FILE) as con:
+        return con.execute("SELECT id FROM window_sets WHERE window_s = ? AND stride_s = ?",
+                           (WINDOW_S, stride_s)).fetchone()[0]
+
+
+def build_floor(corpus: Corpus, worker_counts: list[int], repeats: int, log: Callable) -> dict[str, Any]:
+    """Read + preprocess only, in this process (1 worker) or in spawned workers."""
+    out = {}
+    for w in worker_counts:
+        log(f"floor, {w} worker(s) x{repeats}")
+        runs = [contenders.floor(str(corpus.root), w) for _ in range(repeats)]
+        out[str(w)] = {"seconds": summary([r["seconds"] for r in runs]), "runs": runs}
+    return out
+
+
+def build_eegcache(corpus: Corpus, work: Path, worker_counts: list[int], repeats: int, log: Callable) -> dict[str, Any]:
+    """Fresh ingest at 60 s windows / 10 s stride, each run in a child process into an empty cache. The last
+    1-worker cache is kept (``work/eegcache-s10``) for the read figures."""
+    out = {}
+    keep = work / "eegcache-s10"
+    for w in worker_counts:
+        log(f"eegcache ingest, {w} worker(s) x{repeats}")
+        runs = []
+        for _ in range(repeats):
+            cache = _fresh(work / f"eegcache-w{w}")
+            runs.append(run_child("ingest", {"src": str(corpus.root), "cache": str(cache), "workers": w,
+                                             "window_s": WINDOW_S, "stride_s": READ_STRIDE_S}))
+        out[str(w)] = {"seconds": summary([r["seconds"] for r in runs]), "runs": runs}
+        if w == worker_counts[0]:
+            _fresh(keep)
+            os.rename(work / f"eegcache-w{w}", keep)
+        else:
+            shutil.rmtree(work / f"eegcache-w{w}", ignore_errors=True)
+    return out
+
+
+def build_window_caches(corpus: Corpus, work: Path, workers: int, repeats: int, log: Callable,
+                        one_off_workers: int) -> dict[str, Any]:
+    """npz and mmap-npy caches: strides 60 and 15 built once with ``one_off_workers`` (for their disk size), 10 s
+    stride ``repeats`` times with ``workers`` (timing); the last 10 s cache of each kind is kept for the reads."""
+    out: dict[str, Any] = {}
+    for kind in ("npz", "npy"):
+        out[kind] = {}
+        for stride in STRIDES_S:
+            n, w = (repeats, workers) if stride == READ_STRIDE_S else (1, one_off_workers)
+            log(f"{kind} cache at {stride:g} s stride, {w} worker(s) x{n}")
+            runs = []
+            for _ in range(n):
+                folder = _fresh(work / f"{kind}-s{stride:g}")
+                runs.append(contenders.build_window_cache(str(corpus.root), str(folder), kind, stride, w))
+            if stride != READ_STRIDE_S:
+                shutil.rmtree(work / f"{kind}-s{stride:g}", ignore_errors=True)
+            out[kind][f"{stride:g}"] = {"workers": w, "seconds": summary([r["seconds"] for r in runs]), "runs": runs}
+    return out
+
+
+def eegcache_strides(corpus: Corpus, work: Path, workers: int, repeats: int, log: Callable) -> dict[str, Any]:
+    """Ingest once at 60 s stride, add 15 s and 10 s from the stored masks (folder size after each), then time
+    adding the 10 s set again (after deleting its rows) and re-ingesting the unchanged tree, all with the CLI's
+    default of 1 worker; one re-ingest with ``workers``; and the bound: sha256 of every EDF."""
+    cache = _fresh(work / "eegcache-seq")
+    src = str(corpus.root)
+    sizes, steps = {}, {}
+    for stride in STRIDES_S:
+        log(f"eegcache: window set 60 s / {stride:g} s into one cache")
+        steps[f"{stride:g}"] = contenders.eegcache_ingest(src, str(cache), 1, WINDOW_S, stride)
+        sizes[f"{stride:g}"] = _cache_sizes(cache)
+    new_stride = [steps[f"{READ_STRIDE_S:g}"]]
+    ws_id = _window_set_id(cache, READ_STRIDE_S)
+    for _ in range(repeats - 1):
+        with sqlite3.connect(cache / INDEX_FILE) as con:
+            con.execute("DELETE FROM windows WHERE window_set_id = ?", (ws_id,))
+        new_stride.append(contenders.eegcache_ingest(src, str(cache), 1, WINDOW_S, READ_STRIDE_S))
+    log(f"eegcache: re-ingest of the unchanged tree x{repeats}")
+    unchanged = [contenders.eegcache_ingest(src, str(cache), 1, WINDOW_S, READ_STRIDE_S) for _ in range(repeats)]
+    unchanged_n = contenders.eegcache_ingest(src, str(cache), workers, WINDOW_S, READ_STRIDE_S)
+    edfs = corpus.edfs()
+    hashing, _ = repeat(lambda: [keys.file_digest(p) for p in edfs], repeats)
+    return {
+        "sizes": sizes, "steps": steps,
+        "new_stride": {"seconds": summary([r["seconds"] for r in new_stride]), "runs": new_stride},
+        "unchanged": {"seconds": summary([r["seconds"] for r in unchanged]), "runs": unchanged},
+        "unchanged_all_workers": {"workers": workers, **unchanged_n},
+        "hash_all_edfs": {"seconds": hashing, "bytes": sum(p.stat().st_size for p in edfs)},
+    }
+
+
+def corpus_counts(work: Path, repeats: int, log: Callable) -> dict[str, Any]:
+    """Class counts at corpus size: SQL on the eegcache index; scan-to-manifest and manifest load for npz/npy."""
+    log("class counts at corpus size")
+    cache = work / "eegcache-s10"
+    out: dict[str, Any] = {"eegcache": index_scale.time_counts(cache / INDEX_FILE, _window_set_id(cache, READ_STRIDE_S),
+                                                               max(repeats, 5))}
+    for kind in ("npz", "npy"):
+        folder = work / f"{kind}-s{READ_STRIDE_S:g}"
+        scan, runs = repeat(lambda f=folder, k=kind: contenders.build_manifest(f, k, WINDOW), repeats)
+        load, counts = repeat(lambda f=folder: contenders.load_manifest_counts(f / contenders.MANIFEST), max(repeats, 5))
+        out[kind] = {"scan": scan, "load": load, "counts": counts[-1]}
+    return out
+
+
+def scaled_counts(out_dir: Path, sizes: list[int], proportions: tuple[float, float, float], repeats: int,
+                  log: Callable) -> dict[str, Any]:
+    """Class counts (and the epoch draw, when the trainer exists) on synthetic indexes of each size."""
+    result = {}
+    for n in sizes:
+        root = out_dir / f"index-{n}"
+        log(f"synthetic index of {n:,} windows")
+        built = index_scale.build_index(root, n, proportions)
+        counts = index_scale.time_counts(root / INDEX_FILE, 1, max(repeats, 5) if n < 2_000_000 else repeats)
+        manifest = index_scale.write_manifest(root / "manifest.json", root / INDEX_FILE)
+        load, _ = repeat(lambda r=root: contenders.load_manifest_counts(r / "manifest.json"), repeats)
+        epoch = index_scale.epoch_draw(root, repeats)
+        result[str(n)] = {"index": built, "eegcache": counts, "npz_manifest": {**manifest, "load": load},
+                          "epoch_draw": epoch}
+    return result
+
+
+def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) -> dict[str, Any]:
+    """Random single-window reads and DataLoader batches/s, same windows for every store."""
+    cache = work / "eegcache-s10"
+    stride = seconds_to_samples(READ_STRIDE_S, FS)
+    with sqlite3.connect(cache / INDEX_FILE) as con:
+        refs = [reads.WindowRef(*row) for row in con.execute(
+            "SELECT r.source_path, r.object_key, w.start_sample, w.label FROM windows w "
+            "JOIN recordings r ON r.id = w.recording_id WHERE w.window_set_id = ? ORDER BY w.id",
+            (_window_set_id(cache, READ_STRIDE_S),))]
+    factories = {
+        "eegcache": lambda: reads.EegcacheWindows(cache, refs, WINDOW),
+        "npz": lambda: reads.NpzWindows(work / "npz-s10", corpus.root, refs, WINDOW, stride),
+        "npy": lambda: reads.NpyWindows(work / "npy-s10", corpus.root, refs, WINDOW, stride),
+    }
+    random_reads = {}
+    for name, make in factories.items():
+        log(f"random single-window reads: {name} x{cfg.repeats}")
+        random_reads[name] = reads.random_reads(make, cfg.max_reads, cfg.read_budget_s, cfg.repeats, cfg.seed)
+    loader: dict[str, Any] = {"batch_size": cfg.batch_size, "dataset": dataset_note(), "workers": {}}
+    for w in sorted({0, 2, cfg.workers}):
+        plan = {name: int(min(cfg.max_batches, max(max(1, w), round(
+            cfg.loader_budget_s * random_reads[name]["median"] * max(1, w) / cfg.batch_size)))) for name in factories}
+        log(f"DataLoader, {w} worker(s): batches {plan} x{cfg.repeats}")
+        stores = {name: make() for name, make in factories.items()}
+        loader["workers"][str(w)] = reads.loader_rates(stores, w, plan, cfg.batch_size, 10 * cfg.loader_budget_s,
+                                                       cfg.repeats, cfg.seed)
+    return {"windows": len(refs), "random_reads": random_reads, "dataloader": loader}
+
+
+def dataset_note() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("trainer.data") is not None:
+        return "bench.reads datasets (trainer.data exists but is not wired into bench yet)"
+    return "bench.reads minimal map-style datasets (trainer.data does not exist yet)"
+
+
+def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run every figure; returns the raw results (``report`` turns them into targets and the table)."""
+    t_start = time.perf_counter()
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    worker_counts = sorted({1, cfg.workers})
+    log(f"corpus: {cfg.hours:g} EEG-hours, seed {cfg.seed}")
+    t0 = time.perf_counter()
+    corpus = make_corpus(out, cfg.hours, cfg.seed)
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": cfg.to_dict(),
+        "machine": machine.machine(), "versions": machine.versions(),
+        "corpus": {**corpus.to_dict(), "prepare_seconds": time.perf_counter() - t0},
+        "braindecode": contenders.braindecode_status(),
+    }
+    results["floor"] = build_floor(corpus, worker_counts, cfg.repeats, log)
+    results["eegcache"] = build_eegcache(corpus, work, worker_counts, cfg.repeats, log)
+    results["eegcache_s10_sizes"] = _cache_sizes(work / "eegcache-s10")
+    results["window_caches"] = build_window_caches(corpus, work, cfg.workers, cfg.repeats, log,
+                                                   1 if cfg.quick else cfg.workers)
+    results["eegcache_strides"] = eegcache_strides(corpus, work, cfg.workers, cfg.repeats, log)
+    results["counts_corpus"] = corpus_counts(work, cfg.repeats, log)
+    eeg_counts = results["counts_corpus"]["eegcache"]["table"]["counts"]
+    total = sum(eeg_counts.values()) or 1
+    proportions = tuple(eeg_counts.get(k, 0) / total for k in ("no_seizure", "partial_seizure", "full_seizure"))
+    if min(proportions) == 0:  # a corpus too small to have every class: TUSZ-like defaults
+        proportions = (0.87, 0.09, 0.04)
+    results["counts_scaled"] = scaled_counts(out, [cfg.tusz_windows, cfg.index_windows], proportions, cfg.repeats, log)
+    results["reads"] = read_figures(corpus, work, cfg, log)
+    results["corpus"]["processed_eeg_hours"] = results["floor"]["1"]["runs"][0]["eeg_hours"]
+    results["corpus"]["windows_at_10s_stride"] = results["reads"]["windows"]
+    results["seconds_total"] = time.perf_counter() - t_start
+    return results
