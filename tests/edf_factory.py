@@ -373,3 +373,13 @@ def object_files_on_disk(cache: Path) -> dict[str, int]:
 
 def object_dirs(cache: Path) -> set[str]:
     return {p.name for p in (Path(cache) / "objects").glob("??/*") if p.is_dir()}
+
+
+def invoke(*args: object):
+    """Run one ``eegcache`` command in this process through click's CliRunner (for argument and error-message
+    tests, where a subprocess would only add interpreter start-up); returns the click Result."""
+    from click.testing import CliRunner
+
+    from eegcache.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
