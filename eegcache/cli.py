@@ -236,6 +236,27 @@ def synth(out, hours, seed):
     click.echo(f"wrote {len(recs)} recordings, {total:.2f} EEG-hours, {seizure / total:.1%} seizure, to {out}")
 
 
+@main.group("index")
+def index_group() -> None:
+    """Move an index between databases."""
+
+
+@index_group.command("copy")
+@click.option("--from", "source", required=True, metavar="URL", help="Source index (SQLAlchemy URL).")
+@click.option("--to", "target", required=True, metavar="URL", help="Target index; must be empty.")
+def index_copy(source, target):
+    """Copy an index (e.g. sqlite:///cache/index.sqlite → postgresql+psycopg2://host/db), counts checked."""
+    from eegcache.index.copy import CopyError, copy_index
+
+    try:
+        report = copy_index(source, target)
+    except CopyError as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, n in report.counts.items():
+        click.echo(f"{name}: {n} rows")
+    click.echo("copied; row counts match")
+
+
 @main.group()
 def db() -> None:
     """Index schema (Alembic migrations)."""

@@ -285,3 +285,20 @@ def test_multi_node_ingest_with_a_killed_node(tree, tmp_path, pg_url, s3_env, se
     assert snapshot(tmp_path / "node1", pg_url) == serial_sqlite
     assert cli("verify", "--cache", str(tmp_path / "node1"), "--db", pg_url, "--store", store,
                env=s3_env).returncode == 0
+
+
+@needs_pg
+def test_index_copy_sqlite_to_postgres_and_back(tree, tmp_path, pg_url, serial_sqlite):
+    cache = tmp_path / "cache"
+    cli("ingest", str(tree), "--cache", str(cache), "--quiet", "--missing-electrodes", "zero")
+    out = cli("index", "copy", "--from", f"sqlite:///{cache / 'index.sqlite'}", "--to", pg_url).stdout
+    assert "row counts match" in out
+    assert snapshot(cache, pg_url) == serial_sqlite
+    refused = cli("index", "copy", "--from", f"sqlite:///{cache / 'index.sqlite'}", "--to", pg_url, check=False)
+    assert refused.returncode != 0 and "not empty" in refused.stderr
+    # the copy is a working index: new rows get fresh ids (the PostgreSQL sequences were advanced)
+    cli("ingest", str(tree), "--cache", str(cache), "--db", pg_url, "--stride", "30", "--quiet",
+        "--missing-electrodes", "zero")
+    back = f"sqlite:///{tmp_path / 'back.sqlite'}"
+    cli("index", "copy", "--from", pg_url, "--to", back)
+    assert snapshot(cache, back) == snapshot(cache, pg_url)
