@@ -29,8 +29,9 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     return BenchConfig.quick_config(**overrides) if a.quick else BenchConfig(**overrides)
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(argv)
+def main(argv: list[str] | None = None, config: BenchConfig | None = None) -> dict:
+    """Run the bench (``config`` overrides the command line: tests use it) and return the results."""
+    cfg = config or parse_args(argv)
     results = run_all(cfg)
     results["targets"] = [t.to_dict() for t in report.targets(results)]
     results["derived"] = report.derived(results)
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report.summary_lines(results))
     print()
     print(report.table(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def time_counts(index: Path, window_set_id: int, repeats: int) -> dict[str, Any]
             rows = con.execute(sql, params).fetchall()
             seconds.append(time.perf_counter() - t0)
             con.close()
-            counts = {(r[0] if isinstance(r[0], str) else LABELS[r[0]]): r[1] for r in rows}
+            found = {(r[0] if isinstance(r[0], str) else LABELS[r[0]]): r[1] for r in rows}
+            counts = {label: found.get(label, 0) for label in LABELS}
         out[name] = {**summary(seconds), "counts": counts, "sql": sql}
     return out
 

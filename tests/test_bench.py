@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark harness: a tiny corpus, one repeat, a 10 k-window index. Speed is never asserted."""
+
+from __future__ import annotations
+
+import json
+
+from bench.__main__ import main
+from bench.run import BenchConfig
+
+
+def test_bench_writes_every_figure(tmp_path, capsys):
+    cfg = BenchConfig.quick_config(out=tmp_path, hours=0.1, repeats=1, tusz_windows=5_000, index_windows=10_000,
+                                   read_budget_s=0.1, loader_budget_s=0.2, max_batches=2, max_reads=50)
+    main(config=cfg)
+    r = json.loads((tmp_path / "results.json").read_text())
+
+    for key in ("machine", "versions", "corpus", "braindecode", "config", "seconds_total"):
+        assert key in r
+    assert r["machine"]["cpu_count"] >= 1 and r["versions"]["numpy"]
+    w = str(cfg.workers)
+    assert set(r["floor"]) == set(r["eegcache"]) == {"1", w}
+    for runs in (r["eegcache"]["1"]["runs"], r["eegcache"][w]["runs"]):
+        assert runs[0]["rss_mb"]["process"] > 0 and runs[0]["edf_read"] > 0
+    for kind in ("npz", "npy"):
+        assert set(r["window_caches"][kind]) == {"60", "15", "10"}
+        assert r["window_caches"][kind]["10"]["runs"][0]["bytes"] > 0
+    strides = r["eegcache_strides"]
+    assert set(strides["sizes"]) == {"60", "15", "10"}
+    assert all(run["edf_read"] == 0 for run in strides["new_stride"]["runs"] + strides["unchanged"]["runs"])
+    assert strides["hash_all_edfs"]["seconds"]["median"] > 0
+    counts = r["counts_corpus"]
+    # Same windows, same labels: the npz manifest agrees with the index.
+    assert counts["npz"]["counts"] == counts["eegcache"]["table"]["counts"] == counts["npy"]["counts"]
+    assert set(counts["eegcache"]) == {"view", "table"}
+    for n in ("5000", "10000"):
+        scaled = r["counts_scaled"][n]
+        assert sum(scaled["eegcache"]["table"]["counts"].values()) == int(n)
+        assert scaled["npz_manifest"]["load"]["median"] > 0 and "status" in scaled["epoch_draw"]
+    assert set(r["reads"]["random_reads"]) == {"eegcache", "npz", "npy"}
+    assert {"0", "2", w} <= set(r["reads"]["dataloader"]["workers"])
+    for by_store in r["reads"]["dataloader"]["workers"].values():
+        assert all(by_store[s]["median"] > 0 for s in ("eegcache", "npz", "npy"))
+    keys = {t["key"] for t in r["targets"]}
+    assert {"ingest_vs_floor_1", "ingest_vs_npz_10s", "disk_10s", "counts_10M_table", "counts_tusz_view", "epoch_10M",
+            "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reingest_unchanged", "new_stride_no_edf"} <= keys
+    assert all(t["status"] in ("PASS", "MISS", "PENDING") for t in r["targets"])
+    table = capsys.readouterr().out.rsplit("| Figure |", 1)[1]
+    for row in ("Build, EEG-h/s", "Disk per EEG-hour", "Class counts, corpus", "Epoch draw", "Random single-window",
+                "DataLoader", "Peak resident memory", "Re-ingest", "Add a new stride"):
+        assert row in table
