@@ -236,6 +236,59 @@ def synth(out, hours, seed):
     click.echo(f"wrote {len(recs)} recordings, {total:.2f} EEG-hours, {seizure / total:.1%} seizure, to {out}")
 
 
+def _print_transfer(summary, as_json: bool) -> None:
+    if as_json:
+        _print_json(summary.__dict__)
+    else:
+        click.echo(f"objects sent {summary.objects_sent}, already there {summary.objects_skipped}, "
+                   f"{summary.bytes_sent / 1e6:.1f} MB, recordings merged {summary.recordings}, "
+                   f"{summary.seconds:.1f} s")
+        for problem in summary.failed:
+            click.echo(f"FAILED {problem}", err=True)
+    sys.exit(1 if summary.failed else 0)
+
+
+@main.command()
+@cache_option
+@db_option
+@store_option
+@click.argument("remote")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def push(cache, db_url, store_url, remote, as_json, quiet):
+    """Copy this cache to REMOTE (a cache folder or s3://bucket/prefix): missing objects, then index rows."""
+    from eegcache.transfer import TransferError
+    from eegcache.transfer import push as run_push
+
+    try:
+        summary = run_push(cache, remote, db_url=db_url, store_url=store_url, progress=not quiet)
+    except TransferError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_transfer(summary, as_json)
+
+
+@main.command()
+@cache_option
+@db_option
+@store_option
+@click.argument("remote")
+@click.option("--split", help="Only recordings of this split (train, dev, eval).")
+@click.option("--where", help="Only recordings with windows matching this SQL condition over window_labels.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def pull(cache, db_url, store_url, remote, split, where, as_json, quiet):
+    """Copy recordings from REMOTE into this cache: the objects it lacks, then the index rows."""
+    from eegcache.transfer import TransferError
+    from eegcache.transfer import pull as run_pull
+
+    try:
+        summary = run_pull(cache, remote, split=split, where=where, db_url=db_url, store_url=store_url,
+                           progress=not quiet)
+    except TransferError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_transfer(summary, as_json)
+
+
 @main.group("index")
 def index_group() -> None:
     """Move an index between databases."""

@@ -42,7 +42,8 @@ class FileChecksum:
     sha256: str
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder below root to disk, so a rename publishes durable data."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
@@ -119,7 +120,7 @@ class ObjectStore:
         staging = self._staging(key)
         try:
             _write_group(staging, signal, labels, attrs)
-            _fsync_tree(staging)
+            fsync_tree(staging)
             return self._publish(key, staging)
         finally:
             if staging.exists():

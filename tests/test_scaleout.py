@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+import servers
+from servers import cli, new_bucket, snapshot
 from sqlalchemy import create_engine, text
 
 from eegcache.synth import synthesize
 
+s3_env = servers.s3_env  # the fixture, used by name
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
@@ -35,51 +37,6 @@ def _pg_available() -> bool:
 
 pytestmark = pytest.mark.postgres
 needs_pg = pytest.mark.skipif(not _pg_available(), reason="no PostgreSQL on 127.0.0.1:5432")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory):
-    """An S3 API on loopback (moto server) and the environment that points boto/s3fs at it."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.terminate()
-    proc.wait(10)
-
-
-def _bucket(env) -> str:
-    import s3fs
-
-    name = f"b{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem().mkdir(name)
-    return f"s3://{name}/cache"
 
 
 def _pg_schema():
@@ -115,28 +72,6 @@ def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tree")
     synthesize(root, hours=0.3, seed=3)
     return root
-
-
-def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "eegcache", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eegcache {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def snapshot(cache: Path, db: str | None = None) -> tuple[set, set]:
-    """What a user sees: every window_labels row (without ids) and every recording_status row."""
-    def rows(query: str) -> set:
-        args = ["sql", "--cache", str(cache), query, "--json", "--limit", "1000000"]
-        if db:
-            args += ["--db", db]
-        return {tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in r.items()))
-                for r in json.loads(cli(*args).stdout)}
-
-    windows = rows("SELECT recording, split, window_s, stride_s, start_s, label, seizure_fraction FROM window_labels")
-    recordings = rows("SELECT recording, status, n_windows FROM recording_status")
-    return windows, recordings
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +146,7 @@ def test_postgres_migrations_downgrade_and_upgrade(pg_url):
 def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, serial_sqlite):
     import s3fs
 
-    store = _bucket(s3_env)
+    store = new_bucket()
     cache = tmp_path / "cache"
     cli("ingest", str(tree), "--cache", str(cache), "--store", store, "--quiet", "--missing-electrodes", "zero",
         env=s3_env)
@@ -234,7 +169,7 @@ def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, se
 def test_s3_gc_removes_only_unreferenced_objects(tree, tmp_path, s3_env):
     import s3fs
 
-    store = _bucket(s3_env)
+    store = new_bucket()
     cache = tmp_path / "cache"
     cli("ingest", str(tree), "--cache", str(cache), "--store", store, "--quiet", "--missing-electrodes", "zero",
         env=s3_env)
@@ -266,7 +201,7 @@ def test_concurrent_ingest_processes_divide_the_work(tree, tmp_path, serial_sqli
 def test_multi_node_ingest_with_a_killed_node(tree, tmp_path, pg_url, s3_env, serial_sqlite):
     """Three 'nodes' (separate scratch folders) share a PostgreSQL index and an S3 bucket; one is killed
     mid-run; the survivors take over its files after the lease and the index equals a serial SQLite run."""
-    store = _bucket(s3_env)
+    store = new_bucket()
     env = {**s3_env, "EEGCACHE_CLAIM_LEASE_S": "3"}
 
     def node(i: int) -> subprocess.Popen:

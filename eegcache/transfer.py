@@ -1,0 +1,252 @@
+"""push / pull: copy a cache to another place by content key, objects first, then the index rows.
+
+A remote is another cache folder (its own ``index.sqlite`` and ``objects/``) or an object-store prefix
+(``s3://bucket/prefix``) holding ``objects/`` and a copy of the index as ``index.sqlite``. The receiver's index
+only ever names objects it already holds: every object is copied into staging, checked file by file against
+the sender's sha256s, published, and only then are the rows that refer to it inserted. Objects the receiver
+already has are never sent again, and rows merge without duplicates, so an interrupted transfer is resumed by
+running it again, and a second run transfers nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from tqdm import tqdm
+
+from eegcache.index.db import INDEX_FILE, open_index, writer
+from eegcache.index.models import ObjectFile, Recording, SeizureEvent, StoredObject, Window, WindowSet
+from eegcache.index.sql import insert_ignore
+from eegcache.query import QueryError, run_query
+from eegcache.store import ObjectStore, fsync_tree, open_store
+
+RETRIES = 2
+
+
+class TransferError(RuntimeError):
+    pass
+
+
+@dataclass
+class Side:
+    engine: Engine
+    store: ObjectStore
+
+
+@dataclass
+class TransferSummary:
+    objects_sent: int = 0
+    objects_skipped: int = 0
+    bytes_sent: int = 0
+    recordings: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _is_url(remote: str) -> bool:
+    return "://" in remote and not remote.startswith("file://")
+
+
+@contextmanager
+def open_remote(remote: str, *, create: bool):
+    """A remote cache as a Side. For an object-store remote the index travels as a file: it is fetched into a
+    temporary folder and, when ``create`` (push), uploaded back after the rows are merged."""
+    if not _is_url(remote):
+        folder = Path(remote.removeprefix("file://"))
+        if not create and not (folder / INDEX_FILE).is_file():
+            raise TransferError(f"{folder} is not an eegcache cache (no {INDEX_FILE})")
+        engine = open_index(folder)
+        try:
+            yield Side(engine, open_store(folder))
+        finally:
+            engine.dispose()
+        return
+    with tempfile.TemporaryDirectory(prefix="eegcache-remote-") as tmp:
+        store = open_store(Path(tmp), remote)
+        index_url = f"{store.base}/{INDEX_FILE}"
+        if store.fs.exists(index_url):
+            store.fs.get_file(index_url, str(Path(tmp) / INDEX_FILE))
+        elif not create:
+            raise TransferError(f"{remote} holds no eegcache index ({INDEX_FILE})")
+        engine = open_index(Path(tmp))
+        try:
+            yield Side(engine, store)
+            engine.dispose()
+            if create:
+                snapshot = Path(tmp) / "upload.sqlite"
+                _sqlite_snapshot(Path(tmp) / INDEX_FILE, snapshot)
+                store.fs.put_file(str(snapshot), index_url)
+        finally:
+            engine.dispose()
+
+
+def _sqlite_snapshot(index: Path, target: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(index)
+    try:
+        conn.execute("VACUUM INTO ?", (str(target),))
+    finally:
+        conn.close()
+
+
+def _selected(src: Side, split: str | None, where: str | None) -> list[int]:
+    """Recording ids to transfer: all, or those with windows matching ``--split``/``--where`` (read-only SQL)."""
+    with src.engine.connect() as conn:
+        if split is None and where is None:
+            return list(conn.execute(select(Recording.id)).scalars())
+        query = "SELECT DISTINCT r.id FROM recordings r WHERE 1=1"
+        params: dict = {}
+        if split is not None:
+            query += " AND r.split = :split"
+            params["split"] = split
+        if where is not None:
+            query += (" AND r.name IN (SELECT recording FROM window_labels WHERE " + where + ")")
+        url = src.engine.url.render_as_string(hide_password=False)
+        try:
+            result = run_query(url, query, params, limit=100_000_000)
+        except QueryError as exc:
+            raise TransferError(f"--where: {exc}") from None
+        return [row[0] for row in result.rows]
+
+
+def _copy_object(src: Side, dst: Side, key: str, files: list, bar) -> int:
+    """Copy one object's files into the receiver's staging, check every sha256, publish. Returns bytes."""
+    staging = dst.store._staging(key)
+    try:
+        total = 0
+        for f in files:
+            for attempt in range(RETRIES + 1):
+                data = src.store.read_file(key, f.path)
+                if len(data) == f.size and hashlib.sha256(data).hexdigest() == f.sha256:
+                    break
+                if attempt == RETRIES:
+                    raise TransferError(f"object {key[:12]}: file {f.path} arrived corrupt {RETRIES + 1} times "
+                                        "(sha256 mismatch with the sender's index)")
+            target = staging / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            total += len(data)
+            bar.update(len(data))
+        fsync_tree(staging)
+        dst.store._publish(key, staging)
+        return total
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rows(conn, model, *where):
+    return [dict(r._mapping) for r in conn.execute(select(model.__table__).where(*where))]
+
+
+def _merge_recording(src_conn, dst: Side, rec: dict, ws_map: dict[int, int]) -> None:
+    """Insert one recording with its object rows, events and windows in ONE receiver transaction."""
+    with writer(dst.engine).begin() as conn:
+        key = rec["object_key"]
+        if key is not None:
+            for row in _rows(src_conn, StoredObject, StoredObject.key == key):
+                conn.execute(insert_ignore(conn, StoredObject.__table__).values(**row))
+            files = _rows(src_conn, ObjectFile, ObjectFile.object_key == key)
+            if files:
+                conn.execute(insert_ignore(conn, ObjectFile.__table__), files)
+        existing = conn.execute(select(Recording.id, Recording.object_key)
+                                .where(Recording.source_path == rec["source_path"])).first()
+        values = {k: v for k, v in rec.items() if k != "id"}
+        if existing is None:
+            rec_id = conn.execute(Recording.__table__.insert().values(**values)).inserted_primary_key[0]
+        elif existing.object_key == key:
+            rec_id = existing.id
+        else:  # the sender's version of this recording wins: replace the receiver's rows
+            rec_id = existing.id
+            conn.execute(Window.__table__.delete().where(Window.recording_id == rec_id))
+            conn.execute(SeizureEvent.__table__.delete().where(SeizureEvent.recording_id == rec_id))
+            conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
+        if not conn.execute(select(SeizureEvent.id).where(SeizureEvent.recording_id == rec_id).limit(1)).first():
+            events = [{"recording_id": rec_id, "start_s": e["start_s"], "stop_s": e["stop_s"]}
+                      for e in _rows(src_conn, SeizureEvent, SeizureEvent.recording_id == rec["id"])]
+            if events:
+                conn.execute(SeizureEvent.__table__.insert(), events)
+        windows = [{"recording_id": rec_id, "window_set_id": ws_map[w["window_set_id"]],
+                    "start_sample": w["start_sample"], "seizure_samples": w["seizure_samples"], "label": w["label"]}
+                   for w in _rows(src_conn, Window, Window.recording_id == rec["id"])]
+        if windows:
+            conn.execute(insert_ignore(conn, Window.__table__), windows)
+
+
+def _window_set_map(src: Side, dst: Side) -> dict[int, int]:
+    with src.engine.connect() as conn:
+        sets = _rows(conn, WindowSet)
+    out = {}
+    with writer(dst.engine).begin() as conn:
+        for ws in sets:
+            shape = {k: ws[k] for k in ("window_s", "stride_s", "fs")}
+            conn.execute(insert_ignore(conn, WindowSet.__table__).values(
+                **shape, window_samples=ws["window_samples"], stride_samples=ws["stride_samples"]))
+            out[ws["id"]] = conn.execute(select(WindowSet.id).filter_by(**shape)).scalar_one()
+    return out
+
+
+def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | None = None,
+             progress: bool = True) -> TransferSummary:
+    """Copy the selected recordings' objects the receiver lacks, then their rows."""
+    t0 = time.perf_counter()
+    summary = TransferSummary()
+    ids = _selected(src, split, where)
+    ws_map = _window_set_map(src, dst)
+    with src.engine.connect() as conn:
+        wanted = set(ids)
+        recs = [r for r in _rows(conn, Recording) if r["id"] in wanted]
+        keys = sorted({r["object_key"] for r in recs if r["object_key"]})
+        files: dict[str, list] = {}
+        for row in conn.execute(select(ObjectFile.object_key, ObjectFile.path, ObjectFile.size, ObjectFile.sha256)
+                                .where(ObjectFile.object_key.in_(keys))) if keys else []:
+            files.setdefault(row.object_key, []).append(row)
+        todo = [k for k in keys if not dst.store.exists(k)]
+        summary.objects_skipped = len(keys) - len(todo)
+        total = sum(f.size for k in todo for f in files.get(k, []))
+        bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"objects 0/{len(todo)}")
+        broken: set[str] = set()
+        for i, key in enumerate(todo, 1):
+            try:
+                summary.bytes_sent += _copy_object(src, dst, key, files.get(key, []), bar)
+                summary.objects_sent += 1
+            except (TransferError, OSError) as exc:
+                broken.add(key)
+                summary.failed.append(str(exc))
+            bar.set_description(f"objects {i}/{len(todo)}")
+        bar.close()
+        for rec in recs:
+            if rec["object_key"] in broken:
+                continue
+            _merge_recording(conn, dst, rec, ws_map)
+            summary.recordings += 1
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def push(cache: Path, remote: str, *, db_url: str | None = None, store_url: str | None = None,
+         progress: bool = True) -> TransferSummary:
+    engine = open_index(cache, db_url)
+    try:
+        with open_remote(remote, create=True) as dst:
+            return transfer(Side(engine, open_store(cache, store_url)), dst, progress=progress)
+    finally:
+        engine.dispose()
+
+
+def pull(cache: Path, remote: str, *, split: str | None = None, where: str | None = None,
+         db_url: str | None = None, store_url: str | None = None, progress: bool = True) -> TransferSummary:
+    engine = open_index(cache, db_url)
+    try:
+        with open_remote(remote, create=False) as src:
+            return transfer(src, Side(engine, open_store(cache, store_url)), split=split, where=where,
+                            progress=progress)
+    finally:
+        engine.dispose()
