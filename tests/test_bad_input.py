@@ -262,7 +262,7 @@ def test_cache_given_as_a_file(tmp_path: Path) -> None:
     assert target.read_text() == "x"
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "BUG: eegcache/index/db.py open_index() lets sqlalchemy.exc.DatabaseError ('file is not a database', raised by "
     "the WAL pragma on connect) escape, and `eegcache ingest` only turns ValueError/FileNotFoundError/IndexError_ "
     "into a message: a damaged index.sqlite gives a traceback"))

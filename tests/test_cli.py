@@ -197,7 +197,7 @@ def test_sql_reads_a_read_only_pragma(standard: Standard) -> None:
     assert json.loads(done.stdout) == [{"user_version": 0}]
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "BUG: eegcache/query.py _authorizer() allows a pragma of _READ_PRAGMAS only when arg2 is None, but "
     "table_info/table_xinfo/index_list/index_info/foreign_key_list always carry their table or index name in "
     "arg2, so every one of those schema-reading pragmas is refused"))

@@ -89,7 +89,7 @@ def test_db_upgrade_command_creates_an_index(tmp_path: Path) -> None:
     assert query(cache, "PRAGMA journal_mode") == [("wal",)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "BUG: eegcache/cli.py db_current() is decorated with @db_option but takes only `cache`, so click calls it "
     "with db_url= and `eegcache db current` dies with TypeError"))
 def test_db_current_command(fresh: Path) -> None:
