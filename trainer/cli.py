@@ -1,0 +1,185 @@
+"""The ``trainer`` command line: argument parsing and printing only; the work is in the library modules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from trainer.sampling import EpochSampler, Ratios, SamplingError, Selection, parse_params
+
+_ERRORS: tuple[type[Exception], ...] = (SamplingError, ValueError, KeyError)
+
+
+def _split(value: str | None) -> str | None:
+    return None if value is None or value.lower() in ("all", "none", "") else value
+
+
+def selection_options(func):
+    """The flags that choose windows, shared by ``fit`` and ``sample`` so both draw the same epochs."""
+    options = [
+        click.option("--cache", required=True, type=click.Path(file_okay=False, path_type=Path), envvar="EEGCACHE_CACHE",
+                     help="Cache folder (index.sqlite + objects/). Env: EEGCACHE_CACHE."),
+        click.option("--split", default="train", show_default=True, help="Split to train on ('all' for every split)."),
+        click.option("--window", "window_s", type=float, default=60.0, show_default=True, help="Window length (s)."),
+        click.option("--stride", "stride_s", type=float, default=60.0, show_default=True, help="Window stride (s)."),
+        click.option("--where", help="SQL condition over window_labels columns (subject, montage, session...), "
+                                     "run read-only; use :name placeholders with --param."),
+        click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Bound value for :NAME in --where."),
+        click.option("--ratios", default=Ratios().text(), show_default=True,
+                     help="Windows per class relative to the partial-seizure count."),
+        click.option("--allow-incomplete", is_flag=True,
+                     help="Train although recordings of the split failed or are not windowed yet."),
+        click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
+        click.option("--max-windows-per-epoch", type=click.IntRange(1), help="Cap on windows per epoch (quick runs)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _selection(split, window_s, stride_s, where, params, allow_incomplete) -> Selection:
+    return Selection(window_s, stride_s, _split(split), where, parse_params(params), allow_incomplete)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eegcache")
+def main() -> None:
+    """Train and evaluate seizure detectors on an eegcache cache; epochs are drawn by SQL over its index."""
+
+
+@main.command()
+@selection_options
+@click.option("--epoch", type=click.IntRange(0), default=0, show_default=True, help="Epoch to draw (0-based).")
+@click.option("--rank", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--world-size", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--ids", "with_ids", is_flag=True, help="Include the window ids, in training order.")
+def sample(cache, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
+           epoch, rank, world_size, as_json, with_ids):
+    """Print what an epoch draws (counts per class, optionally the ids) without training."""
+    try:
+        sampler = EpochSampler(cache, _selection(split, window_s, stride_s, where, params, allow_incomplete),
+                               Ratios.parse(ratios), seed, max_windows=max_windows_per_epoch)
+        if rank >= world_size:
+            raise ValueError(f"--rank {rank} must be smaller than --world-size {world_size}")
+        draw = sampler.draw(epoch, rank, world_size)
+    except _ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({**sampler.summary(), "draw": draw.to_dict(with_ids=with_ids)}, indent=2))
+        return
+    for line in sampler.describe():
+        click.echo(line)
+    drawn = ", ".join(f"{k} {v:,}" for k, v in draw.to_dict()["drawn"].items())
+    click.echo(f"epoch {epoch} (seed {seed}), rank {rank}/{world_size}: {draw.ids.size:,} windows: {drawn}")
+    if with_ids:
+        click.echo(" ".join(str(i) for i in draw.ids.tolist()))
+
+
+# CLI option name → TrainConfig field, for --resume (only options given on the command line override the run's).
+_FIT_FIELDS = {
+    "cache": "cache", "split": "split", "window_s": "window_s", "stride_s": "stride_s", "where": "where",
+    "params": "params", "ratios": "ratios", "allow_incomplete": "allow_incomplete", "seed": "seed",
+    "max_windows_per_epoch": "max_windows_per_epoch", "epochs": "epochs", "batch_size": "batch_size",
+    "workers": "workers", "model": "model", "device": "device", "lr": "lr", "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip", "val_split": "val_split", "threshold": "threshold", "augment": "augment",
+}
+
+
+@main.command()
+@selection_options
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: metrics.jsonl, last.pt, best.pt.")
+@click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--model", type=click.Choice(["tiny", "base"]), default="tiny", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--val-split", default="dev", show_default=True, help="Validation split ('none' to skip).")
+@click.option("--threshold", type=float, default=0.8, show_default=True, help="Probability threshold for events.")
+@click.option("--augment", is_flag=True, help="Random gain and channel dropout (seeded per window).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out to the same result as an uninterrupted run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def fit(ctx, cache, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
+        out, epochs, batch_size, workers, model, device, lr, weight_decay, grad_clip, val_split, threshold, augment,
+        resume, quiet):
+    """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch."""
+    from trainer.fit import FitError, TrainConfig, resume_config
+    from trainer.fit import fit as run_fit
+
+    values = dict(cache=str(cache), split=_split(split), window_s=window_s, stride_s=stride_s, where=where,
+                  ratios=ratios, allow_incomplete=allow_incomplete, seed=seed,
+                  max_windows_per_epoch=max_windows_per_epoch, epochs=epochs, batch_size=batch_size, workers=workers,
+                  model=model, device=device, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
+                  val_split=_split(val_split), threshold=threshold, augment=augment)
+    try:
+        values["params"] = parse_params(params)
+        Ratios.parse(ratios)
+        if resume:
+            given = {_FIT_FIELDS[name]: values[_FIT_FIELDS[name]] for name in _FIT_FIELDS
+                     if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+            config = resume_config(out, {**given, "out": str(out)})
+        else:
+            config = TrainConfig(out=str(out), **values)
+        result = run_fit(config, resume=resume, log=click.echo, progress=not quiet)
+    except (*_ERRORS, FitError) as exc:
+        raise click.ClickException(str(exc)) from None
+    best = "n/a" if result.best_f1 is None else f"{result.best_f1:.3f}"
+    click.echo(f"done: {result.epochs_done} epochs in {out}; best epoch {result.best_epoch} (event F1 {best})")
+
+
+def _metric_lines(name: str, m: dict) -> str:
+    def f(key, spec=".3f"):
+        return "n/a" if m.get(key) is None else format(m[key], spec)
+
+    return (f"{name:<10} events: sensitivity {f('event_sensitivity')}  precision {f('event_precision')}  "
+            f"F1 {f('event_f1')}  FP/24h {f('event_fp_per_24h', '.1f')}   samples: sensitivity "
+            f"{f('sample_sensitivity')}  precision {f('sample_precision')}  F1 {f('sample_f1')}")
+
+
+@main.command()
+@click.option("--cache", required=True, type=click.Path(file_okay=False, path_type=Path), envvar="EEGCACHE_CACHE")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--split", default="eval", show_default=True, help="Split to score ('all' for every split).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Write <recording>.csv_bi predictions and metrics.json here.")
+@click.option("--plot", "plots", multiple=True, metavar="RECORDING", help="Write RECORDING.png (probability vs truth).")
+@click.option("--threshold", type=float, help="Override the run's threshold.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--baselines", is_flag=True, help="Also score all-zero and all-one constant predictors.")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(cache, checkpoint, split, out, plots, threshold, device, baselines, as_json):
+    """Score a checkpoint on a split with the SzCORE event metrics and sample metrics."""
+    from trainer.evaluate import baselines as constant_baselines
+    from trainer.evaluate import evaluate as run_evaluate
+    from trainer.fit import FitError, load_checkpoint
+    from trainer.postprocess import PostProcess
+
+    try:
+        post = None
+        if threshold is not None:
+            stored = load_checkpoint(checkpoint)["config"]
+            post = PostProcess(threshold, stored.get("morph_samples", 5), stored.get("min_event_s", 2.0))
+        result = run_evaluate(cache, checkpoint, _split(split), out=out, plot=list(plots) or None, post=post,
+                              device=device)
+        base = constant_baselines(cache, _split(split), post) if baselines else {}
+    except (*_ERRORS, FitError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps({"split": split, "metrics": result.metrics, "baselines": base or None,
+                               "files": [str(p) for p in result.files]}, indent=2))
+        return
+    m = result.metrics
+    click.echo(f"{split}: {m['recordings']} recordings, {m['hours']:.2f} h, {m['event_ref']} seizures")
+    click.echo(_metric_lines("model", m))
+    for name, scores in base.items():
+        click.echo(_metric_lines(name, scores))
+    for path in result.files:
+        click.echo(f"wrote {path}")

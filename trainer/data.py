@@ -1,0 +1,130 @@
+"""Windows as torch samples: slices of the stored continuous arrays, never EDF reads, never materialised copies.
+
+One query at construction maps every window id to (object, start sample); ``__getitem__`` slices ``signal`` and
+``labels`` out of that object's Zarr group (a 60 s window touches one or two 64 s chunks). Zarr groups are opened
+lazily and per process: the dataset is pickled (spawn) or copied (fork) into DataLoader workers, and each worker
+opens its own handles on first use rather than sharing the parent's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from eegcache.store import ObjectStore
+from trainer.sampling import connect_readonly
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Light, label-preserving augmentation (off unless asked for): a random overall gain and random channel
+    dropout. Each window's draw is seeded by (seed, epoch, window id), so it does not depend on which worker loads
+    it or in which order: a resumed run augments exactly as an uninterrupted one."""
+
+    gain: tuple[float, float] = (0.8, 1.25)
+    channel_dropout: float = 0.1
+    seed: int = 0
+
+    def apply(self, signal: np.ndarray, epoch: int, window_id: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch, window_id, 0xA6])
+        out = signal * np.float32(rng.uniform(*self.gain))
+        if self.channel_dropout > 0:
+            out[rng.random(out.shape[0]) < self.channel_dropout] = 0.0
+        return out
+
+
+def _lookup(cache: Path, ids: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """(object keys, key code per id, start sample per id, window samples) in the order of ``ids``."""
+    conn = connect_readonly(cache, authorizer=False)  # our own statement; json_each needs a virtual table
+    try:
+        rows = conn.execute(
+            """SELECT w.id, r.object_key, w.start_sample, ws.window_samples
+               FROM json_each(?) j
+               JOIN windows w ON w.id = j.value
+               JOIN recordings r ON r.id = w.recording_id
+               JOIN window_sets ws ON ws.id = w.window_set_id""",
+            (json.dumps(ids.tolist()),),
+        ).fetchall()
+    finally:
+        conn.close()
+    found = {r[0]: r for r in rows}
+    missing = [int(i) for i in ids if int(i) not in found]
+    if missing:
+        raise KeyError(f"{len(missing)} window ids are not in the index (e.g. {missing[:5]}); "
+                       "was the cache changed since the epoch was drawn?")
+    lengths = {r[3] for r in rows}
+    if len(lengths) > 1:
+        raise ValueError(f"window ids from window sets of different lengths ({sorted(lengths)} samples) cannot be batched")
+    keys = sorted({r[1] for r in rows if r[1] is not None})
+    if len(keys) < len({r[1] for r in rows}):
+        raise ValueError("some windows belong to recordings without a stored object (status not ingested)")
+    code_of = {k: i for i, k in enumerate(keys)}
+    codes = np.fromiter((code_of[found[int(i)][1]] for i in ids), dtype=np.int32, count=ids.size)
+    starts = np.fromiter((found[int(i)][2] for i in ids), dtype=np.int64, count=ids.size)
+    return keys, codes, starts, (lengths.pop() if lengths else 0)
+
+
+class WindowDataset(Dataset):
+    """Item i = (signal float32 [channels, window_samples], seizure mask float32 [window_samples]) of window
+    ``window_ids[i]``."""
+
+    def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
+                 epoch: int = 0) -> None:
+        self.cache = Path(cache)
+        self.window_ids = np.asarray(window_ids, dtype=np.int64)
+        self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids)
+        self.augment = augment
+        self.epoch = epoch
+        self._arrays: dict[str, tuple[Any, Any]] = {}
+        self._pid = os.getpid()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return int(self.window_ids.size)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = {}  # handles stay in the process that opened them
+        return state
+
+    def _open(self, key: str) -> tuple[Any, Any]:
+        if self._pid != os.getpid():  # forked into a worker: drop the parent's handles
+            self._arrays, self._pid = {}, os.getpid()
+        arrays = self._arrays.get(key)
+        if arrays is None:
+            group = ObjectStore(self.cache).open(key)
+            arrays = self._arrays[key] = (group["signal"], group["labels"])
+        return arrays
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored slices as numpy (signal in its stored dtype, labels uint8), before any augmentation."""
+        signal, labels = self._open(self.keys[self._codes[i]])
+        start = int(self._starts[i])
+        stop = start + self.window_samples
+        return np.asarray(signal[:, start:stop]), np.asarray(labels[start:stop])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        signal, labels = self.read(i)
+        signal = signal.astype(np.float32, copy=False)
+        if self.augment is not None:
+            signal = self.augment.apply(signal, self.epoch, int(self.window_ids[i]))
+        return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: numpy and python RNGs in each worker follow torch's per-worker seed (which
+    the loader derives from its seeded generator), so nothing a worker does depends on the parent's RNG state."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

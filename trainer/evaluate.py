@@ -1,0 +1,110 @@
+"""Scoring a checkpoint on a split: the validation metrics, predicted events as ``.csv_bi`` files, and a plot.
+
+Predictions are written in TUSZ's own annotation format so they can be compared with the reference annotations by
+NEDC's tools, by eye, or by ``eegcache``'s annotation parser.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trainer.metrics import Counts, summarize
+from trainer.postprocess import PostProcess, csv_bi, mask_events
+from trainer.predict import RecordingResult, iter_predictions, score_constant, split_recordings
+
+
+@dataclass
+class EvalResult:
+    split: str | None
+    metrics: dict
+    per_recording: dict[str, dict] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def load_model(checkpoint: Path | str, device: str = "cpu"):
+    """(model in eval mode, the run's TrainConfig, window samples) from a checkpoint."""
+    from trainer.fit import TrainConfig, load_checkpoint, resolve_device
+    from trainer.model import ModelConfig, SeizureTransformer
+
+    state = load_checkpoint(checkpoint)
+    model = SeizureTransformer(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    model.to(resolve_device(device)).eval()
+    return model, TrainConfig.from_dict(state["config"]), int(state["window_set"]["window_samples"])
+
+
+def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eval", *, out: Path | str | None = None,
+             plot: list[str] | None = None, post: PostProcess | None = None, device: str = "cpu",
+             batch_size: int = 16) -> EvalResult:
+    """Score ``checkpoint`` on every ingested recording of ``split``; with ``out``, write ``<recording>.csv_bi``
+    per recording, ``metrics.json``, and ``<recording>.png`` for each recording named in ``plot``."""
+    cache = Path(cache)
+    model, config, window = load_model(checkpoint, device)
+    post = post or config.postprocess()
+    recordings = split_recordings(cache, split)
+    if plot:
+        split_recordings(cache, split, plot)  # unknown names fail before any work
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = EvalResult(split, {})
+    total = Counts()
+    for rec_result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size,
+                                       device=device):
+        rec = rec_result.recording
+        total = total + rec_result.counts
+        events = mask_events(rec_result.hypothesis, rec.fs, rec_result.probs)
+        result.per_recording[rec.name] = {**summarize(rec_result.counts), "events": len(events)}
+        if out_dir is not None:
+            path = out_dir / f"{rec.name}.csv_bi"
+            path.write_text(csv_bi(rec.name, rec.n_samples / rec.fs, events))
+            result.files.append(path)
+        if plot and rec.name in plot:
+            result.files.append(plot_recording(rec_result, (out_dir or Path(".")) / f"{rec.name}.png", post))
+    result.metrics = summarize(total)
+    if out_dir is not None:
+        path = out_dir / "metrics.json"
+        path.write_text(json.dumps({"split": split, "checkpoint": str(checkpoint), "metrics": result.metrics,
+                                    "per_recording": result.per_recording}, indent=2))
+        result.files.append(path)
+    return result
+
+
+def baselines(cache: Path | str, split: str | None, post: PostProcess | None = None) -> dict[str, dict]:
+    """Constant predictors through the same post-processing and scoring: all-zero (never alarms) and all-one
+    (always alarms). A model is only useful where it beats both."""
+    recordings = split_recordings(Path(cache), split)
+    return {"all_zero": score_constant(Path(cache), recordings, 0.0, post),
+            "all_one": score_constant(Path(cache), recordings, 1.0, post)}
+
+
+def plot_recording(result: RecordingResult, path: Path, post: PostProcess) -> Path:
+    """Probability against time, with true seizures shaded and detections marked: the picture that shows whether
+    errors are late onsets, short bursts or false alarms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = result.recording
+    t = np.arange(rec.n_samples) / rec.fs
+    step = max(1, rec.n_samples // 20000)  # enough points for a page-wide plot
+    fig, ax = plt.subplots(figsize=(12, 3))
+    ax.plot(t[::step], result.probs[::step], lw=0.7, color="tab:blue", label="seizure probability")
+    ax.fill_between(t[::step], 0, 1, where=result.reference[::step], color="tab:red", alpha=0.2, step="mid",
+                    label="true seizure")
+    ax.fill_between(t[::step], 1.02, 1.08, where=result.hypothesis[::step], color="black", step="mid",
+                    label="detection")
+    ax.axhline(post.threshold, color="gray", lw=0.6, ls="--")
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1.1), xlim=(0, t[-1] if t.size else 1),
+           title=f"{rec.name}: {result.counts.event_tp}/{result.counts.event_ref} seizures detected, "
+                 f"{result.counts.event_fp} false alarms")
+    ax.legend(loc="upper right", fontsize=7, ncols=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,367 @@
+"""The training loop: SQL-drawn epochs, per-sample BCE, AdamW with a per-step cosine schedule, validation by event F1,
+and checkpoints from which ``--resume`` reproduces an uninterrupted run.
+
+Reproducibility rests on one rule: everything random in epoch e is seeded from (seed, e) at the start of the epoch:
+the epoch draw, torch/numpy/python RNGs (dropout), the DataLoader's generator and worker seeds, augmentation (per
+window id). A checkpoint therefore needs only the model, optimiser and scheduler state to continue bit-for-bit; the
+RNG states are stored as well, for inspection and for code that draws between epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from trainer.data import Augment, WindowDataset, seed_worker
+from trainer.metrics import f1_key
+from trainer.model import build_model, count_parameters
+from trainer.postprocess import PostProcess
+from trainer.predict import split_recordings, validate
+from trainer.sampling import EpochSampler, Ratios, Selection
+
+CHECKPOINT_FORMAT = "trainer-checkpoint/1"
+METRICS_FILE = "metrics.jsonl"
+LAST, BEST = "last.pt", "best.pt"
+
+
+class FitError(RuntimeError):
+    """Training cannot start or continue as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The full configuration of a run; stored in every checkpoint."""
+
+    cache: str
+    out: str
+    epochs: int = 10
+    batch_size: int = 16
+    workers: int = 0
+    model: str = "tiny"
+    seed: int = 0
+    device: str = "cpu"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.01
+    split: str | None = "train"
+    val_split: str | None = "dev"
+    window_s: float = 60.0
+    stride_s: float = 60.0
+    where: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    ratios: str = Ratios().text()
+    allow_incomplete: bool = False
+    threshold: float = 0.8
+    morph_samples: int = 5
+    min_event_s: float = 2.0
+    max_windows_per_epoch: int | None = None
+    augment: bool = False
+    val_batch_size: int = 16
+
+    # Fields that may change between a run and its resumption without changing the result (where the cache lives,
+    # how many loader processes, the device; a different device changes rounding but not the run's definition).
+    NOT_RUN_DEFINING = ("cache", "out", "workers", "device", "val_batch_size")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
+            raise ValueError("epochs and batch_size must be >= 1 and workers >= 0")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        Ratios.parse(self.ratios)
+        PostProcess(self.threshold, self.morph_samples, self.min_event_s)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["params"] = [list(p) for p in self.params]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["params"] = tuple(tuple(p) for p in values.get("params", ()))
+        return cls(**values)
+
+    def selection(self) -> Selection:
+        return Selection(self.window_s, self.stride_s, self.split, self.where, self.params, self.allow_incomplete)
+
+    def postprocess(self) -> PostProcess:
+        return PostProcess(self.threshold, self.morph_samples, self.min_event_s)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    epochs_done: int
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_f1: float | None = None
+    parameters: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seeds, schedule, devices
+
+
+def _derive(seed: int, epoch: int, purpose: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, purpose]).generate_state(1)[0])
+
+
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed torch, numpy and python for epoch ``epoch``; return the DataLoader's generator for it."""
+    s = _derive(seed, epoch, 1)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+    generator = torch.Generator()
+    generator.manual_seed(_derive(seed, epoch, 2))
+    return generator
+
+
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def cosine_schedule(total_steps: int, warmup_frac: float, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to ``min_ratio`` x lr, per optimiser step."""
+    warmup = max(1, round(warmup_frac * total_steps)) if warmup_frac > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FitError(f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise FitError(f"--device must be cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints and the metrics log
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | str) -> dict:
+    """A checkpoint as a dict (``config``, ``model_config``, ``model``, ``optimizer``, ``scheduler``, ``epoch``,
+    ``rng``...). Loaded with ``weights_only=True``: no pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FitError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise FitError(f"{path} is not a trainer checkpoint (format {state.get('format')!r})")
+    return state
+
+
+def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
+    """Lines of earlier epochs; lines past the checkpoint (written before a crash) are dropped, they will be redone."""
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [rec for rec in lines if rec.get("epoch", 0) <= up_to_epoch]
+
+
+def _write_metrics(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def resume_config(run_dir: Path | str, overrides: dict | None = None) -> TrainConfig:
+    """The stored run's configuration with ``overrides`` applied; refuses overrides that would change the run."""
+    state = load_checkpoint(Path(run_dir) / LAST)
+    stored = TrainConfig.from_dict(state["config"])
+    overrides = dict(overrides or {})
+    if "params" in overrides:
+        overrides["params"] = tuple(tuple(p) for p in overrides["params"])
+    changed = {k: v for k, v in overrides.items()
+               if k not in TrainConfig.NOT_RUN_DEFINING and getattr(stored, k) != v}
+    if changed:
+        desc = ", ".join(f"{k} {v!r} (stored {getattr(stored, k)!r})" for k, v in sorted(changed.items()))
+        raise FitError(f"--resume continues the stored run in {run_dir} exactly; these options differ from it: {desc}. "
+                       "Drop them, or start a new run in another --out")
+    return dataclasses.replace(stored, **{k: v for k, v in overrides.items() if k in TrainConfig.NOT_RUN_DEFINING})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
+        log: Callable[[str], None] = print, progress: bool = True) -> FitResult:
+    """Train (or continue) the run in ``config.out``. ``stop_after`` ends this call after that many epochs (a
+    time-boxed job, or a test of resumption); the run continues later with ``resume=True``."""
+    run_dir = Path(config.out)
+    last_path = run_dir / LAST
+    state = None
+    if resume:
+        if not last_path.is_file():
+            raise FitError(f"nothing to resume in {run_dir}: no {LAST}")
+        state = load_checkpoint(last_path)
+        config = resume_config(run_dir, dataclasses.asdict(config))
+    elif last_path.exists():
+        raise FitError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, or choose another --out")
+    device = resolve_device(config.device)
+    sampler = EpochSampler(config.cache, config.selection(), Ratios.parse(config.ratios), config.seed,
+                           max_windows=config.max_windows_per_epoch)
+    for line in sampler.describe():
+        log(line)
+    window = sampler.window_set.window_samples
+    val_recordings = split_recordings(Path(config.cache), config.val_split) if config.val_split else []
+    if config.val_split and not val_recordings:
+        log(f"warning: no ingested recordings in validation split {config.val_split!r}; "
+            "best.pt follows the training loss instead of event F1")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _train(config, sampler, window, val_recordings, device, state, stop_after, log, progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordings: list, device: torch.device,
+           state: dict | None, stop_after: int | None, log: Callable[[str], None], progress: bool) -> FitResult:
+    run_dir = Path(config.out)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_model(config.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(sampler.epoch_size() / config.batch_size)
+    schedule = cosine_schedule(steps_per_epoch * config.epochs, config.warmup_frac, config.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    start, best_score, best_epoch = 0, -math.inf, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+        log(f"resuming {run_dir} after epoch {start} of {config.epochs}")
+    history = _read_metrics(run_dir / METRICS_FILE, start)
+    n_params = count_parameters(model)
+    log(f"model {config.model}: {n_params:,} parameters; {steps_per_epoch} steps of {config.batch_size} per epoch "
+        f"on {device.type}")
+    augment = Augment(seed=config.seed) if config.augment else None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    done_here = 0
+    for epoch in range(start, config.epochs):
+        generator = seed_epoch(config.seed, epoch)
+        draw = sampler.draw(epoch)
+        dataset = WindowDataset(config.cache, draw.ids, augment=augment, epoch=epoch)
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+                            generator=generator, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
+        model.train()
+        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        for signal, mask in bar:
+            signal, mask = signal.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            with amp:
+                logits = model(signal)
+            loss = loss_fn(logits.float(), mask)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * signal.shape[0]
+            seen += signal.shape[0]
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        val = (validate(model, Path(config.cache), val_recordings, window, post=config.postprocess(),
+                        batch_size=config.val_batch_size, device=device) if val_recordings else None)
+        train_loss = loss_sum / max(seen, 1)
+        score = f1_key(val) if val is not None else -train_loss
+        is_best = score > best_score
+        if is_best:
+            best_score, best_epoch = score, epoch + 1
+        record = {
+            "epoch": epoch + 1, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0], "windows": seen,
+            "windows_per_s": seen / train_seconds if train_seconds > 0 else None, "train_seconds": train_seconds,
+            "val_seconds": time.perf_counter() - t1, "drawn": draw.to_dict()["drawn"], "val_split": config.val_split,
+            "val": val, "best": is_best,
+        }
+        history.append(record)
+        _write_metrics(run_dir / METRICS_FILE, history)
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model_config": model.config.to_dict(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch, "rng": rng_state(),
+            "window_set": dataclasses.asdict(sampler.window_set), "metrics": record,
+        }
+        if is_best:
+            _atomic_save(checkpoint, run_dir / BEST)
+        _atomic_save(checkpoint, run_dir / LAST)
+        log(_epoch_line(record))
+        done_here += 1
+        if stop_after is not None and done_here >= stop_after and epoch + 1 < config.epochs:
+            log(f"stopped after {done_here} epoch(s) as asked; continue with --resume")
+            break
+    best_f1 = next((r["val"]["event_f1"] for r in history if r["epoch"] == best_epoch and r.get("val")), None)
+    return FitResult(run_dir, history[-1]["epoch"] if history else 0, history, best_epoch, best_f1, n_params)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _epoch_line(r: dict) -> str:
+    text = f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {_fmt(r['windows_per_s'], '.1f')} windows/s"
+    val = r.get("val")
+    if val:
+        text += (f"; {r['val_split']} events: sensitivity {_fmt(val['event_sensitivity'])}, precision "
+                 f"{_fmt(val['event_precision'])}, F1 {_fmt(val['event_f1'])}, "
+                 f"{_fmt(val['event_fp_per_24h'], '.1f')} FP/24h")
+    return text + (" (best)" if r["best"] else "")

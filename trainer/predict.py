@@ -1,0 +1,128 @@
+"""Whole-recording inference and scoring, shared by validation during ``fit`` and by ``evaluate``.
+
+A recording is predicted as non-overlapping windows covering it (the tail by one end-aligned window), stitched into
+one probability per sample, post-processed into events and scored against the stored label mask: the same mask every
+window label was counted from, so reference and training labels cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eegcache.store import ObjectStore
+from trainer.metrics import Counts, score_recording, summarize
+from trainer.postprocess import PostProcess, binarize, cover_starts, stitch
+from trainer.sampling import SamplingError, connect_readonly
+
+
+@dataclass(frozen=True)
+class RecordingRef:
+    id: int
+    name: str
+    object_key: str
+    n_samples: int
+    fs: float
+
+
+@dataclass
+class RecordingResult:
+    recording: RecordingRef
+    probs: np.ndarray  # float32 per sample
+    reference: np.ndarray  # bool per sample (stored labels)
+    hypothesis: np.ndarray  # bool per sample after post-processing
+    counts: Counts
+
+
+def split_recordings(cache: Path, split: str | None, recordings: list[str] | None = None) -> list[RecordingRef]:
+    """Ingested recordings of a split (all splits when None), in name order; optionally only the named ones."""
+    conn = connect_readonly(cache)
+    try:
+        sql = ("SELECT r.id, r.name, r.object_key, o.n_samples, o.fs FROM recordings r "
+               "JOIN objects o ON o.key = r.object_key WHERE r.status = 'ingested'")
+        params: list = []
+        if split is not None:
+            sql += " AND r.split = ?"
+            params.append(split)
+        rows = conn.execute(sql + " ORDER BY r.name, r.id", params).fetchall()
+    finally:
+        conn.close()
+    refs = [RecordingRef(*r) for r in rows]
+    if recordings is not None:
+        wanted = set(recordings)
+        refs = [r for r in refs if r.name in wanted]
+        unknown = wanted - {r.name for r in refs}
+        if unknown:
+            raise SamplingError(f"no ingested recording named {', '.join(sorted(unknown))} in "
+                                f"{'split ' + repr(split) if split else 'the cache'}")
+    return refs
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def predict_signal(model: torch.nn.Module, signal: np.ndarray, window: int, *, batch_size: int = 16,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """Per-sample seizure probability of one recording ([channels, samples] → [samples])."""
+    device = torch.device(device)
+    n = signal.shape[1]
+    starts = cover_starts(n, window)
+    if n < window:  # shorter than one window: zero-pad (z-scored signal, so zero is the mean) and crop afterwards
+        signal = np.pad(signal, ((0, 0), (0, window - n)))
+    was_training = model.training
+    model.eval()
+    probs = []
+    try:
+        for i in range(0, len(starts), batch_size):
+            batch = np.stack([signal[:, s:s + window] for s in starts[i:i + batch_size]]).astype(np.float32)
+            with _autocast(device):
+                logits = model(torch.from_numpy(batch).to(device))
+            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return stitch(np.concatenate(probs), starts, n)
+
+
+def iter_predictions(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
+                     post: PostProcess | None = None, batch_size: int = 16,
+                     device: torch.device | str = "cpu") -> Iterator[RecordingResult]:
+    store = ObjectStore(cache)
+    for rec in recordings:
+        group = store.open(rec.object_key)
+        signal = np.asarray(group["signal"][...])
+        reference = np.asarray(group["labels"][...]).astype(bool)
+        probs = predict_signal(model, signal, window, batch_size=batch_size, device=device)
+        hyp = binarize(probs, rec.fs, post)
+        yield RecordingResult(rec, probs, reference, hyp, score_recording(reference, hyp, rec.fs))
+
+
+def score_constant(cache: Path, recordings: list[RecordingRef], value: float,
+                   post: PostProcess | None = None) -> dict:
+    """Scores of a predictor that outputs ``value`` everywhere, through the same post-processing and scoring: the
+    baselines a trained model must beat (0: never alarms; 1: always alarms)."""
+    store = ObjectStore(cache)
+    total = Counts()
+    for rec in recordings:
+        reference = np.asarray(store.open(rec.object_key)["labels"][...]).astype(bool)
+        hyp = binarize(np.full(rec.n_samples, value, dtype=np.float32), rec.fs, post)
+        total = total + score_recording(reference, hyp, rec.fs)
+    return summarize(total)
+
+
+def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
+             post: PostProcess | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
+             on_result: Callable[[RecordingResult], None] | None = None) -> dict:
+    """Aggregate scores over recordings (counts summed, then ratios)."""
+    total = Counts()
+    for result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size, device=device):
+        total = total + result.counts
+        if on_result is not None:
+            on_result(result)
+    return summarize(total)
