@@ -327,11 +327,11 @@ def db_upgrade(cache, db_url):
 @db.command("current")
 @cache_option
 @db_option
-def db_current(cache):
+def db_current(cache, db_url):
     """Print the index's schema revision."""
     from eegcache.index.db import default_url, make_engine
 
-    engine = make_engine(default_url(cache))
+    engine = make_engine(db_url or default_url(cache))
     click.echo(f"{current_revision(engine)} (newest known: {head_revision()})")
 
 

@@ -203,8 +203,8 @@ def _read_mne(path: Path, names: list[str]) -> list[np.ndarray]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        raw = mne.io.read_raw_edf(str(path), preload=False, verbose="error")
+        # Only the wanted channels: MNE resamples every included channel to the highest included rate, so a
+        # faster auxiliary channel must not be among them.
+        raw = mne.io.read_raw_edf(str(path), include=names, preload=False, verbose="error")
         data = raw.get_data(picks=names, units="uV")
-    # MNE resamples every channel to the highest rate in the file; the EEG channels keep their own rate
-    # because the 1 Hz channels are never the highest.
     return list(data)

@@ -8,6 +8,8 @@ at most an unreferenced object or staging folder, which the next run reuses or `
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -53,6 +55,7 @@ class Task:
     known_edf_sha256: str | None = None
     known_annotation_sha256: str | None = None
     store_url: str | None = None
+    donor_key: str | None = None  # an object with the same signal, when only the annotation changed
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Prepared:
 @dataclass
 class IngestSummary:
     ingested: int = 0  # preprocessed and stored by this run
-    reused: int = 0  # object already stored: nothing read but the annotation (and the EDF hash when changed)
+    reused: int = 0  # no EDF preprocessed: the object was stored already, or only the labels changed
     unchanged: int = 0  # nothing to do at all
     windows_added: int = 0  # recordings that got a new window set from the stored mask
     failed: int = 0
@@ -139,30 +142,34 @@ def prepare(task: Task) -> Prepared:
         if store.exists(result.object_key):
             group = store.open(result.object_key)
             mask = np.asarray(group["labels"][...])
-            attrs = group.attrs.asdict()
-            result.reader, result.orig_fs = attrs.get("reader"), attrs.get("orig_fs")
-            result.filled = tuple(attrs.get("filled_channels", ()))
-            result.n_channels = int(group["signal"].shape[0])
-            result.n_samples = int(mask.shape[0])
+            _take_attrs(result, group)
             result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
         else:
-            raw = read_recording(task.edf, task.spec.channels, task.spec.missing_electrodes)
-            signal = preprocess(raw.data, raw.fs, task.spec)
-            result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
-            result.n_channels, result.n_samples = signal.shape
+            donor = task.donor_key if task.donor_key and store.exists(task.donor_key) else None
+            if donor is not None:  # only the labels changed: reuse the stored signal, read no EDF
+                group = store.open(donor)
+                signal = np.asarray(group["signal"][...])
+                _take_attrs(result, group)
+            else:
+                raw = read_recording(task.edf, task.spec.channels, task.spec.missing_electrodes)
+                signal = preprocess(raw.data, raw.fs, task.spec)
+                result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
+                result.n_channels, result.n_samples = signal.shape
+                result.preprocessed = True
             result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
-            if annotation.duration_s is not None and abs(annotation.duration_s - raw.duration_s) > 1.0:
+            duration = result.n_samples / task.spec.fs
+            if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
                 result.warnings.append(
-                    f"annotation duration {annotation.duration_s:.2f} s differs from the EDF's {raw.duration_s:.2f} s"
+                    f"annotation duration {annotation.duration_s:.2f} s differs from the recording's {duration:.2f} s"
                 )
             mask = label_mask(result.events, result.n_samples, task.spec.fs)
             attrs = {
                 "key": result.object_key, "label_key": result.label_key, "spec": task.spec.to_dict(),
-                "channels": list(task.spec.channels), "fs": task.spec.fs, "reader": raw.reader,
-                "orig_fs": raw.fs, "filled_channels": list(raw.filled), "events": [list(e) for e in result.events],
+                "channels": list(task.spec.channels), "fs": task.spec.fs, "reader": result.reader,
+                "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
+                "events": [list(e) for e in result.events],
             }
             store.write(result.object_key, signal, mask, attrs)
-            result.preprocessed = True
             result.checksums = store.checksums(result.object_key)
         result.windows = _windows_for(mask, task.shapes)
         result.status = "ingested"
@@ -175,6 +182,14 @@ def prepare(task: Task) -> Prepared:
     except MemoryError:
         result.reason = f"{name}: out of memory while reading or preprocessing"
     return result
+
+
+def _take_attrs(result: Prepared, group) -> None:
+    """Facts about an object that was made earlier (by this or another run) from its attributes."""
+    attrs = group.attrs.asdict()
+    result.reader, result.orig_fs = attrs.get("reader"), attrs.get("orig_fs")
+    result.filled = tuple(attrs.get("filled_channels", ()))
+    result.n_channels, result.n_samples = (int(n) for n in group["signal"].shape)
 
 
 def _clip(annotation, n_samples: int, fs: float):
@@ -311,7 +326,7 @@ def plan(
     tasks, unchanged = [], 0
     for edf in edfs:
         row = known.get(path_text(edf))
-        reuse = {}
+        reuse: dict = {}
         if row is not None and row.status in ("ingested", "skipped") and row.edf_sha256:
             try:
                 st = edf.stat()
@@ -319,18 +334,21 @@ def plan(
                 ast = ann.stat() if ann else None
             except OSError:
                 st = ast = ann = None
-            same = (
-                st is not None and ast is not None and st.st_size == row.edf_size
-                and st.st_mtime_ns == row.edf_mtime_ns and path_text(ann) == row.annotation_path
-                and ast.st_size == row.annotation_size and ast.st_mtime_ns == row.annotation_mtime_ns
-            )
-            if same:
-                reuse = {"known_edf_sha256": row.edf_sha256, "known_annotation_sha256": row.annotation_sha256}
+            edf_same = st is not None and (st.st_size, st.st_mtime_ns) == (row.edf_size, row.edf_mtime_ns)
+            ann_same = ast is not None and path_text(ann) == row.annotation_path and (
+                (ast.st_size, ast.st_mtime_ns) == (row.annotation_size, row.annotation_mtime_ns))
+            same_spec = row.spec_digest == sdigest
+            if edf_same:
+                reuse["known_edf_sha256"] = row.edf_sha256
+                if same_spec and not ann_same:
+                    reuse["donor_key"] = row.object_key
+            if edf_same and ann_same:
+                reuse["known_annotation_sha256"] = row.annotation_sha256
                 covered = (
                     row.status == "skipped" or row.id in have_set
                     or (row.n_samples or 0) < requested.window
                 )
-                if row.spec_digest == sdigest and covered and store.exists(row.object_key):
+                if same_spec and covered and store.exists(row.object_key):
                     unchanged += 1
                     continue
         tasks.append(Task(edf, store.root, spec, shapes, store_url=store.url, **reuse))
@@ -353,7 +371,7 @@ def ingest(
     config = config or IngestConfig()
     t0 = time.perf_counter()
     cache = Path(cache)
-    edfs = discover(Path(src))
+    edfs = discover(Path(os.path.abspath(src)))  # recordings are named by absolute path
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
@@ -389,13 +407,13 @@ def _tally(summary: IngestSummary, task: Task, item: Prepared, status: str, bar)
     if status == "failed":
         summary.failed += 1
         summary.failures.append((item.source_path, item.reason or "unknown error"))
-        bar.write(f"failed: {item.reason}")
+        bar.write(f"failed: {item.reason}", file=sys.stderr)
     elif status == "skipped":
         summary.skipped += 1
     elif item.preprocessed:
         summary.ingested += 1
         summary.edf_read += 1
-    elif task.known_edf_sha256 is not None:
+    elif task.known_annotation_sha256 is not None:
         summary.windows_added += 1
     else:
         summary.reused += 1

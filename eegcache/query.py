@@ -15,8 +15,10 @@ from pathlib import Path
 
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
-_READ_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list", "user_version",
-                 "schema_version", "database_list", "compile_options", "page_count", "page_size"}
+# Pragmas that only describe the schema, whatever their argument (a table or index name).
+_SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list"}
+# Pragmas that also have a writing form (``PRAGMA user_version = 5``): allowed only without an argument.
+_VALUE_PRAGMAS = {"user_version", "schema_version", "database_list", "compile_options", "page_count", "page_size"}
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 
 
@@ -36,8 +38,10 @@ def _authorizer(action, arg1, arg2, _db, _trigger):
         if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in {"load_extension", "readfile", "writefile"}:
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
-    if action == sqlite3.SQLITE_PRAGMA and arg1 and arg1.lower() in _READ_PRAGMAS and arg2 is None:
-        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_PRAGMA and arg1:
+        name = arg1.lower()
+        if name in _SCHEMA_PRAGMAS or (name in _VALUE_PRAGMAS and arg2 is None):
+            return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
 
 

@@ -37,6 +37,12 @@ class PreprocessSpec:
     missing_electrodes: str = "fail"
 
     def __post_init__(self) -> None:
+        # Numbers are normalised so that equal specs serialise (and so key) equally: fs=256 and fs=256.0 are one.
+        object.__setattr__(self, "fs", float(self.fs))
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if self.bandpass_hz is not None:
+            object.__setattr__(self, "bandpass_hz", tuple(float(x) for x in self.bandpass_hz))
+        object.__setattr__(self, "notch_hz", tuple(float(x) for x in self.notch_hz))
         if not self.fs > 0:
             raise ValueError(f"fs must be positive, got {self.fs}")
         if not self.channels:
@@ -67,16 +73,9 @@ class PreprocessSpec:
         if unknown:
             raise ValueError(f"unknown preprocessing setting(s): {', '.join(sorted(unknown))}")
         values = dict(data)
-        if "channels" in values:
-            values["channels"] = tuple(values["channels"])
-        if values.get("bandpass_hz") is not None:
-            values["bandpass_hz"] = tuple(float(x) for x in values["bandpass_hz"])
         if "notch_hz" in values:
             notch = values["notch_hz"]
-            notch = [] if notch is None else notch if isinstance(notch, list | tuple) else [notch]
-            values["notch_hz"] = tuple(float(x) for x in notch)
-        if "fs" in values:
-            values["fs"] = float(values["fs"])
+            values["notch_hz"] = [] if notch is None else notch if isinstance(notch, list | tuple) else [notch]
         return cls(**values)
 
     def canonical_json(self) -> str:

@@ -13,6 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DatabaseError
 
 INDEX_FILE = "index.sqlite"
 BUSY_TIMEOUT_MS = 120_000
@@ -125,7 +126,12 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
         if not os.access(cache, os.W_OK | os.X_OK):
             raise IndexError_(f"the cache folder {cache} is not writable")
     engine = make_engine(url or default_url(cache))
-    check_schema(engine)
+    try:
+        check_schema(engine)
+    except DatabaseError as err:  # e.g. "file is not a database"
+        engine.dispose()
+        where = url or str(Path(cache) / INDEX_FILE)
+        raise IndexError_(f"cannot read the index {where}: {err.orig}; it was left untouched") from None
     if upgrade_schema and current_revision(engine) != head_revision():
         if url is None:  # a new SQLite file: one process creates it while the others wait
             with _file_lock(cache / ".index.lock"):
