@@ -216,6 +216,8 @@ def _write_metrics(path: Path, records: list[dict]) -> None:
 
 def resume_config(run_dir: Path | str, overrides: dict | None = None) -> TrainConfig:
     """The stored run's configuration with ``overrides`` applied; refuses overrides that would change the run."""
+    if not (Path(run_dir) / LAST).is_file():
+        raise FitError(f"nothing to resume in {run_dir}: no {LAST}")
     state = load_checkpoint(Path(run_dir) / LAST)
     stored = TrainConfig.from_dict(state["config"])
     overrides = dict(overrides or {})
