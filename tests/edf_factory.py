@@ -383,3 +383,19 @@ def invoke(*args: object):
     from eegcache.cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+@dataclass(frozen=True)
+class Out:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: object) -> Out:
+    """A command run in process (CliRunner): the code path of the subprocess without the interpreter start-up.
+    An exception other than SystemExit escaping the command (a traceback for a user) fails the assertion here.
+    Every command is also run as a real subprocess somewhere in the suite."""
+    result = invoke(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return Out(result.exit_code, result.stdout, result.stderr)

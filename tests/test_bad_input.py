@@ -15,6 +15,7 @@ import pytest
 from conftest import IS_ROOT, SHORT, TSE_512
 from edf_factory import (
     Rec,
+    cli,
     csv_head,
     object_dirs,
     patch_bytes,
@@ -196,7 +197,7 @@ def test_rerun_fails_the_same_and_keeps_the_good(bad_run: Run, tmp_path: Path) -
     cache = tmp_path / "cache"
     shutil.copytree(bad_run.cache, cache)
     before = query(cache, "SELECT recording, status, reason, n_windows FROM recording_status ORDER BY source_path")
-    again = run_cli("ingest", bad_run.root, "--cache", cache, "--quiet")
+    again = cli("ingest", bad_run.root, "--cache", cache, "--quiet")
     assert again.returncode == 1
     assert "ingested 0" in again.stdout
     after = query(cache, "SELECT recording, status, reason, n_windows FROM recording_status ORDER BY source_path")
@@ -210,9 +211,9 @@ def test_fixed_file_is_ingested_next_time(tree, tmp_path: Path) -> None:
     ann = edfs[TSE_512].with_suffix(".tse_bi")
     hidden = ann.rename(tmp_path / "hidden.tse_bi")
     cache = tmp_path / "cache"
-    assert run_cli("ingest", root, "--cache", cache, "--quiet").returncode == 1
+    assert cli("ingest", root, "--cache", cache, "--quiet").returncode == 1
     hidden.rename(ann)
-    done = run_cli("ingest", root, "--cache", cache, "--quiet")
+    done = cli("ingest", root, "--cache", cache, "--quiet")
     assert done.returncode == 0, done.stderr
     assert query(cache, "SELECT status, reason, n_windows FROM recording_status") == [("ingested", None, 2)]
 
@@ -257,15 +258,11 @@ def test_cache_given_as_a_file(tmp_path: Path) -> None:
     write_rec(root, SHORT)
     target = tmp_path / "afile"
     target.write_text("x")
-    done = run_cli("ingest", root, "--cache", target, "--quiet")
+    done = cli("ingest", root, "--cache", target, "--quiet")
     assert done.returncode != 0 and "afile" in done.stderr and "Traceback" not in done.stderr
     assert target.read_text() == "x"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/index/db.py open_index() lets sqlalchemy.exc.DatabaseError ('file is not a database', raised by "
-    "the WAL pragma on connect) escape, and `eegcache ingest` only turns ValueError/FileNotFoundError/IndexError_ "
-    "into a message: a damaged index.sqlite gives a traceback"))
 def test_index_that_is_not_a_database(tmp_path: Path) -> None:
     """An index.sqlite that is garbage: a clear error, not a traceback, and the file is left alone."""
     root = tmp_path / "src"
@@ -274,7 +271,7 @@ def test_index_that_is_not_a_database(tmp_path: Path) -> None:
     cache.mkdir()
     garbage = b"this is not a sqlite database" * 100
     (cache / "index.sqlite").write_bytes(garbage)
-    done = run_cli("ingest", root, "--cache", cache, "--quiet")
+    done = cli("ingest", root, "--cache", cache, "--quiet")
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "index" in done.stderr.lower()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import MISSING, SHORT, Standard
-from edf_factory import invoke, query, run_cli
+from edf_factory import cli, invoke, query, run_cli
 
 COMMANDS = [(), ("ingest",), ("stats",), ("sql",), ("verify",), ("gc",), ("synth",), ("db",), ("db", "upgrade"),
             ("db", "current")]  # fmt: skip
@@ -71,7 +71,7 @@ def test_stats_json(standard: Standard) -> None:
 
 
 def test_stats_text(standard: Standard) -> None:
-    done = run_cli("stats", "--cache", standard.cache)
+    done = cli("stats", "--cache", standard.cache)
     assert done.returncode == 0
     assert "recordings: ingested 6, failed 1, skipped 1" in done.stdout
 
@@ -95,7 +95,7 @@ def test_sql_json_is_a_list_of_row_objects(standard: Standard) -> None:
 
 
 def test_sql_csv(standard: Standard) -> None:
-    done = run_cli("sql", "--cache", standard.cache, COUNT_SQL, "--csv")
+    done = cli("sql", "--cache", standard.cache, COUNT_SQL, "--csv")
     assert done.returncode == 0
     rows = list(csv.reader(io.StringIO(done.stdout)))
     assert rows[0] == ["label", "n"]
@@ -103,31 +103,31 @@ def test_sql_csv(standard: Standard) -> None:
 
 
 def test_sql_table(standard: Standard) -> None:
-    done = run_cli("sql", "--cache", standard.cache, COUNT_SQL, "--table")
+    done = cli("sql", "--cache", standard.cache, COUNT_SQL, "--table")
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["label", "n"] and set(lines[1].replace(" ", "")) == {"-"}
     assert [tuple(line.split()) for line in lines[2:]] == [(a, str(b)) for a, b in query(standard.cache, COUNT_SQL)]
-    assert run_cli("sql", "--cache", standard.cache, COUNT_SQL).stdout == done.stdout  # table is the default
+    assert cli("sql", "--cache", standard.cache, COUNT_SQL).stdout == done.stdout  # table is the default
 
 
 def test_sql_param_binding(standard: Standard) -> None:
     """:NAME is bound to the value, which never becomes SQL (an injection attempt matches nothing)."""
     sql = "SELECT count(*) AS n FROM window_labels WHERE label = :label"
-    done = run_cli("sql", "--cache", standard.cache, sql, "-p", "label=full_seizure", "--json")
+    done = cli("sql", "--cache", standard.cache, sql, "-p", "label=full_seizure", "--json")
     assert json.loads(done.stdout) == [{"n": standard.summary.window_counts["full_seizure"]}]
-    done = run_cli("sql", "--cache", standard.cache, sql, "--param", "label=x' OR '1'='1", "--json")
+    done = cli("sql", "--cache", standard.cache, sql, "--param", "label=x' OR '1'='1", "--json")
     assert json.loads(done.stdout) == [{"n": 0}]
-    bad = run_cli("sql", "--cache", standard.cache, sql, "-p", "novalue")
+    bad = cli("sql", "--cache", standard.cache, sql, "-p", "novalue")
     assert bad.returncode != 0 and "NAME=VALUE" in bad.stderr
 
 
 def test_sql_limit_caps_rows_and_says_so(standard: Standard) -> None:
-    done = run_cli("sql", "--cache", standard.cache, "SELECT window_id FROM window_labels", "--json", "--limit", "3")
+    done = cli("sql", "--cache", standard.cache, "SELECT window_id FROM window_labels", "--json", "--limit", "3")
     assert done.returncode == 0
     assert len(json.loads(done.stdout)) == 3
     assert "stopped at 3 rows" in done.stderr and "--limit" in done.stderr
-    full = run_cli("sql", "--cache", standard.cache, "SELECT count(*) AS n FROM window_labels", "--json", "--limit", "3")
+    full = cli("sql", "--cache", standard.cache, "SELECT count(*) AS n FROM window_labels", "--json", "--limit", "3")
     assert "stopped" not in full.stderr
 
 
@@ -192,18 +192,14 @@ def test_sql_refuses_a_second_statement(cache_copy: Path) -> None:
 
 
 def test_sql_reads_a_read_only_pragma(standard: Standard) -> None:
-    done = run_cli("sql", "--cache", standard.cache, "PRAGMA user_version", "--json")
+    done = cli("sql", "--cache", standard.cache, "PRAGMA user_version", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [{"user_version": 0}]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/query.py _authorizer() allows a pragma of _READ_PRAGMAS only when arg2 is None, but "
-    "table_info/table_xinfo/index_list/index_info/foreign_key_list always carry their table or index name in "
-    "arg2, so every one of those schema-reading pragmas is refused"))
 def test_sql_reads_schema_pragmas(standard: Standard) -> None:
     """PRAGMA table_info(view), listed by the library as read-only, describes the public views."""
-    done = run_cli("sql", "--cache", standard.cache, "PRAGMA table_info(window_labels)", "--json")
+    done = cli("sql", "--cache", standard.cache, "PRAGMA table_info(window_labels)", "--json")
     assert done.returncode == 0, done.stderr
     assert [r["name"] for r in json.loads(done.stdout)][:2] == ["window_id", "recording"]
 
@@ -218,7 +214,7 @@ def test_ingest_json_summary_and_config_file(tree, tmp_path: Path) -> None:
     config = tmp_path / "cfg.toml"
     config.write_text('window = 10\nstride = 5\n\n[preprocess]\ndtype = "float16"\nnotch_hz = [50, 60]\n')
     cache = tmp_path / "cache"
-    done = run_cli("ingest", root, "--cache", cache, "--config", config, "--json", "--quiet")
+    done = cli("ingest", root, "--cache", cache, "--config", config, "--json", "--quiet")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["ingested"] == 1 and summary["failed"] == 0
@@ -231,14 +227,10 @@ def test_ingest_json_summary_and_config_file(tree, tmp_path: Path) -> None:
     assert query(cache, "SELECT DISTINCT window_s, stride_s FROM window_labels") == [(10.0, 5.0)]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py _tally() reports each failure with tqdm's bar.write(), which writes to STDOUT even "
-    "when the bar is disabled (--quiet), so `eegcache ingest --json` prints 'failed: ...' lines before the JSON "
-    "object and its stdout is not JSON"))
 def test_ingest_json_stdout_is_json_even_with_failures(tree, tmp_path: Path) -> None:
     """--json output is machine-readable whatever happened; failures are reported on stderr."""
     root, _ = tree(SHORT, MISSING)
-    done = run_cli("ingest", root, "--cache", tmp_path / "cache", "--json", "--quiet")
+    done = cli("ingest", root, "--cache", tmp_path / "cache", "--json", "--quiet")
     assert done.returncode == 1
     assert done.stdout.startswith("{"), done.stdout[:300]
     summary = json.loads(done.stdout)
@@ -289,11 +281,11 @@ def test_synth_writes_a_tusz_tree_that_ingests(tmp_path: Path) -> None:
     for edf in edfs:
         assert edf.with_suffix(".csv").is_file() and edf.with_suffix(".csv_bi").is_file()
     again = tmp_path / "again"
-    assert run_cli("synth", again, "--hours", "0.05", "--seed", "3").returncode == 0
+    assert cli("synth", again, "--hours", "0.05", "--seed", "3").returncode == 0
     for p in files:
         assert (again / p.relative_to(out)).read_bytes() == p.read_bytes()
     cache = tmp_path / "cache"
-    ingested = run_cli("ingest", out, "--cache", cache, "--quiet", "--json")
+    ingested = cli("ingest", out, "--cache", cache, "--quiet", "--json")
     assert ingested.returncode in (0, 1), ingested.stderr
     status = query(cache, "SELECT status, count(*) FROM recording_status GROUP BY status")
     assert sum(n for _, n in status) == len(edfs)

@@ -207,11 +207,6 @@ def test_bad_start_date_falls_back_to_mne(edf: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(raw.data, reference.data, atol=GAIN_UV)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/edf.py _read_mne() reads every channel, and MNE resamples all of them to the HIGHEST rate in the "
-    "file; when an auxiliary channel is faster than the EEG (here PHOTIC at 500 Hz), the EEG rows come back at "
-    "500 Hz and read_recording keeps their first n samples as if they were 250 Hz: half the recording, at half "
-    "the frequency, silently"))
 def test_mne_fallback_with_a_faster_auxiliary_channel(tmp_path: Path) -> None:
     rec = Rec("eval", "aaaaaaac", 1, 2012, "01_tcp_ar", 0, fs=250, duration_s=20, seed=4,
               extra=(Channel("PHOTIC-REF", 500, tone(3.0, 500, 20)),))

@@ -11,7 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from conftest import Standard
-from edf_factory import query, run_cli
+from edf_factory import cli, query, run_cli
 
 from eegcache.index import db
 from eegcache.index.models import Base
@@ -89,9 +89,6 @@ def test_db_upgrade_command_creates_an_index(tmp_path: Path) -> None:
     assert query(cache, "PRAGMA journal_mode") == [("wal",)]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/cli.py db_current() is decorated with @db_option but takes only `cache`, so click calls it "
-    "with db_url= and `eegcache db current` dies with TypeError"))
 def test_db_current_command(fresh: Path) -> None:
     """`eegcache db current` prints the index's revision."""
     done = run_cli("db", "current", "--cache", fresh)
@@ -113,9 +110,9 @@ def test_newer_schema_is_refused(fresh: Path, tmp_path: Path, command: tuple[str
     src.mkdir()
     args = [str(src) if a == "SRC" else a for a in command]
     if command[0] == "db":
-        done = run_cli(*args, "--cache", fresh)
+        done = cli(*args, "--cache", fresh)
     else:
-        done = run_cli(args[0], "--cache", fresh, *args[1:])
+        done = cli(args[0], "--cache", fresh, *args[1:])
     assert done.returncode != 0
     assert "'zzzz'" in done.stderr and "upgrade eegcache" in done.stderr, done.stderr[-800:]
     assert "Traceback" not in done.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from edf_factory import (
     FS,
     SZCORE,
     Rec,
+    cli,
     dominant_hz,
     expected_mask,
     expected_windows,
@@ -308,7 +310,7 @@ def test_missing_electrodes_zero_fill(tree, tmp_path: Path) -> None:
     fill per recording, and leaves complete files unfilled."""
     root, _ = tree(MISSING, SHORT)
     cache = tmp_path / "cache"
-    done = run_cli("ingest", root, "--cache", cache, "--quiet", "--missing-electrodes", "zero")
+    done = cli("ingest", root, "--cache", cache, "--quiet", "--missing-electrodes", "zero")
     assert done.returncode == 0, done.stderr
     fills = dict(query(cache, "SELECT name, filled_channels FROM recordings"))
     assert json.loads(fills[MISSING.stem]) == ["Fz", "Pz"]
@@ -326,7 +328,7 @@ def test_parallel_workers_give_the_serial_index(tree, tmp_path: Path) -> None:
     """--workers 2 (spawned processes, one writer) produces the same index as a serial run."""
     root, _ = tree(OVERLAP, TSE_512, MISSING)
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-    assert run_cli("ingest", root, "--cache", serial, "--quiet").returncode == 1
+    assert cli("ingest", root, "--cache", serial, "--quiet").returncode == 1
     done = run_cli("ingest", root, "--cache", parallel, "--quiet", "--workers", "2")
     assert done.returncode == 1, done.stderr
     assert index_snapshot(parallel) == index_snapshot(serial)
@@ -347,10 +349,6 @@ def test_changed_annotation_relabels(tree, tmp_path: Path) -> None:
     assert [(s, lab) for s, lab, _ in got] == [(s, lab) for s, lab, _ in want]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py prepare(): object_key includes the label key, so a label-only change re-reads and "
-    "re-preprocesses the EDF and stores its signal again (DESIGN: key = EDF digest + spec + pipeline; labels "
-    "get their own key)"))
 def test_relabel_reads_no_edf(tree, tmp_path: Path, monkeypatch) -> None:
     """Only the annotation changed: the stored signal is reused, the EDF is not preprocessed again."""
     root, edfs = tree(SYNONYMS_CSV)
@@ -365,16 +363,34 @@ def test_relabel_reads_no_edf(tree, tmp_path: Path, monkeypatch) -> None:
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py ingest() stores discover(Path(src)) paths as given, so a relative SRC records "
-    "relative source paths: the same tree given by absolute path becomes a second set of recordings "
-    "(all 'skipped'), and repair/reingest from another working directory cannot find the sources"))
-def test_relative_and_absolute_src_are_the_same_recordings(tree, tmp_path: Path) -> None:
+    "BUG: eegcache/ingest.py: object_key still includes the label key and the donor reuse (plan(): donor_key) "
+    "only looks at the SAME path's previous object, so the same EDF bytes at another path with another "
+    "annotation are read, preprocessed and their signal stored a second time"))
+def test_same_edf_bytes_with_other_labels_preprocessed_once(tree, tmp_path: Path, monkeypatch) -> None:
+    """The EDF bytes at a second path, with a different annotation: both recordings are ingested with their own
+    labels, but the EDF is read and preprocessed once (the content key is EDF bytes + spec + pipeline)."""
+    root, edfs = tree(SHORT)
+    copy = edfs[SHORT].with_name("aaaaaaac_s002_t004.edf")
+    shutil.copy2(edfs[SHORT], copy)
+    write_csv_bi(copy.with_suffix(".csv_bi"), [(20.0, 25.0)], SHORT.duration_s)
+    spy = _Spy(monkeypatch)
+    summary = ingest(root, tmp_path / "cache", IngestConfig(), progress=False)
+    statuses = dict(query(tmp_path / "cache", "SELECT recording, status FROM recording_status"))
+    assert statuses == {SHORT.stem: "ingested", "aaaaaaac_s002_t004": "ingested"}
+    for stem, events in ((SHORT.stem, SHORT.events), ("aaaaaaac_s002_t004", ((20.0, 25.0),))):
+        labels = np.asarray(_object_group(tmp_path / "cache", stem)["labels"][...])
+        np.testing.assert_array_equal(labels.astype(bool), expected_mask(events, SHORT.n_samples))
+    assert (summary.edf_read, spy.preprocessed) == (1, 1)
+
+
+def test_relative_and_absolute_src_are_the_same_recordings(tree, tmp_path: Path, monkeypatch) -> None:
     """`ingest src` from its parent folder, then `ingest /abs/src`: the same recordings, nothing new."""
     root, _ = tree(OVERLAP, SHORT)
     cache = tmp_path / "cache"
-    assert run_cli("ingest", root.name, "--cache", cache, "--quiet", cwd=root.parent).returncode == 0
+    monkeypatch.chdir(root.parent)
+    assert cli("ingest", root.name, "--cache", cache, "--quiet").returncode == 0
     before = index_snapshot(cache)
-    assert run_cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
+    assert cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
     assert index_snapshot(cache) == before
     assert all(Path(p).is_absolute() for _, p, *_ in before["status"])
 

@@ -131,9 +131,6 @@ def test_default_key_is_stable() -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/spec.py PreprocessSpec keeps numbers as given and canonical_json() writes int 256 as '256' but "
-    "float 256.0 as '256.0', so equal specs (fs=256 vs 256.0, notch_hz=(60,) vs (60.0,)) get different keys"))
 @given(st.sampled_from([250, 256, 500, 512]))
 def test_equal_specs_have_equal_keys(fs: int) -> None:
     """Specs that compare equal key equally, whatever numeric type the caller used."""

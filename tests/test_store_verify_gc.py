@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import DUPLICATE_STEM, INGESTED, NO_A1A2, OVERLAP, SHORT, Standard
-from edf_factory import object_dirs, query, run_cli
+from edf_factory import cli, object_dirs, query, run_cli
 
 from eegcache.store import SIGNAL_CHUNK, ObjectStore, object_digest
 
@@ -142,15 +142,15 @@ def test_verify_names_damage_and_repair_restores(standard: Standard, cache_copy:
         chunk = _signal_chunks(cache_copy, key)[2]
         relpath = chunk.relative_to(_folder(cache_copy, key)).as_posix()
         word = DAMAGE[how](chunk)
-    done = run_cli("verify", "--cache", cache_copy)
+    done = cli("verify", "--cache", cache_copy)
     assert done.returncode == 1
     damaged = [line for line in done.stdout.splitlines() if line.startswith("DAMAGED")]
     assert len(damaged) == 1, done.stdout
     assert key[:12] in damaged[0] and OVERLAP.stem in damaged[0] and relpath in damaged[0] and word in damaged[0]
-    fixed = run_cli("verify", "--cache", cache_copy, "--repair")
+    fixed = cli("verify", "--cache", cache_copy, "--repair")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "after repair: 0 problem(s)" in fixed.stdout
-    assert run_cli("verify", "--cache", cache_copy).returncode == 0
+    assert cli("verify", "--cache", cache_copy).returncode == 0
     assert _window_rows(cache_copy) == windows_before
     assert query(cache_copy, "SELECT object_key, path, size, sha256 FROM object_files ORDER BY 1, 2") == files_before
 
@@ -162,10 +162,10 @@ def test_repair_of_an_object_shared_by_two_paths(cache_copy: Path) -> None:
     status_before = query(cache_copy, "SELECT * FROM recording_status ORDER BY source_path")
     windows_before = _window_rows(cache_copy)
     _flip(_signal_chunks(cache_copy, key)[0])
-    done = run_cli("verify", "--cache", cache_copy)
+    done = cli("verify", "--cache", cache_copy)
     assert done.returncode == 1 and f"{NO_A1A2.stem}, {DUPLICATE_STEM}" in done.stdout
-    assert run_cli("verify", "--cache", cache_copy, "--repair").returncode == 0
-    assert run_cli("verify", "--cache", cache_copy).returncode == 0
+    assert cli("verify", "--cache", cache_copy, "--repair").returncode == 0
+    assert cli("verify", "--cache", cache_copy).returncode == 0
     assert query(cache_copy, "SELECT * FROM recording_status ORDER BY source_path") == status_before
     assert _window_rows(cache_copy) == windows_before
 
@@ -174,11 +174,11 @@ def test_repair_without_source_says_so(tree, tmp_path: Path) -> None:
     """When the source EDF is gone, --repair cannot rebuild: it says which object and which source, exit 1."""
     root, edfs = tree(SHORT)
     cache = tmp_path / "cache"
-    assert run_cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
+    assert cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
     key = _key(cache, SHORT.stem)
     _flip(_signal_chunks(cache, key)[0])
     edfs[SHORT].unlink()
-    done = run_cli("verify", "--cache", cache, "--repair")
+    done = cli("verify", "--cache", cache, "--repair")
     assert done.returncode == 1
     assert f"cannot repair object {key[:12]}" in done.stdout and str(edfs[SHORT]) in done.stdout
 
@@ -202,7 +202,7 @@ def _plant_garbage(cache: Path) -> tuple[Path, Path]:
 def test_gc_dry_run_removes_nothing(cache_copy: Path) -> None:
     staging, orphan = _plant_garbage(cache_copy)
     before = sorted(p for p in cache_copy.rglob("*"))
-    done = run_cli("gc", "--cache", cache_copy, "--dry-run", "--grace", "0")
+    done = cli("gc", "--cache", cache_copy, "--dry-run", "--grace", "0")
     assert done.returncode == 0, done.stderr
     assert f"would remove staging/{staging.name}" in done.stdout and f"would remove object {orphan.name}" in done.stdout
     assert sorted(p for p in cache_copy.rglob("*") if "index.sqlite" not in p.name) == \
@@ -213,7 +213,7 @@ def test_gc_grace_period_protects_young_leftovers(cache_copy: Path) -> None:
     """With the default grace period a fresh staging folder and a just-published object survive (a concurrent
     writer may own them)."""
     staging, orphan = _plant_garbage(cache_copy)
-    done = run_cli("gc", "--cache", cache_copy)
+    done = cli("gc", "--cache", cache_copy)
     assert done.returncode == 0
     assert staging.is_dir() and orphan.is_dir()
     assert "removed 0 staging folder(s), 0 object(s)" in done.stdout
@@ -229,8 +229,8 @@ def test_gc_removes_garbage_and_never_a_referenced_object(cache_copy: Path) -> N
     assert not staging.exists() and not orphan.exists()
     assert object_dirs(cache_copy) == referenced
     assert _window_rows(cache_copy) == windows
-    assert run_cli("verify", "--cache", cache_copy).returncode == 0
-    again = run_cli("gc", "--cache", cache_copy, "--grace", "0")
+    assert cli("verify", "--cache", cache_copy).returncode == 0
+    again = cli("gc", "--cache", cache_copy, "--grace", "0")
     assert "removed 0 staging folder(s), 0 object(s)" in again.stdout
 
 
@@ -239,17 +239,17 @@ def test_gc_removes_a_registered_object_no_recording_uses(tree, tmp_path: Path) 
     registered but unreferenced until gc deletes its rows and its folder."""
     root, _ = tree(SHORT)
     cache = tmp_path / "cache"
-    assert run_cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
+    assert cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
     old = _key(cache, SHORT.stem)
-    assert run_cli("ingest", root, "--cache", cache, "--quiet", "--dtype", "float16").returncode == 0
+    assert cli("ingest", root, "--cache", cache, "--quiet", "--dtype", "float16").returncode == 0
     new = _key(cache, SHORT.stem)
     assert new != old and object_dirs(cache) == {old, new}
-    done = run_cli("gc", "--cache", cache, "--grace", "0")
+    done = cli("gc", "--cache", cache, "--grace", "0")
     assert f"removed object {old}" in done.stdout
     assert object_dirs(cache) == {new}
     assert query(cache, "SELECT key FROM objects") == [(new,)]
     assert query(cache, "SELECT count(*) FROM object_files WHERE object_key = ?", (old,)) == [(0,)]
-    assert run_cli("verify", "--cache", cache).returncode == 0
+    assert cli("verify", "--cache", cache).returncode == 0
 
 
 def test_gc_puts_back_a_referenced_object_left_in_trash(cache_copy: Path) -> None:
@@ -259,8 +259,8 @@ def test_gc_puts_back_a_referenced_object_left_in_trash(cache_copy: Path) -> Non
     trash = cache_copy / "trash"
     trash.mkdir()
     os.rename(_folder(cache_copy, key), trash / f"{key}.99999")
-    assert run_cli("verify", "--cache", cache_copy).returncode == 1
-    done = run_cli("gc", "--cache", cache_copy, "--grace", "0")
+    assert cli("verify", "--cache", cache_copy).returncode == 1
+    done = cli("gc", "--cache", cache_copy, "--grace", "0")
     assert done.returncode == 0
     assert _folder(cache_copy, key).is_dir() and not any(trash.iterdir())
-    assert run_cli("verify", "--cache", cache_copy).returncode == 0
+    assert cli("verify", "--cache", cache_copy).returncode == 0
