@@ -179,6 +179,13 @@ def test_nothing_partial_is_indexed(bad_run: Run) -> None:
     assert not staging.exists() or not any(staging.iterdir())
 
 
+@pytest.mark.skipif(IS_ROOT, reason="root reads files whatever their permissions")
+def test_unreadable_permissions(bad_run: Run) -> None:
+    """A file the user may not read: failed with 'permission denied', the rest of the run unaffected."""
+    ((status, reason),) = query(bad_run.cache, "SELECT status, reason FROM recording_status WHERE recording = 'noperm'")
+    assert status == "failed" and "noperm.edf" in reason and "permission denied" in reason
+
+
 def test_short_recording_ingested_with_zero_windows(bad_run: Run) -> None:
     assert query(bad_run.cache, "SELECT status, n_windows FROM recording_status WHERE recording = ?",
                  (SHORT.stem,)) == [("ingested", 0)]
@@ -276,3 +283,12 @@ def test_index_that_is_not_a_database(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "index" in done.stderr.lower()
     assert (cache / "index.sqlite").read_bytes() == garbage
+
+
+def test_symlink_loop_in_the_tree(tree, tmp_path: Path) -> None:
+    """A folder symlinked to its own ancestor does not trap the walk; each recording is ingested once."""
+    root, _ = tree(SHORT)
+    (root / "edf" / "loop").symlink_to(root, target_is_directory=True)
+    done = cli("ingest", root, "--cache", tmp_path / "cache", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert query(tmp_path / "cache", "SELECT recording, status FROM recording_status") == [(SHORT.stem, "ingested")]

@@ -51,6 +51,25 @@ def test_header_fields(edf: Path) -> None:
     assert h.file_size == edf.stat().st_size == h.header_bytes + 20 * sum(c.fs for c in channels) * 2
 
 
+def test_factory_writes_tusz_style_plain_edf(edf: Path) -> None:
+    """The test inputs look like TUSZ files byte for byte where it matters: plain EDF (no EDF+ marker), 1 s
+    records, 16-character labels, physical +-4999.84 uV, digital +-32767, TUH's prefilter text."""
+    raw = edf.read_bytes()
+    ns = int(raw[252:256])
+
+    def column(offset: int, width: int) -> list[str]:
+        base = 256 + offset * ns
+        return [raw[base + i * width : base + (i + 1) * width].decode("ascii") for i in range(ns)]
+
+    assert raw[:8] == b"0       " and not raw[192:236].strip().startswith(b"EDF+")
+    assert float(raw[244:252]) == 1.0
+    assert column(0, 16)[0] == "EEG FP1-REF     " and "EEG C3P-REF     " in column(0, 16)
+    assert {float(x) for x in column(104, 8)} == {-4999.84} and {float(x) for x in column(112, 8)} == {4999.84}
+    assert {int(x) for x in column(120, 8)} == {-32767} and {int(x) for x in column(128, 8)} == {32767}
+    assert {x.strip() for x in column(136, 80)} == {"HP:0.000 Hz LP:0.0 Hz N:0.0"}
+    assert [int(x) for x in column(216, 8)][-3:] == [1, 1, 1]
+
+
 def _ns(path: Path) -> int:
     return int(path.read_bytes()[252:256])
 

@@ -44,15 +44,20 @@ from edf_factory import (
     object_dirs,
     object_files_on_disk,
     query,
+    rec_channels,
     run_cli,
     table_dump,
+    write_csv,
     write_csv_bi,
+    write_edf,
+    write_rec,
 )
 
 import eegcache.edf
 import eegcache.ingest
 import eegcache.keys
 import eegcache.preprocess
+from eegcache.annotations import parse_annotation
 from eegcache.ingest import ingest
 from eegcache.spec import IngestConfig, PreprocessSpec
 
@@ -406,3 +411,40 @@ def test_float16_option_is_a_different_object(tree, tmp_path: Path) -> None:
     (new,) = object_dirs(cache) - first
     assert zarr.open_group(str(cache / "objects" / new[:2] / new), mode="r")["signal"].dtype == np.float16
     assert query(cache, "SELECT dtype FROM objects WHERE key = ?", (new,)) == [("float16",)]
+
+
+def test_factory_annotations_parse_to_their_events(tmp_path: Path) -> None:
+    """The test inputs themselves: each annotation format written by edf_factory parses (with the library's
+    parser) to the merged events it was written from."""
+    for rec in (OVERLAP, SYNONYMS_CSV, TSE_512, NO_A1A2):
+        edf = write_rec(tmp_path / rec.stem, rec)
+        parsed = parse_annotation(edf.with_suffix(f".{rec.annotation}"))
+        merged: list[list[float]] = []
+        for a, b in sorted(rec.events):
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        assert parsed.events == tuple(tuple(e) for e in merged)
+
+
+def test_csv_bi_is_preferred_over_csv(tree, tmp_path: Path) -> None:
+    """With both beside the EDF (as in TUSZ), labels come from the .csv_bi TERM rows."""
+    root, edfs = tree(SHORT)
+    write_csv(edfs[SHORT].with_suffix(".csv"), {"FP1-F7": [(20.0, 29.0, "gnsz")]}, SHORT.duration_s)
+    ingest(root, tmp_path / "cache", IngestConfig(), progress=False)
+    labels = np.asarray(_object_group(tmp_path / "cache", SHORT.stem)["labels"][...])
+    np.testing.assert_array_equal(labels.astype(bool), expected_mask(SHORT.events, SHORT.n_samples))
+
+
+def test_a_single_edf_outside_the_tusz_layout(tmp_path: Path) -> None:
+    """SRC may be one EDF file in any folder: it is ingested under its stem, with no TUSZ metadata."""
+    folder = tmp_path / "plain"
+    edf = write_edf(folder / "night1.edf", rec_channels(SHORT))
+    write_csv_bi(folder / "night1.csv_bi", SHORT.events, SHORT.duration_s)
+    write_edf(folder / "other.edf", rec_channels(SHORT))  # a sibling that must not be picked up
+    summary = ingest(edf, tmp_path / "cache", IngestConfig(window_s=10.0, stride_s=10.0), progress=False)
+    assert summary.ingested == 1
+    rows = query(tmp_path / "cache", "SELECT DISTINCT recording, subject, session, split, montage FROM window_labels")
+    assert rows == [("night1", None, None, None, None)]
+    assert len(_windows_of(tmp_path / "cache", "night1", 10.0, 10.0)) == 3
