@@ -156,7 +156,8 @@ def loader_rates(stores: dict[str, Any], workers: int, n_batches: dict[str, int]
 
     Workers are spawned once and persist across stores and rounds (start-up is not timed). Each round starts with
     ``2 × workers`` (or 1) blank batches, so the clock starts with every worker idle and warm, then times
-    ``n_batches[store]`` shuffled batches (stopping early after ``budget_s`` seconds, with at least one batch)."""
+    ``n_batches[store]`` shuffled batches (stopping early after ``budget_s`` seconds, with at least one batch). A
+    store whose round took longer than ``budget_s`` is not repeated (the compressed npz: seconds per batch)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -168,6 +169,8 @@ def loader_rates(stores: dict[str, Any], workers: int, n_batches: dict[str, int]
     counts: dict[str, list[int]] = {name: [] for name in stores}
     for run in range(repeats):
         for name, ds in stores.items():
+            if run and rates[name] and counts[name][-1] / rates[name][-1] > budget_s:
+                continue
             want = n_batches[name]
             order = np.random.default_rng([seed, run]).permutation(len(ds))
             order = np.resize(order, want * batch_size)  # a small corpus repeats windows rather than end early

@@ -226,17 +226,18 @@ def table(results: dict) -> str:
         label = f"{workers} workers" + (" (all cores)" if int(workers) == w else "")
         row(f"DataLoader batches/s (batch {dl['batch_size']}), {label}", spread(by["eegcache"]), spread(by["npz"]),
             spread(by["npy"]), "—", "—")
-    rss1 = results["eegcache"]["1"]["runs"]
-    rssn = results["eegcache"][str(w)]["runs"]
-    eeg_rss = f"1 worker {num(max(r['rss_mb']['process'] for r in rss1))} MB"
-    if w != 1:
-        eeg_rss += f" · {w} workers: {num(max(r['rss_mb']['workers'] for r in rssn))} MB per worker"
     wc = results["window_caches"]
-    floor_n = results["floor"][str(w)]["runs"]
-    row("Peak resident memory per worker", eeg_rss,
-        f"{num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npz']['10']['runs']))} MB",
-        f"{num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npy']['10']['runs']))} MB", "—",
-        f"{num(max(r['worker_peak_rss_mb'] or 0 for r in floor_n))} MB" if w != 1 else "—")
+
+    def rss(name: str) -> str:
+        cell = f"1 worker {num(max(r['rss_mb']['process'] for r in results[name]['1']['runs']))} MB"
+        if w != 1:
+            cell += f" · {w} workers: {num(max(r['rss_mb']['workers'] for r in results[name][str(w)]['runs']))} MB each"
+        return cell
+
+    row("Peak resident memory per worker (largest process of a run)", rss("eegcache"),
+        f"{w} workers: {num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npz']['10']['runs']))} MB each",
+        f"{w} workers: {num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npy']['10']['runs']))} MB each", rss("floor"),
+        "—")
     s = results["eegcache_strides"]
     un = s["unchanged_all_workers"]
     row("Re-ingest of the unchanged tree (1 worker, the CLI default)",

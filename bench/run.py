@@ -77,55 +77,51 @@ def _window_set_id(cache: Path, stride_s: float) -> int:
                            (WINDOW_S, stride_s)).fetchone()[0]
 
 
-def build_floor(corpus: Corpus, worker_counts: list[int], repeats: int, log: Callable) -> dict[str, Any]:
-    """Read + preprocess only, in this process (1 worker) or in spawned workers."""
-    out = {}
-    for w in worker_counts:
-        log(f"floor, {w} worker(s) x{repeats}")
-        runs = [contenders.floor(str(corpus.root), w) for _ in range(repeats)]
-        out[str(w)] = {"seconds": summary([r["seconds"] for r in runs]), "runs": runs}
-    return out
+def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) -> dict[str, Any]:
+    """Every timed build, interleaved round by round (floor, eegcache, npz, npy) so that load from other tenants
+    of a shared machine drifts over all contenders alike rather than over one of them.
 
-
-def build_eegcache(corpus: Corpus, work: Path, worker_counts: list[int], repeats: int, log: Callable) -> dict[str, Any]:
-    """Fresh ingest at 60 s windows / 10 s stride, each run in a child process into an empty cache. The last
-    1-worker cache is kept (``work/eegcache-s10``) for the read figures."""
-    out = {}
-    keep = work / "eegcache-s10"
-    for w in worker_counts:
-        log(f"eegcache ingest, {w} worker(s) x{repeats}")
-        runs = []
-        for _ in range(repeats):
+    - floor and eegcache ingest (60 s windows, 10 s stride, fresh cache) run in child processes, each paying its
+      own lazy imports (MNE for the TUSZ start-date files), with 1 worker and with all cores;
+    - npz / npy caches at 10 s stride with all cores; the last of each and the last 1-worker eegcache cache are
+      kept for the read figures; strides 60 and 15 are built once afterwards, for their disk size."""
+    src = str(corpus.root)
+    worker_counts = sorted({1, cfg.workers})
+    runs: dict[str, list[dict]] = {}
+    for r in range(cfg.repeats):
+        for w in worker_counts:
+            log(f"round {r + 1}/{cfg.repeats}: floor and eegcache ingest, {w} worker(s)")
+            runs.setdefault(f"floor/{w}", []).append(run_child("floor", {"src": src, "workers": w}))
             cache = _fresh(work / f"eegcache-w{w}")
-            runs.append(run_child("ingest", {"src": str(corpus.root), "cache": str(cache), "workers": w,
-                                             "window_s": WINDOW_S, "stride_s": READ_STRIDE_S}))
-        out[str(w)] = {"seconds": summary([r["seconds"] for r in runs]), "runs": runs}
-        if w == worker_counts[0]:
-            _fresh(keep)
-            os.rename(work / f"eegcache-w{w}", keep)
-        else:
-            shutil.rmtree(work / f"eegcache-w{w}", ignore_errors=True)
-    return out
-
-
-def build_window_caches(corpus: Corpus, work: Path, workers: int, repeats: int, log: Callable,
-                        one_off_workers: int) -> dict[str, Any]:
-    """npz and mmap-npy caches: strides 60 and 15 built once with ``one_off_workers`` (for their disk size), 10 s
-    stride ``repeats`` times with ``workers`` (timing); the last 10 s cache of each kind is kept for the reads."""
-    out: dict[str, Any] = {}
+            runs.setdefault(f"eegcache/{w}", []).append(run_child("ingest", {
+                "src": src, "cache": str(cache), "workers": w, "window_s": WINDOW_S, "stride_s": READ_STRIDE_S}))
+        for kind in ("npz", "npy"):
+            log(f"round {r + 1}/{cfg.repeats}: {kind} cache at {READ_STRIDE_S:g} s stride, {cfg.workers} worker(s)")
+            folder = _fresh(work / f"{kind}-s{READ_STRIDE_S:g}")
+            runs.setdefault(f"{kind}/{READ_STRIDE_S:g}", []).append(
+                contenders.build_window_cache(src, str(folder), kind, READ_STRIDE_S, cfg.workers))
+    keep = _fresh(work / "eegcache-s10")
+    os.rename(work / "eegcache-w1", keep)
+    for w in worker_counts[1:]:
+        shutil.rmtree(work / f"eegcache-w{w}", ignore_errors=True)
+    one_off = 1 if cfg.quick else cfg.workers  # spawning workers costs seconds: not worth it for a small corpus
     for kind in ("npz", "npy"):
-        out[kind] = {}
         for stride in STRIDES_S:
-            n, w = (repeats, workers) if stride == READ_STRIDE_S else (1, one_off_workers)
-            log(f"{kind} cache at {stride:g} s stride, {w} worker(s) x{n}")
-            runs = []
-            for _ in range(n):
-                folder = _fresh(work / f"{kind}-s{stride:g}")
-                runs.append(contenders.build_window_cache(str(corpus.root), str(folder), kind, stride, w))
             if stride != READ_STRIDE_S:
-                shutil.rmtree(work / f"{kind}-s{stride:g}", ignore_errors=True)
-            out[kind][f"{stride:g}"] = {"workers": w, "seconds": summary([r["seconds"] for r in runs]), "runs": runs}
-    return out
+                log(f"{kind} cache at {stride:g} s stride (disk size), {one_off} worker(s)")
+                folder = _fresh(work / f"{kind}-s{stride:g}")
+                runs[f"{kind}/{stride:g}"] = [contenders.build_window_cache(src, str(folder), kind, stride, one_off)]
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def entry(key: str, **extra: Any) -> dict[str, Any]:
+        return {**extra, "seconds": summary([x["seconds"] for x in runs[key]]), "runs": runs[key]}
+
+    return {
+        "floor": {str(w): entry(f"floor/{w}") for w in worker_counts},
+        "eegcache": {str(w): entry(f"eegcache/{w}") for w in worker_counts},
+        "window_caches": {kind: {f"{s:g}": entry(f"{kind}/{s:g}", workers=cfg.workers if s == READ_STRIDE_S else one_off)
+                                 for s in STRIDES_S} for kind in ("npz", "npy")},
+    }
 
 
 def eegcache_strides(corpus: Corpus, work: Path, workers: int, repeats: int, log: Callable) -> dict[str, Any]:
@@ -214,7 +210,7 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
             cfg.loader_budget_s * random_reads[name]["median"] * max(1, w) / cfg.batch_size)))) for name in factories}
         log(f"DataLoader, {w} worker(s): batches {plan} x{cfg.repeats}")
         stores = {name: make() for name, make in factories.items()}
-        loader["workers"][str(w)] = reads.loader_rates(stores, w, plan, cfg.batch_size, 10 * cfg.loader_budget_s,
+        loader["workers"][str(w)] = reads.loader_rates(stores, w, plan, cfg.batch_size, 5 * cfg.loader_budget_s,
                                                        cfg.repeats, cfg.seed)
     return {"windows": len(refs), "random_reads": random_reads, "dataloader": loader}
 
@@ -234,7 +230,6 @@ def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
-    worker_counts = sorted({1, cfg.workers})
     log(f"corpus: {cfg.hours:g} EEG-hours, seed {cfg.seed}")
     t0 = time.perf_counter()
     corpus = make_corpus(out, cfg.hours, cfg.seed)
@@ -244,11 +239,8 @@ def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, An
         "corpus": {**corpus.to_dict(), "prepare_seconds": time.perf_counter() - t0},
         "braindecode": contenders.braindecode_status(),
     }
-    results["floor"] = build_floor(corpus, worker_counts, cfg.repeats, log)
-    results["eegcache"] = build_eegcache(corpus, work, worker_counts, cfg.repeats, log)
+    results.update(build_contenders(corpus, work, cfg, log))
     results["eegcache_s10_sizes"] = _cache_sizes(work / "eegcache-s10")
-    results["window_caches"] = build_window_caches(corpus, work, cfg.workers, cfg.repeats, log,
-                                                   1 if cfg.quick else cfg.workers)
     results["eegcache_strides"] = eegcache_strides(corpus, work, cfg.workers, cfg.repeats, log)
     results["counts_corpus"] = corpus_counts(work, cfg.repeats, log)
     eeg_counts = results["counts_corpus"]["eegcache"]["table"]["counts"]

@@ -1,0 +1,150 @@
+"""``python -m bench.profile [--out DIR] [--hours H]``: the profiles behind the missed targets.
+
+- ingest: cProfile of one 1-worker ``eegcache.ingest.ingest`` of the bench corpus into a fresh cache; the time
+  inside each stage (cumulative, main thread: with 1 worker ``prepare`` runs there, and the zarr I/O thread's work
+  is inside ``ObjectStore.write``) next to the floor's two stages, and the top functions by own time.
+- reads: one random window read split into its parts: the Zarr slices of signal and labels, the same chunks
+  decoded by hand (file read, CRC32C strip, zstd), and a plain in-memory copy of a window (what mmap npy pays).
+Run it after ``python -m bench`` with the same ``--out``/``--hours`` (it reuses the corpus and the read cache)."""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.corpus import SEED, make_corpus
+from bench.report import secs
+from eegcache.index.db import INDEX_FILE
+from eegcache.spec import IngestConfig
+from eegcache.store import SIGNAL_CHUNK, ObjectStore
+
+# (label, module file suffix, function name): the stages of eegcache.ingest.prepare/register, in order.
+STAGES = (
+    ("open index + plan (alembic check, SQL)", "eegcache/index/db.py", "open_index"),
+    ("sha256 of the EDF (content key)", "eegcache/keys.py", "file_digest"),
+    ("read EDF (pyedflib / MNE)", "eegcache/edf.py", "read_recording"),
+    ("preprocess (resample, filters, z-score)", "eegcache/preprocess.py", "preprocess"),
+    ("parse annotation", "eegcache/annotations.py", "parse_annotation"),
+    ("label mask", "eegcache/labels.py", "label_mask"),
+    ("store.write: zarr encode + write + fsync + rename", "eegcache/store.py", "write"),
+    ("  of which fsync of every file", "eegcache/store.py", "fsync_tree"),
+    ("store.checksums: re-read + sha256 every file", "eegcache/store.py", "checksums"),
+    ("window rows (numpy)", "eegcache/ingest.py", "_windows_for"),
+    ("register: one SQL transaction per recording", "eegcache/ingest.py", "register"),
+)
+
+
+def _stage_times(stats: pstats.Stats) -> dict[str, float]:
+    raw = stats.stats  # type: ignore[attr-defined]
+    out = {}
+    for label, suffix, name in STAGES:
+        out[label] = sum(v[3] for (file, _line, func), v in raw.items() if func == name and file.endswith(suffix))
+    return out
+
+
+def _top(stats: pstats.Stats, n: int = 15) -> list[dict[str, Any]]:
+    raw = stats.stats  # type: ignore[attr-defined]
+    rows = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
+    return [{"function": f"{Path(file).name}:{line}({func})", "calls": v[1], "tottime": v[2], "cumtime": v[3]}
+            for (file, line, func), v in rows]
+
+
+def profile_ingest(src: Path, cache: Path) -> dict[str, Any]:
+    """cProfile one fresh 1-worker ingest, and time the floor (read + preprocess) on the same files for scale."""
+    from bench.contenders import floor
+    from eegcache.ingest import ingest
+
+    shutil.rmtree(cache, ignore_errors=True)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    ingest(src, cache, IngestConfig(workers=1), progress=False)
+    prof.disable()
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(prof)
+    floor_run = floor(str(src), 1)
+    return {"ingest_seconds": total, "floor_seconds": floor_run["seconds"], "stages": _stage_times(stats),
+            "top_tottime": _top(stats)}
+
+
+def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Mean milliseconds of each part of one random 60 s window read from the eegcache store."""
+    from numcodecs import Zstd
+
+    with sqlite3.connect(cache / INDEX_FILE) as con:
+        ws_id, window = con.execute("SELECT id, window_samples FROM window_sets ORDER BY stride_s LIMIT 1").fetchone()
+        rows = con.execute("SELECT r.object_key, w.start_sample FROM windows w JOIN recordings r "
+                           "ON r.id = w.recording_id WHERE w.window_set_id = ?", (ws_id,)).fetchall()
+    store = ObjectStore(cache)
+    picks = [rows[i] for i in np.random.default_rng(seed).integers(0, len(rows), n)]
+    arrays = {}
+    for key, _ in picks:
+        if key not in arrays:
+            g = store.open(key)
+            arrays[key] = (g["signal"], g["labels"])
+    zstd = Zstd()
+    parts = {"zarr signal slice": 0.0, "zarr labels slice": 0.0, "chunk files read": 0.0,
+             "crc strip + zstd decode": 0.0, "copy of one window in memory (the mmap npy cost)": 0.0}
+    chunks_touched = 0
+    for key, start in picks:
+        sig, lab = arrays[key]
+        t = time.perf_counter()
+        x = sig[:, start : start + window]
+        parts["zarr signal slice"] += time.perf_counter() - t
+        t = time.perf_counter()
+        lab[start : start + window]
+        parts["zarr labels slice"] += time.perf_counter() - t
+        for c in range(start // SIGNAL_CHUNK, (start + window - 1) // SIGNAL_CHUNK + 1):
+            t = time.perf_counter()
+            blob = (store.path(key) / "signal" / "c" / "0" / str(c)).read_bytes()
+            parts["chunk files read"] += time.perf_counter() - t
+            t = time.perf_counter()
+            np.frombuffer(zstd.decode(blob[:-4]), dtype="<f4")
+            parts["crc strip + zstd decode"] += time.perf_counter() - t
+            chunks_touched += 1
+        t = time.perf_counter()
+        np.array(x)
+        parts["copy of one window in memory (the mmap npy cost)"] += time.perf_counter() - t
+    return {"reads": n, "signal_chunks_per_read": chunks_touched / n,
+            "ms_per_read": {k: v / n * 1e3 for k, v in parts.items()}}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    ing = result["ingest"]
+    lines = [f"Ingest, 1 worker: {secs(ing['ingest_seconds'])} under cProfile; the floor (read + preprocess only) "
+             f"{secs(ing['floor_seconds'])} without it.", "", "| stage (cumulative, main thread) | seconds | share |",
+             "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {v / ing['ingest_seconds']:.0%} |" for k, v in ing["stages"].items()]
+    lines += ["", "| top functions by own time | calls | tottime s | cumtime s |", "|---|---|---|---|"]
+    lines += [f"| `{r['function']}` | {r['calls']} | {r['tottime']:.2f} | {r['cumtime']:.2f} |" for r in ing["top_tottime"]]
+    rd = result["reads"]
+    lines += ["", f"One random window read ({rd['reads']} reads, {rd['signal_chunks_per_read']:.2f} signal chunks each):",
+              "", "| part | ms per read |", "|---|---|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in rd["ms_per_read"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("bench/out"))
+    p.add_argument("--hours", type=float, default=2.0, help="corpus to profile ingest on (default: the quick one)")
+    a = p.parse_args(argv)
+    out = a.out.resolve()
+    corpus = make_corpus(out, a.hours, SEED)
+    result = {"ingest": profile_ingest(corpus.root, out / "work" / "profile-cache"),
+              "reads": profile_reads(out / "work" / "eegcache-s10")}
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
