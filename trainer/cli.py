@@ -52,7 +52,8 @@ def main() -> None:
 
 @main.command()
 @selection_options
-@click.option("--epoch", type=click.IntRange(0), default=0, show_default=True, help="Epoch to draw (0-based).")
+@click.option("--epoch", type=click.IntRange(0), default=0, show_default=True,
+              help="Epoch to draw, 0-based (metrics.jsonl epoch 1 is --epoch 0).")
 @click.option("--rank", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--world-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
