@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from eegcache.store import ObjectStore
+from eegcache.store import open_store
 from trainer.sampling import connect_readonly
 
 
@@ -101,7 +101,7 @@ class WindowDataset(Dataset):
             self._arrays, self._pid = {}, os.getpid()
         arrays = self._arrays.get(key)
         if arrays is None:
-            group = ObjectStore(self.cache).open(key)
+            group = open_store(self.cache).open(key)
             arrays = self._arrays[key] = (group["signal"], group["labels"])
         return arrays
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eegcache.store import ObjectStore
+from eegcache.store import open_store
 from trainer.metrics import Counts, score_recording, summarize
 from trainer.postprocess import PostProcess, binarize, cover_starts, stitch
 from trainer.sampling import SamplingError, connect_readonly
@@ -93,7 +93,7 @@ def predict_signal(model: torch.nn.Module, signal: np.ndarray, window: int, *, b
 def iter_predictions(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
                      post: PostProcess | None = None, batch_size: int = 16,
                      device: torch.device | str = "cpu") -> Iterator[RecordingResult]:
-    store = ObjectStore(cache)
+    store = open_store(cache)
     for rec in recordings:
         group = store.open(rec.object_key)
         signal = np.asarray(group["signal"][...])
@@ -107,7 +107,7 @@ def score_constant(cache: Path, recordings: list[RecordingRef], value: float,
                    post: PostProcess | None = None) -> dict:
     """Scores of a predictor that outputs ``value`` everywhere, through the same post-processing and scoring: the
     baselines a trained model must beat (0: never alarms; 1: always alarms)."""
-    store = ObjectStore(cache)
+    store = open_store(cache)
     total = Counts()
     for rec in recordings:
         reference = np.asarray(store.open(rec.object_key)["labels"][...]).astype(bool)

@@ -128,7 +128,7 @@ class Window(Base):
 
     __table_args__ = (
         UniqueConstraint("recording_id", "window_set_id", "start_sample", name="uq_windows_slice"),
-        Index("ix_windows_set_label", "window_set_id", "label"),
+        Index("ix_windows_set_label_recording", "window_set_id", "label", "recording_id"),
     )
 
 
