@@ -20,6 +20,7 @@ _SCHEMA_PRAGMAS = {"table_info", "table_xinfo", "index_list", "index_info", "ind
 # Pragmas that also have a writing form (``PRAGMA user_version = 5``): allowed only without an argument.
 _VALUE_PRAGMAS = {"user_version", "schema_version", "database_list", "compile_options", "page_count", "page_size"}
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
 
 
 class QueryError(ValueError):
@@ -35,7 +36,7 @@ class QueryResult:
 
 def _authorizer(action, arg1, arg2, _db, _trigger):
     if action in _ALLOWED:
-        if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in {"load_extension", "readfile", "writefile"}:
+        if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in _DENIED_FUNCTIONS:
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
     if action == sqlite3.SQLITE_PRAGMA and arg1:
@@ -43,6 +44,16 @@ def _authorizer(action, arg1, arg2, _db, _trigger):
         if name in _SCHEMA_PRAGMAS or (name in _VALUE_PRAGMAS and arg2 is None):
             return sqlite3.SQLITE_OK
     return sqlite3.SQLITE_DENY
+
+
+def connect_readonly(index_file: Path, *, authorizer: bool = True, timeout_s: float = 60.0) -> sqlite3.Connection:
+    """A SQLite connection that can only read: opened ``mode=ro`` and ``query_only``, and, for statements that hold
+    user text, with the read-only authorizer."""
+    conn = sqlite3.connect(f"{Path(index_file).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s)
+    conn.execute("PRAGMA query_only = 1")
+    if authorizer:
+        conn.set_authorizer(_authorizer)
+    return conn
 
 
 def run_query(
@@ -61,10 +72,8 @@ def run_query(
     index_file = Path(str(index).removeprefix("sqlite:///"))
     if not index_file.is_file():
         raise QueryError(f"no index at {index_file}: ingest something into this cache first")
-    conn = sqlite3.connect(f"{index_file.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    conn = connect_readonly(index_file, timeout_s=30)
     try:
-        conn.execute("PRAGMA query_only = 1")
-        conn.set_authorizer(_authorizer)
         deadline = time.monotonic() + timeout_s
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:

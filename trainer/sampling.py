@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-INDEX_FILE = "index.sqlite"
+from eegcache import query
+from eegcache.index.db import INDEX_FILE
 
 # Ratio names (flags) → label code in ``windows.label`` and label text in the ``window_labels`` view.
 CLASSES = ("partial", "full", "background")
@@ -35,8 +36,6 @@ CODES = {"background": 0, "partial": 1, "full": 2}
 LABEL_TEXT = {"background": "no_seizure", "partial": "partial_seizure", "full": "full_seizure"}
 _CODE_TO_CLASS = {code: name for name, code in CODES.items()}
 
-_ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-_DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
 
 
 class SamplingError(ValueError):
@@ -176,25 +175,12 @@ class EpochDraw:
 # SQL
 
 
-def _authorizer(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
-    if action in _ALLOWED_ACTIONS:
-        if action == sqlite3.SQLITE_FUNCTION and arg2 and arg2.lower() in _DENIED_FUNCTIONS:
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
-    return sqlite3.SQLITE_DENY
-
-
 def connect_readonly(cache: Path, *, authorizer: bool = True) -> sqlite3.Connection:
-    """A connection that can only read the index: opened ``mode=ro``, ``query_only``, and (for statements that
-    contain user text) an authorizer that allows reading only."""
+    """A connection to the cache's index that can only read (see ``eegcache.query.connect_readonly``)."""
     index_file = Path(cache) / INDEX_FILE
     if not index_file.is_file():
         raise SamplingError(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
-    conn = sqlite3.connect(f"{index_file.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
-    conn.execute("PRAGMA query_only = 1")
-    if authorizer:
-        conn.set_authorizer(_authorizer)
-    return conn
+    return query.connect_readonly(index_file, authorizer=authorizer)
 
 
 def _fetch_ids(conn: sqlite3.Connection, sql: str, params: Mapping[str, object]) -> np.ndarray:
