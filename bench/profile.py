@@ -118,6 +118,66 @@ def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
             "ms_per_read": {k: v / n * 1e3 for k, v in parts.items()}}
 
 
+def codec_alternatives(cache: Path, n_chunks: int = 24) -> dict[str, Any]:
+    """Size and decode time of stored signal chunks re-encoded with other codecs: what compression buys here."""
+    from numcodecs import Blosc, Zstd
+
+    files = sorted(p for p in (cache / "objects").glob("*/*/signal/c/0/*"))[:n_chunks]
+    zstd = Zstd()
+    raws = [np.frombuffer(zstd.decode(f.read_bytes()[:-4]), dtype="<f4").reshape(19, -1) for f in files]
+    codecs = {
+        "zstd level 3 (eegcache today)": Zstd(level=3),
+        "none (raw float32)": None,
+        "blosc lz4 + bitshuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
+        "blosc zstd 1 + byte shuffle": Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE),
+        "float16 + zstd 3 (spec dtype float16)": "f16",
+    }
+    out = {}
+    for name, codec in codecs.items():
+        size, seconds = 0, 0.0
+        for raw in raws:
+            if codec is None:
+                size += raw.nbytes
+                t = time.perf_counter()
+                np.array(raw)
+                seconds += time.perf_counter() - t
+                continue
+            data, c = (raw.astype(np.float16), Zstd(level=3)) if codec == "f16" else (raw, codec)
+            blob = c.encode(np.ascontiguousarray(data))
+            size += len(blob)
+            t = time.perf_counter()
+            c.decode(blob)
+            seconds += time.perf_counter() - t
+        out[name] = {"ratio": size / sum(r.nbytes for r in raws), "decode_ms": seconds / len(raws) * 1e3}
+    return out
+
+
+def explain_counts(index: Path, repeats: int = 3) -> dict[str, Any]:
+    """Query plans and timings of the class-count queries and of variants that show where the view's time goes."""
+    from bench.index_scale import TABLE_COUNTS, VIEW_COUNTS
+
+    variants = {
+        "view (public API)": (VIEW_COUNTS, ()),
+        "table, one window set (covering index)": (TABLE_COUNTS, (1,)),
+        "table, all window sets": ("SELECT label, count(*) FROM windows GROUP BY label", ()),
+        "table joined to recordings (what the view adds)":
+            ("SELECT w.label, count(*) FROM windows w JOIN recordings r ON r.id = w.recording_id GROUP BY w.label", ()),
+    }
+    out = {}
+    con = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    for name, (sql, params) in variants.items():
+        plan = [row[-1] for row in con.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            con.execute(sql, params).fetchall()
+            times.append(time.perf_counter() - t)
+        out[name] = {"sql": sql, "plan": plan, "seconds": sorted(times)[len(times) // 2]}
+    out["windows"] = con.execute("SELECT count(*) FROM windows").fetchone()[0]
+    con.close()
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     ing = result["ingest"]
     lines = [f"Ingest, 1 worker: {secs(ing['ingest_seconds'])} under cProfile; the floor (read + preprocess only) "
@@ -130,6 +190,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"One random window read ({rd['reads']} reads, {rd['signal_chunks_per_read']:.2f} signal chunks each):",
               "", "| part | ms per read |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in rd["ms_per_read"].items()]
+    if "codecs" in result:
+        lines += ["", "The same signal chunks under other codecs (numcodecs, decode of one 1.2 MB chunk):", "",
+                  "| codec | size vs raw float32 | decode ms per chunk |", "|---|---|---|"]
+        lines += [f"| {k} | {v['ratio']:.3f} | {v['decode_ms']:.3f} |" for k, v in result["codecs"].items()]
+    if "counts" in result:
+        c = result["counts"]
+        lines += ["", f"Class-count queries on the synthetic index of {c['windows']:,} windows (median of 3, open connection):",
+                  "", "| query | seconds | plan |", "|---|---|---|"]
+        lines += [f"| {k} | {v['seconds']:.3f} | {'; '.join(v['plan'])} |" for k, v in c.items() if k != "windows"]
     return "\n".join(lines)
 
 
@@ -141,7 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     out = a.out.resolve()
     corpus = make_corpus(out, a.hours, SEED)
     result = {"ingest": profile_ingest(corpus.root, out / "work" / "profile-cache"),
-              "reads": profile_reads(out / "work" / "eegcache-s10")}
+              "reads": profile_reads(out / "work" / "eegcache-s10"),
+              "codecs": codec_alternatives(out / "work" / "eegcache-s10")}
+    indexes = sorted(out.glob("index-*/" + INDEX_FILE), key=lambda p: int(p.parent.name.split("-")[1]))
+    if indexes:
+        result["counts"] = explain_counts(indexes[-1])
     (out / "profile.json").write_text(json.dumps(result, indent=1))
     print(markdown(result))
 

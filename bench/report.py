@@ -140,10 +140,12 @@ def targets(results: dict) -> list[Target]:
                           _median(big["eegcache"][q]) * TEN_M / int(big_key), 1.0, False))
     epoch = big["epoch_draw"]
     est = "" if int(big_key) == TEN_M else f" (measured at {int(big_key):,})"
-    draw_only = epoch.get("draw_only", {}).get("median")
-    out.append(Target("epoch_10M", f"epoch draw ≤ 1 s at 10 M windows (queries + first draw){est}",
-                      epoch.get("seconds"), 1.0, False,
-                      epoch.get("status", "") + ("" if draw_only is None else f"; a later epoch's draw alone {secs(draw_only)}")))
+    first = epoch.get("first_epoch", {}).get("median")
+    later = epoch.get("draw_only", {}).get("median")
+    out.append(Target("epoch_10M", f"epoch draw ≤ 1 s at 10 M windows (a later epoch: numpy only){est}", later, 1.0,
+                      False, epoch.get("status", "")))
+    out.append(Target("epoch_10M_first", f"epoch draw ≤ 1 s at 10 M windows (first epoch: per-class id queries + "
+                      f"draw){est}", first, 1.0, False, epoch.get("status", "")))
     rr = results["reads"]["random_reads"]
     out.append(Target("reads_vs_npz", "random window reads ≥ 100× the compressed npz",
                       _ratio(_median(rr["eegcache"]), _median(rr["npz"])), 100.0, True))
@@ -217,7 +219,8 @@ def table(results: dict) -> str:
     ep_cell = ep.get("status", "—") if "first_epoch" not in ep else (
         f"first epoch {spread(ep['first_epoch'], secs)} · later draw {spread(ep['draw_only'], secs)} "
         f"({ep['epoch_windows']:,} windows)")
-    row(f"Epoch draw (trainer), balanced, {int(big_key):,} windows", ep_cell, "—", "—", "—", _tcell(ts, "epoch_10M"))
+    row(f"Epoch draw (trainer), balanced, {int(big_key):,} windows", ep_cell, "—", "—", "—",
+        _tcell(ts, "epoch_10M", "epoch_10M_first"))
     rr = results["reads"]["random_reads"]
     row("Random single-window reads/s, one process", spread(rr["eegcache"]), spread(rr["npz"]), spread(rr["npy"]), "—",
         _tcell(ts, "reads_vs_npz", "reads_vs_npy", "disk_vs_npy"))
