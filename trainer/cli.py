@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -106,14 +107,35 @@ _FIT_FIELDS = {
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Probability threshold for events.")
 @click.option("--augment", is_flag=True, help="Random gain and channel dropout (seeded per window).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out to the same result as an uninterrupted run.")
+@click.option("--stop-after", type=click.IntRange(1),
+              help="End this call after N epochs (a time-boxed job); continue later with --resume.")
+@click.option("--nproc", type=click.IntRange(1),
+              help="Train with DistributedDataParallel on N processes of this machine (one per GPU with --device "
+                   "cuda), launched through torchrun; --batch-size is per process. Same as "
+                   "torchrun --nproc_per_node=N -m trainer fit ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def fit(ctx, cache, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
         out, epochs, batch_size, workers, model, device, lr, weight_decay, grad_clip, val_split, threshold, augment,
-        resume, quiet):
-    """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch."""
+        resume, stop_after, nproc, quiet):
+    """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch.
+
+    Under torchrun (or with --nproc N) every process trains on its own shard of each epoch's draw; rank 0 writes
+    metrics.jsonl, last.pt and best.pt."""
+    from trainer import distributed
     from trainer.fit import FitError, TrainConfig, resume_config
     from trainer.fit import fit as run_fit
+
+    try:
+        rank, world_size, _ = distributed.env_world()
+    except distributed.DistributedError as exc:
+        raise click.ClickException(str(exc)) from None
+    if nproc is not None and "WORLD_SIZE" in os.environ:
+        if nproc != world_size:
+            raise click.ClickException(f"--nproc {nproc} under torchrun with WORLD_SIZE {world_size}: drop --nproc "
+                                       "(torchrun already started the processes)")
+    elif nproc is not None and nproc > 1:
+        ctx.exit(distributed.launch(nproc, _given_args(ctx, skip=("nproc",))))
 
     values = dict(cache=str(cache), split=_split(split), window_s=window_s, stride_s=stride_s, where=where,
                   ratios=ratios, allow_incomplete=allow_incomplete, seed=seed,
@@ -129,11 +151,33 @@ def fit(ctx, cache, split, window_s, stride_s, where, params, ratios, allow_inco
             config = resume_config(out, {**given, "out": str(out)})
         else:
             config = TrainConfig(out=str(out), **values)
-        result = run_fit(config, resume=resume, log=click.echo, progress=not quiet)
+        result = run_fit(config, resume=resume, stop_after=stop_after, log=click.echo, progress=not quiet)
     except (*_ERRORS, FitError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(str(exc) if rank == 0 else f"rank {rank}: {exc}") from None
+    if rank != 0:
+        return
     best = "n/a" if result.best_f1 is None else f"{result.best_f1:.3f}"
     click.echo(f"done: {result.epochs_done} epochs in {out}; best epoch {result.best_epoch} (event F1 {best})")
+
+
+def _given_args(ctx: click.Context, skip: tuple[str, ...] = ()) -> list[str]:
+    """The options given on the command line (or by environment variable), as arguments again: what a launched
+    ``trainer fit`` needs to see the same command, with defaults left to it (so ``--resume`` stays unchanged)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name in skip:
+            continue
+        if ctx.get_parameter_source(param.name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        flag, value = max(param.opts, key=len), ctx.params[param.name]
+        if param.is_flag:
+            args += [flag] if value else []
+        elif param.multiple:
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
 
 
 def _metric_lines(name: str, m: dict) -> str:

@@ -5,6 +5,16 @@ Reproducibility rests on one rule: everything random in epoch e is seeded from (
 the epoch draw, torch/numpy/python RNGs (dropout), the DataLoader's generator and worker seeds, augmentation (per
 window id). A checkpoint therefore needs only the model, optimiser and scheduler state to continue bit-for-bit; the
 RNG states are stored as well, for inspection and for code that draws between epochs.
+
+Under torchrun (``trainer.distributed``) the same loop runs on every rank with DistributedDataParallel: each rank
+trains on its shard of the same epoch draw (``--batch-size`` is per rank: the global batch is N x B), losses and
+throughput are reduced over ranks, validation is split across ranks and gathered, and rank 0 alone writes the run
+folder. A run is reproducible for a fixed number of ranks; ``--resume`` refuses a different number.
+
+Each metrics.jsonl line also holds the epoch's timing profile (``data_wait_s``: time the loop waited for the
+DataLoader; ``step_s``: transfer, forward, backward and optimiser step, synchronised on CUDA; both means over
+ranks). They describe how the epoch ran rather than what it computed, so :class:`FitResult` keeps them apart
+(``profiles``) from the records in ``history``, which an interrupted and resumed run reproduces exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from trainer import distributed
 from trainer.data import Augment, WindowDataset, seed_worker
 from trainer.metrics import f1_key
 from trainer.model import build_model, count_parameters
@@ -35,6 +46,8 @@ from trainer.sampling import EpochSampler, Ratios, Selection
 CHECKPOINT_FORMAT = "trainer-checkpoint/1"
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.pt", "best.pt"
+# Per-epoch timings written to metrics.jsonl beside each record (they vary from run to run; see the module doc).
+PROFILE_FIELDS = ("data_wait_s", "step_s")
 
 
 class FitError(RuntimeError):
@@ -112,24 +125,28 @@ class FitResult:
     best_epoch: int | None = None
     best_f1: float | None = None
     parameters: int = 0
+    profiles: list[dict] = field(default_factory=list)  # per epoch: data_wait_s, step_s (as in metrics.jsonl)
+    world_size: int = 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Seeds, schedule, devices
 
 
-def _derive(seed: int, epoch: int, purpose: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, purpose]).generate_state(1)[0])
+def _derive(seed: int, epoch: int, purpose: int, rank: int = 0) -> int:
+    entropy = [seed, epoch, purpose] if rank == 0 else [seed, epoch, purpose, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed torch, numpy and python for epoch ``epoch``; return the DataLoader's generator for it."""
-    s = _derive(seed, epoch, 1)
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """Seed torch, numpy and python for epoch ``epoch``; return the DataLoader's generator for it. Each distributed
+    rank gets its own streams (rank 0's are the single-process ones), so ranks do not share dropout masks."""
+    s = _derive(seed, epoch, 1, rank)
     torch.manual_seed(s)
     np.random.seed(s)
     random.seed(s)
     generator = torch.Generator()
-    generator.manual_seed(_derive(seed, epoch, 2))
+    generator.manual_seed(_derive(seed, epoch, 2, rank))
     return generator
 
 
@@ -208,10 +225,25 @@ def _read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
     return [rec for rec in lines if rec.get("epoch", 0) <= up_to_epoch]
 
 
-def _write_metrics(path: Path, records: list[dict]) -> None:
+def _write_metrics(path: Path, records: list[dict], profiles: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.write_text("".join(json.dumps(_line(r, p)) + "\n" for r, p in zip(records, profiles, strict=True)))
     os.replace(tmp, path)
+
+
+def _line(record: dict, profile: dict) -> dict:
+    """A metrics.jsonl line: the record with the timing profile placed after ``train_seconds``."""
+    out: dict = {}
+    for key, value in record.items():
+        out[key] = value
+        if key == "train_seconds":
+            out.update(profile)
+    return {**out, **profile}
+
+
+def _split_profile(line: dict) -> tuple[dict, dict]:
+    return ({k: v for k, v in line.items() if k not in PROFILE_FIELDS},
+            {k: line[k] for k in PROFILE_FIELDS if k in line})
 
 
 def resume_config(run_dir: Path | str, overrides: dict | None = None) -> TrainConfig:
@@ -240,6 +272,12 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
         log: Callable[[str], None] = print, progress: bool = True) -> FitResult:
     """Train (or continue) the run in ``config.out``. ``stop_after`` ends this call after that many epochs (a
     time-boxed job, or a test of resumption); the run continues later with ``resume=True``."""
+    try:
+        rank, world_size, _ = distributed.env_world()
+    except distributed.DistributedError as exc:
+        raise FitError(str(exc)) from None
+    if rank != 0:  # rank 0 speaks for the run
+        log, progress = (lambda _line: None), False
     run_dir = Path(config.out)
     last_path = run_dir / LAST
     state = None
@@ -248,6 +286,11 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
             raise FitError(f"nothing to resume in {run_dir}: no {LAST}")
         state = load_checkpoint(last_path)
         config = resume_config(run_dir, dataclasses.asdict(config))
+        stored_world = int(state.get("world_size", 1))
+        if stored_world != world_size:
+            raise FitError(f"--resume continues the stored run in {run_dir} exactly; it was trained by {stored_world} "
+                           f"process(es) and this is {world_size}. Resume with the same number (torchrun "
+                           f"--nproc_per_node={stored_world}, or trainer fit --nproc {stored_world})")
     elif last_path.exists():
         raise FitError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, or choose another --out")
     device = resolve_device(config.device)
@@ -262,22 +305,35 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
             "best.pt follows the training loss instead of event F1")
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    try:
+        world, device = distributed.init(config.device) if world_size > 1 else (distributed.World(), device)
+    except distributed.DistributedError as exc:
+        raise FitError(str(exc)) from None
     deterministic = torch.are_deterministic_algorithms_enabled()
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(config, sampler, window, val_recordings, device, state, stop_after, log, progress)
+        return _train(config, sampler, window, val_recordings, device, state, stop_after, log, progress, world)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        distributed.shutdown(world)
 
 
 def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordings: list, device: torch.device,
-           state: dict | None, stop_after: int | None, log: Callable[[str], None], progress: bool) -> FitResult:
+           state: dict | None, stop_after: int | None, log: Callable[[str], None], progress: bool,
+           world: distributed.World | None = None) -> FitResult:
+    world = world or distributed.World()
     run_dir = Path(config.out)
-    torch.manual_seed(config.seed)  # the initial weights
+    torch.manual_seed(config.seed)  # the initial weights (the same on every rank; DDP broadcasts rank 0's anyway)
     model = build_model(config.model).to(device)
+    net: torch.nn.Module = model  # what the training step calls: the model itself, or its DDP wrapper
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(sampler.epoch_size() / config.batch_size)
+    per_rank = -(-sampler.epoch_size() // world.world_size)  # shards are padded to equal sizes
+    steps_per_epoch = math.ceil(per_rank / config.batch_size)
     schedule = cosine_schedule(steps_per_epoch * config.epochs, config.warmup_frac, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -289,26 +345,38 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         set_rng_state(state["rng"])
         start, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         log(f"resuming {run_dir} after epoch {start} of {config.epochs}")
-    history = _read_metrics(run_dir / METRICS_FILE, start)
+    lines = _read_metrics(run_dir / METRICS_FILE, start)
+    history = [_split_profile(line)[0] for line in lines]
+    profiles = [_split_profile(line)[1] for line in lines]
     n_params = count_parameters(model)
+    ranks = f" x {world.world_size} ranks (DDP, global batch {config.batch_size * world.world_size})" \
+        if world.distributed else ""
     log(f"model {config.model}: {n_params:,} parameters; {steps_per_epoch} steps of {config.batch_size} per epoch "
-        f"on {device.type}")
+        f"on {device.type}{ranks}")
+    debug_shards = os.environ.get(distributed.DEBUG_SHARDS_ENV, "") not in ("", "0")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _device=None: None)
     augment = Augment(seed=config.seed) if config.augment else None
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     done_here = 0
     for epoch in range(start, config.epochs):
-        generator = seed_epoch(config.seed, epoch)
-        draw = sampler.draw(epoch)
+        generator = seed_epoch(config.seed, epoch, world.rank)
+        draw = sampler.draw(epoch, world.rank, world.world_size)
+        if debug_shards:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / f"shards-epoch{epoch}-rank{world.rank}.json").write_text(json.dumps(draw.to_dict(with_ids=True)))
         dataset = WindowDataset(config.cache, draw.ids, augment=augment, epoch=epoch)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                             generator=generator, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
-        model.train()
-        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
+        net.train()
+        loss_sum, seen, data_wait, step_time, t0 = 0.0, 0, 0.0, 0.0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        t_ask = time.perf_counter()
         for signal, mask in bar:
+            t_got = time.perf_counter()
+            data_wait += t_got - t_ask
             signal, mask = signal.to(device, non_blocking=True), mask.to(device, non_blocking=True)
             with amp:
-                logits = model(signal)
+                logits = net(signal)
             loss = loss_fn(logits.float(), mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -316,14 +384,30 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * signal.shape[0]
+            loss_value = loss.item()
+            sync(device)
+            step_time += time.perf_counter() - t_got
+            loss_sum += loss_value * signal.shape[0]
             seen += signal.shape[0]
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            t_ask = time.perf_counter()
         bar.close()
         train_seconds = time.perf_counter() - t0
+        if world.distributed:  # global figures: summed windows and losses, the slowest rank's time, mean timings
+            loss_sum, seen, data_wait, step_time = distributed.all_reduce(world, device,
+                                                                          [loss_sum, seen, data_wait, step_time])
+            seen = int(seen)
+            data_wait, step_time = data_wait / world.world_size, step_time / world.world_size
+            train_seconds = distributed.all_reduce(world, device, [train_seconds], op="max")[0]
         t1 = time.perf_counter()
-        val = (validate(model, Path(config.cache), val_recordings, window, post=config.postprocess(),
-                        batch_size=config.val_batch_size, device=device) if val_recordings else None)
+        if not val_recordings:
+            val = None
+        elif world.distributed:
+            val = distributed.validate(model, Path(config.cache), val_recordings, window, world,
+                                       post=config.postprocess(), batch_size=config.val_batch_size, device=device)
+        else:
+            val = validate(model, Path(config.cache), val_recordings, window, post=config.postprocess(),
+                           batch_size=config.val_batch_size, device=device)
         train_loss = loss_sum / max(seen, 1)
         score = f1_key(val) if val is not None else -train_loss
         is_best = score > best_score
@@ -332,35 +416,52 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         record = {
             "epoch": epoch + 1, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0], "windows": seen,
             "windows_per_s": seen / train_seconds if train_seconds > 0 else None, "train_seconds": train_seconds,
-            "val_seconds": time.perf_counter() - t1, "drawn": draw.to_dict()["drawn"], "val_split": config.val_split,
-            "val": val, "best": is_best,
+            "val_seconds": time.perf_counter() - t1, "drawn": _drawn(sampler, draw, world),
+            "val_split": config.val_split, "val": val, "best": is_best, "world_size": world.world_size,
         }
+        profile = {"data_wait_s": data_wait, "step_s": step_time}
         history.append(record)
-        _write_metrics(run_dir / METRICS_FILE, history)
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model_config": model.config.to_dict(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch, "rng": rng_state(),
-            "window_set": dataclasses.asdict(sampler.window_set), "metrics": record,
-        }
-        if is_best:
-            _atomic_save(checkpoint, run_dir / BEST)
-        _atomic_save(checkpoint, run_dir / LAST)
-        log(_epoch_line(record))
+        profiles.append(profile)
+        if world.is_main:
+            _write_metrics(run_dir / METRICS_FILE, history, profiles)
+            checkpoint = {
+                "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model_config": model.config.to_dict(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch, "rng": rng_state(),
+                "window_set": dataclasses.asdict(sampler.window_set), "metrics": _line(record, profile),
+                "world_size": world.world_size,
+            }
+            if is_best:
+                _atomic_save(checkpoint, run_dir / BEST)
+            _atomic_save(checkpoint, run_dir / LAST)
+        distributed.barrier(world, device)  # the others wait until rank 0 has written the epoch
+        log(_epoch_line(record, profile))
         done_here += 1
         if stop_after is not None and done_here >= stop_after and epoch + 1 < config.epochs:
             log(f"stopped after {done_here} epoch(s) as asked; continue with --resume")
             break
     best_f1 = next((r["val"]["event_f1"] for r in history if r["epoch"] == best_epoch and r.get("val")), None)
-    return FitResult(run_dir, history[-1]["epoch"] if history else 0, history, best_epoch, best_f1, n_params)
+    return FitResult(run_dir, history[-1]["epoch"] if history else 0, history, best_epoch, best_f1, n_params,
+                     profiles, world.world_size)
+
+
+def _drawn(sampler: EpochSampler, draw, world: distributed.World) -> dict:
+    """Counts per class of the whole epoch (every rank's shard together; padding repeats not counted twice)."""
+    if not world.distributed:
+        return draw.to_dict()["drawn"]
+    return sampler.draw(draw.epoch).to_dict()["drawn"]
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def _epoch_line(r: dict) -> str:
+def _epoch_line(r: dict, profile: dict | None = None) -> str:
     text = f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {_fmt(r['windows_per_s'], '.1f')} windows/s"
+    if r.get("world_size", 1) > 1:
+        text += f" over {r['world_size']} ranks"
+    if profile:
+        text += f" (data wait {profile['data_wait_s']:.1f} s, step {profile['step_s']:.1f} s)"
     val = r.get("val")
     if val:
         text += (f"; {r['val_split']} events: sensitivity {_fmt(val['event_sensitivity'])}, precision "
