@@ -2,7 +2,7 @@
 
 A process claims a file before preparing it and releases the claim in the transaction that registers the
 result. A background thread renews the process's claims; when a process dies its claims expire after the lease
-and another process takes the files over.
+and another process takes the files over (at once, when the dead process ran on the same host).
 """
 
 from __future__ import annotations
@@ -25,6 +25,22 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+def _dead_here(owner: str) -> bool:
+    """True when the owner is a process of this host that no longer runs (a killed earlier run): its claims need
+    not wait for their lease. Owners on other hosts can only expire."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class Claims:
     """This process's claims; use as a context manager to keep them renewed."""
 
@@ -40,7 +56,7 @@ class Claims:
         now = time.time()
         with writer(self.engine).begin() as conn:
             row = conn.execute(select(Claim.owner, Claim.expires_at).where(Claim.source_path == source_path)).first()
-            if row is not None and row.owner != self.owner and row.expires_at > now:
+            if row is not None and row.owner != self.owner and row.expires_at > now and not _dead_here(row.owner):
                 return False
             values = {"owner": self.owner, "expires_at": now + self.lease_s}
             if row is None:
