@@ -169,10 +169,10 @@ def test_rerun_after_a_kill_does_not_wait_for_the_dead_claims(reference: Referen
     assert query(cache, "SELECT count(*) FROM claims")[0][0] >= 1
     rerun = _start(reference.root, cache)
     try:
-        rerun.wait(timeout=30)
+        rerun.wait(timeout=max(20.0, 4 * reference.wall_s))
     except subprocess.TimeoutExpired:
         _kill(rerun)
-        raise AssertionError("the rerun was still waiting after 30 s (for the killed run's claims)") from None
+        raise AssertionError("the rerun was still waiting (for the killed run's claims)") from None
     assert rerun.returncode == reference.rc
     _assert_final(cache, reference)
 
