@@ -292,3 +292,19 @@ def test_symlink_loop_in_the_tree(tree, tmp_path: Path) -> None:
     done = cli("ingest", root, "--cache", tmp_path / "cache", "--quiet")
     assert done.returncode == 0, done.stderr
     assert query(tmp_path / "cache", "SELECT recording, status FROM recording_status") == [(SHORT.stem, "ingested")]
+
+
+def test_recording_that_turns_bad_loses_its_windows(tree, tmp_path: Path) -> None:
+    """Ingested once, then its annotation is damaged: the next run marks it failed, removes its windows (no
+    stale labels stay queryable) and exits 1; its object is then garbage that gc removes."""
+    root, edfs = tree(TSE_512)
+    cache = tmp_path / "cache"
+    assert cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
+    edfs[TSE_512].with_suffix(".tse_bi").write_text("version = tse_v1.0.0\n\n10.0 oops seiz 1.0\n")
+    done = cli("ingest", root, "--cache", cache, "--quiet")
+    assert done.returncode == 1
+    ((status, reason, n),) = query(cache, "SELECT status, reason, n_windows FROM recording_status")
+    assert (status, n) == ("failed", 0) and "oops" in reason and "not a number" in reason
+    assert query(cache, "SELECT count(*) FROM window_labels") == [(0,)]
+    assert cli("gc", "--cache", cache, "--grace", "0").returncode == 0
+    assert object_dirs(cache) == set()

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import MISSING, SHORT, Standard
-from edf_factory import cli, invoke, query, run_cli
+from conftest import INGESTED, MISSING, SHORT, Standard
+from edf_factory import FS, cli, expected_mask, invoke, query, run_cli
 
 COMMANDS = [(), ("ingest",), ("stats",), ("sql",), ("verify",), ("gc",), ("synth",), ("db",), ("db", "upgrade"),
             ("db", "current")]  # fmt: skip
@@ -68,6 +68,8 @@ def test_stats_json(standard: Standard) -> None:
     assert data["eeg_hours"] == pytest.approx(hours)
     on_disk = sum(p.stat().st_size for p in (standard.cache / "objects").rglob("*") if p.is_file())
     assert data["bytes"]["objects"] == on_disk
+    seizure_s = sum(expected_mask(rec.events, rec.n_samples).sum() / FS for rec in INGESTED)
+    assert data["seizure_hours"] * 3600 == pytest.approx(seizure_s, abs=len(INGESTED) / FS)
 
 
 def test_stats_text(standard: Standard) -> None:

@@ -34,6 +34,7 @@ from edf_factory import (
     ELECTRODE_HZ,
     FS,
     SZCORE,
+    Channel,
     Rec,
     cli,
     dominant_hz,
@@ -448,3 +449,21 @@ def test_a_single_edf_outside_the_tusz_layout(tmp_path: Path) -> None:
     rows = query(tmp_path / "cache", "SELECT DISTINCT recording, subject, session, split, montage FROM window_labels")
     assert rows == [("night1", None, None, None, None)]
     assert len(_windows_of(tmp_path / "cache", "night1", 10.0, 10.0)) == 3
+
+
+def test_changed_edf_bytes_are_preprocessed_again(tree, tmp_path: Path) -> None:
+    """An EDF rewritten with another signal gets a new object (new key) and its new samples; the old object is
+    left unreferenced."""
+    root, edfs = tree(SHORT)
+    cache = tmp_path / "cache"
+    ingest(root, cache, IngestConfig(), progress=False)
+    old = query(cache, "SELECT object_key FROM recordings")[0][0]
+    swapped = {"EEG FP1-REF": "EEG FP2-REF", "EEG FP2-REF": "EEG FP1-REF"}
+    channels = [Channel(swapped.get(c.label, c.label), c.fs, c.samples) for c in rec_channels(SHORT)]
+    write_edf(edfs[SHORT], channels)
+    summary = ingest(root, cache, IngestConfig(), progress=False)
+    assert summary.edf_read == 1
+    new = query(cache, "SELECT object_key FROM recordings")[0][0]
+    assert new != old and object_dirs(cache) == {old, new}
+    signal = np.asarray(_object_group(cache, SHORT.stem)["signal"][...])
+    assert dominant_hz(signal[SZCORE.index("FP1")]) == pytest.approx(ELECTRODE_HZ["FP2"], abs=0.2)
