@@ -38,11 +38,31 @@ NON_UTF8 = b"bad\xffname"
 class Case:
     stem: str
     phrases: tuple[str, ...]  # what the reason must say besides the file name
-    name_in_reason: str | None = None  # defaults to the stem
 
 
-def _plain(stem: str, duration_s: int = 60, **kw) -> Rec:
-    """A recording outside the TUSZ layout (a plain folder of EDFs), written by write_edf directly."""
+CASES = (
+    Case("truncated", ("truncated EDF",)),
+    Case("notedf", ("not an EDF file",)),
+    Case("badheader", ("unreadable EDF header", "signal count")),
+    Case("noannotation", ("no annotation file",)),
+    Case("annheader", ("expected header",)),
+    Case("anntime", ("not a number", "abc")),
+    Case("annorder", ("before",)),
+    Case("missing", ("Fz", "Pz")),
+    Case("zerolength", ("zero-length",)),
+    Case("noperm", ("permission denied",)),  # only when not root: root reads any file
+    Case(NON_UTF8.decode("utf-8", "backslashreplace"), ("not valid UTF-8",)),
+)
+RUN_CASES = tuple(c for c in CASES if not (IS_ROOT and c.stem == "noperm"))
+
+
+def _case(case: Case):
+    marks = [pytest.mark.skip(reason="root reads files whatever their permissions")] if case not in RUN_CASES else []
+    return pytest.param(case, id=case.stem.replace("\\", "_"), marks=marks)
+
+
+def _plain(duration_s: int = 60, **kw) -> Rec:
+    """Channels for a recording outside the TUSZ layout (a plain folder of EDFs)."""
     return Rec("train", "zzzzzzzz", 1, 2000, "01_tcp_ar", 0, duration_s=duration_s, **kw)
 
 
@@ -52,74 +72,60 @@ def _write_plain(folder: Path, stem: str, rec: Rec, events=((5.0, 9.0),)) -> Pat
     return edf
 
 
-def _build(root: Path) -> list[Case]:
-    """Write the good recordings and every bad case; return the cases that must fail."""
+def _build(root: Path) -> None:
+    """Write the good recordings, the short one and every bad case of CASES."""
     for rec in GOOD:
         write_rec(root, rec)
     bad = root / "bad"
     bad.mkdir(parents=True)
-    cases: list[Case] = []
 
-    edf = _write_plain(bad, "truncated", _plain("truncated"))
+    edf = _write_plain(bad, "truncated", _plain())
     with open(edf, "r+b") as f:
         f.truncate(edf.stat().st_size * 6 // 10)
-    cases.append(Case("truncated", ("truncated EDF",)))
 
     (bad / "notedf.edf").write_bytes(b"PK\x03\x04 this is a zip archive, not an EDF file\n" * 40)
     write_csv_bi(bad / "notedf.csv_bi", [], 60)
-    cases.append(Case("notedf", ("not an EDF file",)))
 
-    edf = _write_plain(bad, "badheader", _plain("badheader"))
+    edf = _write_plain(bad, "badheader", _plain())
     patch_bytes(edf, 252, b"ab  ")  # the signal count
-    cases.append(Case("badheader", ("unreadable EDF header", "signal count")))
 
-    edf = _write_plain(bad, "noannotation", _plain("noannotation"))
+    edf = _write_plain(bad, "noannotation", _plain())
     edf.with_suffix(".csv_bi").unlink()
-    cases.append(Case("noannotation", ("no annotation file",)))
 
-    _write_plain(bad, "annheader", _plain("annheader"))
+    _write_plain(bad, "annheader", _plain())
     (bad / "annheader.csv_bi").write_text("# duration = 60.00 secs\nchan,begin,end,what,conf\nTERM,1.0,2.0,seiz,1.0\n")
-    cases.append(Case("annheader", ("expected header",)))
 
-    _write_plain(bad, "anntime", _plain("anntime"))
+    _write_plain(bad, "anntime", _plain())
     (bad / "anntime.csv_bi").write_text(csv_head("anntime", 60) + "TERM,1.0000,abc,seiz,1.0000\n")
-    cases.append(Case("anntime", ("not a number", "abc")))
 
-    _write_plain(bad, "annorder", _plain("annorder"))
+    _write_plain(bad, "annorder", _plain())
     (bad / "annorder.csv_bi").write_text(csv_head("annorder", 60) + "TERM,7.0000,3.0000,seiz,1.0000\n")
-    cases.append(Case("annorder", ("before",)))
 
-    _write_plain(bad, "missing", _plain("missing", missing=("FZ", "PZ")))
-    cases.append(Case("missing", ("Fz", "Pz")))
+    _write_plain(bad, "missing", _plain(missing=("FZ", "PZ")))
 
-    edf = _write_plain(bad, "zerolength", _plain("zerolength"))
+    edf = _write_plain(bad, "zerolength", _plain())
     n_signals = int(edf.read_bytes()[252:256])
     patch_bytes(edf, 236, b"0       ")  # number of data records
     with open(edf, "r+b") as f:
         f.truncate(256 * (n_signals + 1))
-    cases.append(Case("zerolength", ("zero-length",)))
 
     if not IS_ROOT:  # root reads any file whatever its mode
-        edf = _write_plain(bad, "noperm", _plain("noperm"))
+        edf = _write_plain(bad, "noperm", _plain())
         edf.chmod(0)
-        cases.append(Case("noperm", ("permission denied",)))
 
     # A file name that is not UTF-8 (bytes paths), with a valid EDF and annotation.
-    src = _write_plain(bad, "tmpname", _plain("tmpname"))
+    src = _write_plain(bad, "tmpname", _plain())
     os.rename(src, os.path.join(os.fsencode(bad), NON_UTF8 + b".edf"))
     os.rename(src.with_suffix(".csv_bi"), os.path.join(os.fsencode(bad), NON_UTF8 + b".csv_bi"))
-    cases.append(Case(NON_UTF8.decode("utf-8", "backslashreplace"), ("not valid UTF-8",)))
 
     # Shorter than one window: ingested with 0 windows, not failed.
     write_rec(root, SHORT)
-    return cases
 
 
 @dataclass(frozen=True)
 class Run:
     root: Path
     cache: Path
-    cases: list[Case]
     rc: int
     stdout: str
     stderr: str
@@ -129,13 +135,9 @@ class Run:
 def bad_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     base = tmp_path_factory.mktemp("bad")
     root, cache = base / "src", base / "cache"
-    cases = _build(root)
+    _build(root)
     done = run_cli("ingest", root, "--cache", cache, "--quiet")
-    return Run(root, cache, cases, done.returncode, done.stdout, done.stderr)
-
-
-def _case_ids(run_cases: list[Case]) -> list[str]:
-    return [c.stem for c in run_cases]
+    return Run(root, cache, done.returncode, done.stdout, done.stderr)
 
 
 def test_run_goes_on_and_exits_1(bad_run: Run) -> None:
@@ -146,44 +148,40 @@ def test_run_goes_on_and_exits_1(bad_run: Run) -> None:
     for rec in (*GOOD, SHORT):
         assert status[rec.stem] == "ingested"
     failed = {r for r, s in status.items() if s == "failed"}
-    assert failed == {c.stem for c in bad_run.cases}
-    assert f"failed {len(bad_run.cases)}" in bad_run.stdout
+    assert failed == {c.stem for c in RUN_CASES}
+    assert f"failed {len(RUN_CASES)}" in bad_run.stdout
+    assert bad_run.stderr.count("FAILED ") == len(RUN_CASES)
 
 
-def test_each_failure_has_a_clear_reason(bad_run: Run) -> None:
-    """Every failed recording's reason names its file and says what is wrong; the CLI lists each on stderr."""
-    reasons = dict(query(bad_run.cache, "SELECT recording, reason FROM recording_status WHERE status = 'failed'"))
-    for case in bad_run.cases:
-        reason = reasons[case.stem]
-        assert case.stem in reason, reason
-        for phrase in case.phrases:
-            assert phrase in reason, (case.stem, reason)
-        assert reason in bad_run.stderr
-    assert bad_run.stderr.count("FAILED ") == len(bad_run.cases)
+@pytest.mark.parametrize("case", [_case(c) for c in CASES])
+def test_failure_has_a_clear_reason(bad_run: Run, case: Case) -> None:
+    """The recording is failed; its reason names the file and says what is wrong; the CLI prints it."""
+    ((status, reason),) = query(bad_run.cache, "SELECT status, reason FROM recording_status WHERE recording = ?",
+                                (case.stem,))
+    assert status == "failed"
+    assert case.stem in reason, reason
+    for phrase in case.phrases:
+        assert phrase in reason, reason
+    assert f"FAILED {bad_run.root / 'bad' / case.stem}.edf: {reason}" in bad_run.stderr
 
 
-def test_nothing_partial_is_indexed(bad_run: Run) -> None:
-    """A failed recording has no object, no windows, no events; the only object folders are the ingested
-    recordings' and no staging folder is left behind."""
-    rows = query(bad_run.cache, "SELECT r.name, r.object_key, (SELECT count(*) FROM windows w WHERE w.recording_id = r.id), "
+@pytest.mark.parametrize("case", [_case(c) for c in CASES])
+def test_nothing_partial_is_indexed(bad_run: Run, case: Case) -> None:
+    """A failed recording has no object, no windows and no events."""
+    rows = query(bad_run.cache, "SELECT r.object_key, (SELECT count(*) FROM windows w WHERE w.recording_id = r.id), "
                                 "(SELECT count(*) FROM events e WHERE e.recording_id = r.id) FROM recordings r "
-                                "WHERE r.status = 'failed'")
-    assert len(rows) == len(bad_run.cases)
-    for name, key, n_windows, n_events in rows:
-        assert (key, n_windows, n_events) == (None, 0, 0), name
+                                "WHERE r.name = ?", (case.stem,))
+    assert rows == [(None, 0, 0)]
+
+
+def test_only_the_good_recordings_are_stored(bad_run: Run) -> None:
+    """The object folders and rows are exactly the ingested recordings'; no staging folder is left behind."""
     referenced = {k for (k,) in query(bad_run.cache, "SELECT object_key FROM recordings WHERE object_key IS NOT NULL")}
     assert len(referenced) == len(GOOD) + 1
     assert object_dirs(bad_run.cache) == referenced
     assert query(bad_run.cache, "SELECT count(*) FROM objects") == [(len(referenced),)]
     staging = bad_run.cache / "staging"
     assert not staging.exists() or not any(staging.iterdir())
-
-
-@pytest.mark.skipif(IS_ROOT, reason="root reads files whatever their permissions")
-def test_unreadable_permissions(bad_run: Run) -> None:
-    """A file the user may not read: failed with 'permission denied', the rest of the run unaffected."""
-    ((status, reason),) = query(bad_run.cache, "SELECT status, reason FROM recording_status WHERE recording = 'noperm'")
-    assert status == "failed" and "noperm.edf" in reason and "permission denied" in reason
 
 
 def test_short_recording_ingested_with_zero_windows(bad_run: Run) -> None:
