@@ -5,8 +5,8 @@ must still only show windows whose objects are complete on disk, and a rerun mus
 uninterrupted run, with ``verify`` passing. Processes started together on one cache must give the index of one
 serial run, without "database is locked" and without duplicate rows.
 
-A killed process leaves its claims on files until their lease expires; the kill tests shorten the lease through
-``EEGCACHE_CLAIM_LEASE_S`` so that a rerun need not wait the default five minutes for them.
+A killed process leaves claims on the files it was preparing; a rerun on the same host must take them over at
+once (not wait for their lease), so every run here uses the default lease.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ CRASH_TREE = (
     Rec("eval", "aaaaaacd", 4, 2008, "01_tcp_ar", 0, fs=256, duration_s=45, seed=28),
     Rec("eval", "aaaaaace", 1, 2009, "01_tcp_ar", 0, fs=250, duration_s=60, missing=("FZ", "PZ"), seed=29),
 )  # fmt: skip
-SHORT_LEASE = {"EEGCACHE_CLAIM_LEASE_S": "2"}
 
 
 @dataclass(frozen=True)
@@ -48,12 +47,12 @@ class Reference:
     wall_s: float
 
 
-def _start(root: Path, cache: Path, *extra: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+def _start(root: Path, cache: Path, *extra: str, log: Path | None = None) -> subprocess.Popen:
     """An `eegcache ingest` in its own process group (so a kill reaches its workers), output to files."""
     log = log or cache.parent / f"ingest-{time.monotonic_ns()}"
     out, err = open(f"{log}.out", "w"), open(f"{log}.err", "w")
     proc = subprocess.Popen(eegcache_cmd("ingest", root, "--cache", cache, "--quiet", "--json", *extra),
-                            stdout=out, stderr=err, start_new_session=True, env={**os.environ, **(env or {})})
+                            stdout=out, stderr=err, start_new_session=True)
     proc.logs = (Path(f"{log}.out"), Path(f"{log}.err"))  # type: ignore[attr-defined]
     out.close()
     err.close()
@@ -125,7 +124,7 @@ def _kill_and_rerun(ref: Reference, cache: Path, kills: int, seed: int, extra: t
     rng = random.Random(seed)
     landed = 0
     for _ in range(kills):
-        proc = _start(ref.root, cache, *extra, env=SHORT_LEASE)
+        proc = _start(ref.root, cache, *extra)
         try:
             proc.wait(timeout=rng.uniform(0.2, ref.wall_s))
         except subprocess.TimeoutExpired:
@@ -135,7 +134,7 @@ def _kill_and_rerun(ref: Reference, cache: Path, kills: int, seed: int, extra: t
             _, err = _output(proc)
             assert "Traceback" not in err, err
         _check_invariants(cache)
-    final = _start(ref.root, cache, *extra, env=SHORT_LEASE)
+    final = _start(ref.root, cache, *extra)
     assert final.wait(timeout=300) == ref.rc, _output(final)
     _assert_final(cache, ref)
     return landed
@@ -147,10 +146,6 @@ def test_sigkill_at_random_moments_then_rerun(reference: Reference, tmp_path: Pa
     assert landed >= 1  # at least one kill hit a running ingest
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/claims.py Claims.try_claim() honours a claim until its lease expires (default 300 s) even "
-    "when its owner (hostname:pid in Claim.owner) is a dead process on this host, so a rerun after a kill "
-    "waits up to five minutes for the files the killed run was preparing"))
 def test_rerun_after_a_kill_does_not_wait_for_the_dead_claims(reference: Reference, tmp_path: Path) -> None:
     """Killed while it holds a claim (default lease), the rerun takes the dead process's files over at once
     instead of idling until the lease runs out; its index is the uninterrupted one."""
