@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from trainer_fixtures import synthetic_cache
 from trainer.cli import main
 from trainer.distributed import DEBUG_SHARDS_ENV, assign, launch_command
 from trainer.fit import LAST, METRICS_FILE, FitError, TrainConfig, fit, load_checkpoint
-from trainer.model import ModelConfig, SeizureTransformer
+from trainer.model import ModelConfig, SeizureTransformer, build_model
 from trainer.postprocess import PostProcess
 from trainer.predict import RecordingRef, split_recordings, validate
 from trainer.sampling import EpochSampler, Ratios, Selection
@@ -174,3 +175,52 @@ def test_validation_recordings_are_divided_evenly_and_deterministically():
     assert abs(loads[0] - loads[1]) <= 10
     assert assign(recs, 2) == shares and assign(recs, 1) == [[1, 5, 2, 3, 0, 4]]
     assert assign(recs[:1], 3) == [[0], [], []]
+
+
+def _validation_worker(rank: int, port: int, cache: str, out: str) -> None:
+    """One of two gloo ranks: the same untrained model, rank 1's BatchNorm statistics disturbed (as the last
+    training step leaves them: each rank updates its own copy), validation split across the ranks."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    from trainer import distributed
+
+    world, _ = distributed.init("cpu")
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    post = PostProcess(0.5, 1, 0.0)  # no smoothing: the sample counts follow every probability near 0.5
+    recordings = split_recordings(Path(cache), "dev")
+    reference = validate(model, Path(cache), recordings, 15360, post=post) if rank == 0 else None
+    if rank == 1:
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_var"):
+                buffer.mul_(1e-4)
+    unsynced = distributed.validate(model, Path(cache), recordings, 15360, world, post=post)
+    distributed.sync_buffers(world, model)
+    synced = distributed.validate(model, Path(cache), recordings, 15360, world, post=post)
+    states = [None, None]
+    torch.distributed.all_gather_object(states, model.state_dict())
+    if rank == 0:
+        same = all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+        Path(out).write_text(json.dumps({"reference": reference, "unsynced": unsynced, "synced": synced,
+                                         "recordings": len(recordings), "same_state": same}))
+    distributed.shutdown(world)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_validation_split_across_ranks_equals_one_process_on_rank_0s_weights(synth, tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "val.json"
+    mp.spawn(_validation_worker, args=(_free_port(), str(synth), str(out)), nprocs=2, join=True)
+    data = json.loads(out.read_text())
+    assert data["recordings"] >= 2  # both ranks score some
+    assert data["reference"]["sample_sensitivity"] and data["reference"]["event_fp"]  # scores that tell models apart
+    assert data["same_state"]  # after sync_buffers every rank holds rank 0's weights and statistics
+    assert data["synced"] == data["reference"]
+    assert data["unsynced"] != data["reference"]  # without sync_buffers rank 1 would score other weights

@@ -133,13 +133,16 @@ def all_reduce(world: World, device: torch.device, values: list[float], op: str 
     return [float(v) for v in tensor.tolist()]
 
 
-def broadcast_object(world: World, value: object) -> object:
-    """Rank 0's ``value`` on every rank."""
+def sync_buffers(world: World, model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank. DDP broadcasts them at the start of each
+    forward, but the last training step updates each rank's copy from its own batch; validation on a rank must use
+    the weights rank 0 checkpoints."""
     if not world.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        return
+    persistent = set(model.state_dict())
+    for name, buffer in model.named_buffers():
+        if name in persistent:
+            dist.broadcast(buffer, src=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -162,7 +165,8 @@ def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef]
              post: PostProcess | None = None, batch_size: int = 16, device: torch.device | str = "cpu") -> dict:
     """:func:`trainer.predict.validate` with the recordings divided between ranks; every rank gets the result.
 
-    Counts are summed in recording order, as the single-process function does, so the figures are identical."""
+    Counts are summed in recording order, as the single-process function does, so the figures are identical.
+    Call :func:`sync_buffers` first after training steps, so that every rank scores rank 0's weights."""
     share = assign(recordings, world.world_size)[world.rank]
     mine = [recordings[i] for i in sorted(share)]
     local = {result.recording.id: result.counts for result in

@@ -403,6 +403,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         if not val_recordings:
             val = None
         elif world.distributed:
+            distributed.sync_buffers(world, model)
             val = distributed.validate(model, Path(config.cache), val_recordings, window, world,
                                        post=config.postprocess(), batch_size=config.val_batch_size, device=device)
         else:
