@@ -55,7 +55,6 @@ class Task:
     known_edf_sha256: str | None = None
     known_annotation_sha256: str | None = None
     store_url: str | None = None
-    donor_key: str | None = None  # an object with the same signal, when only the annotation changed
 
 
 @dataclass
@@ -145,8 +144,9 @@ def prepare(task: Task) -> Prepared:
             _take_attrs(result, group)
             result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
         else:
-            donor = task.donor_key if task.donor_key and store.exists(task.donor_key) else None
-            if donor is not None:  # only the labels changed: reuse the stored signal, read no EDF
+            signal_key = keys.signal_key(result.edf_sha256, task.spec)
+            donor = store.signal_donor(signal_key)
+            if donor is not None:  # the signal is stored under other labels: reuse it, read no EDF
                 group = store.open(donor)
                 signal = np.asarray(group["signal"][...])
                 _take_attrs(result, group)
@@ -170,6 +170,7 @@ def prepare(task: Task) -> Prepared:
                 "events": [list(e) for e in result.events],
             }
             store.write(result.object_key, signal, mask, attrs)
+            store.note_signal(signal_key, result.object_key)
             result.checksums = store.checksums(result.object_key)
         result.windows = _windows_for(mask, task.shapes)
         result.status = "ingested"
@@ -209,18 +210,7 @@ def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Pre
                            .where(Recording.source_path == item.source_path)).first()
         status, reason = item.status, item.reason
         if status == "ingested":
-            dup = conn.execute(
-                select(Recording.source_path).where(
-                    Recording.edf_sha256 == item.edf_sha256,
-                    Recording.annotation_sha256 == item.annotation_sha256,
-                    Recording.status == "ingested",
-                    Recording.source_path != item.source_path,
-                )
-            ).first()
-            if dup is not None:
-                status, reason = "skipped", (
-                    f"same EDF and annotation bytes as {dup.source_path}; stored and windowed once"
-                )
+            status, reason = _settle_duplicates(conn, item)
         if status == "ingested":
             _ensure_object(conn, store, spec, item, now)
         values = dict(
@@ -259,6 +249,25 @@ def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Pre
             if rows:
                 conn.execute(insert_ignore(conn, Window.__table__), rows)
     return status
+
+
+def _settle_duplicates(conn, item: Prepared) -> tuple[str, str | None]:
+    """Byte-identical recordings (EDF and annotation) at several paths are windowed once: the smallest path
+    keeps the windows, whatever order the files were registered in, so concurrent runs agree with serial ones."""
+    twins = conn.execute(select(Recording.id, Recording.source_path).where(
+        Recording.edf_sha256 == item.edf_sha256,
+        Recording.annotation_sha256 == item.annotation_sha256,
+        Recording.status == "ingested",
+        Recording.source_path != item.source_path,
+    )).all()
+    first = min([t.source_path for t in twins] + [item.source_path])
+    if first != item.source_path:
+        return "skipped", f"same EDF and annotation bytes as {first}; stored and windowed once"
+    for twin in twins:  # registered earlier, but this path sorts first: they step aside
+        conn.execute(delete(Window).where(Window.recording_id == twin.id))
+        conn.execute(Recording.__table__.update().where(Recording.id == twin.id).values(
+            status="skipped", reason=f"same EDF and annotation bytes as {item.source_path}; stored and windowed once"))
+    return "ingested", None
 
 
 class ObjectVanished(RuntimeError):
@@ -340,8 +349,6 @@ def plan(
             same_spec = row.spec_digest == sdigest
             if edf_same:
                 reuse["known_edf_sha256"] = row.edf_sha256
-                if same_spec and not ann_same:
-                    reuse["donor_key"] = row.object_key
             if edf_same and ann_same:
                 reuse["known_annotation_sha256"] = row.annotation_sha256
                 covered = (

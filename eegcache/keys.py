@@ -29,14 +29,15 @@ def label_key(annotation_digest: str | None) -> str:
     return _digest({"annotation": annotation_digest, "rules": LABEL_RULES_VERSION})
 
 
+def signal_key(edf_digest: str, spec: PreprocessSpec) -> str:
+    """Key of the preprocessed signal alone: EDF bytes, canonical spec, pipeline version. Objects that share it
+    hold the same signal, so a new label mask for known EDF bytes never needs the EDF again."""
+    return _digest({"edf": edf_digest, "spec": json.loads(spec.canonical_json()), "pipeline": PIPELINE_VERSION})
+
+
 def object_key(edf_digest: str, spec: PreprocessSpec, labels: str) -> str:
-    """Key of one stored object (signal + mask): EDF bytes, canonical spec, pipeline version, label key."""
-    return _digest({
-        "edf": edf_digest,
-        "spec": json.loads(spec.canonical_json()),
-        "pipeline": PIPELINE_VERSION,
-        "labels": labels,
-    })
+    """Key of one stored object (signal + mask): the signal key and the label key."""
+    return _digest({"signal": signal_key(edf_digest, spec), "labels": labels})
 
 
 def spec_digest(spec: PreprocessSpec) -> str:

@@ -81,7 +81,7 @@ def run_query(
             rows = cur.fetchmany(limit + 1) if cur.description else []
         except sqlite3.DatabaseError as exc:
             msg = str(exc)
-            if msg == "not authorized":
+            if msg in ("not authorized", "authorization denied"):
                 raise QueryError("refused: eegcache sql only reads (SELECT, read-only PRAGMA); nothing was changed") from None
             if msg == "interrupted":
                 raise QueryError(f"stopped: the query ran longer than the {timeout_s:g} s time limit") from None

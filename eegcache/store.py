@@ -31,6 +31,7 @@ SIGNAL_CHUNK = 16384  # samples per chunk: 64 s at 256 Hz, ~1.2 MB of float32 fo
 LABEL_CHUNK = 1 << 20
 STAGING = "staging"
 OBJECTS = "objects"
+SIGNALS = "signals"
 TRASH = "trash"
 MARKER = "COMPLETE"
 
@@ -157,6 +158,29 @@ class ObjectStore:
     def remove(self, key: str) -> None:
         shutil.rmtree(self.path(key), ignore_errors=True)
 
+    # --- signal pointers: which object holds the signal of a signal key (labels aside) ---
+    def _pointer(self, signal_key: str) -> Path:
+        return self.root / SIGNALS / signal_key[:2] / signal_key
+
+    def signal_donor(self, signal_key: str) -> str | None:
+        """A stored object whose signal is the one this signal key names, if any."""
+        try:
+            key = self._read_pointer(signal_key)
+        except FileNotFoundError:
+            return None
+        return key if key and self.exists(key) else None
+
+    def _read_pointer(self, signal_key: str) -> str:
+        return self._pointer(signal_key).read_text().strip()
+
+    def note_signal(self, signal_key: str, key: str) -> None:
+        """Record that ``key`` holds this signal (atomic replace; the last writer wins, any winner is right)."""
+        target = self._pointer(signal_key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp.write_text(key)
+        os.replace(tmp, target)
+
     # --- for gc: list, withdraw (reversibly, inside the index transaction), then purge ---
     def object_ages(self, now: float) -> dict[str, float]:
         return {p.name: age(p, now) for p in (self.root / OBJECTS).glob("??/*") if p.is_dir()}
@@ -245,6 +269,12 @@ class RemoteObjectStore(ObjectStore):
     def remove(self, key: str) -> None:
         if self.fs.exists(self._remote(key)):
             self.fs.rm(self._remote(key), recursive=True)
+
+    def _read_pointer(self, signal_key: str) -> str:
+        return self.fs.cat_file(f"{self.base}/{SIGNALS}/{signal_key[:2]}/{signal_key}").decode()
+
+    def note_signal(self, signal_key: str, key: str) -> None:
+        self.fs.pipe_file(f"{self.base}/{SIGNALS}/{signal_key[:2]}/{signal_key}", key.encode())
 
     def object_ages(self, now: float) -> dict[str, float]:
         newest: dict[str, float] = {}

@@ -368,10 +368,6 @@ def test_relabel_reads_no_edf(tree, tmp_path: Path, monkeypatch) -> None:
     assert summary.edf_read == 0 and spy.preprocessed == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py: object_key still includes the label key and the donor reuse (plan(): donor_key) "
-    "only looks at the SAME path's previous object, so the same EDF bytes at another path with another "
-    "annotation are read, preprocessed and their signal stored a second time"))
 def test_same_edf_bytes_with_other_labels_preprocessed_once(tree, tmp_path: Path, monkeypatch) -> None:
     """The EDF bytes at a second path, with a different annotation: both recordings are ingested with their own
     labels, but the EDF is read and preprocessed once (the content key is EDF bytes + spec + pipeline)."""
