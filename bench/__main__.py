@@ -1,5 +1,5 @@
-"""``python -m bench [--quick] [--hours H] [--out DIR] [--repeats N]``: run, write ``OUT/results.json``, print the
-table last."""
+"""``python -m bench [--quick] [--hours H] [--out DIR] [--repeats N]``: run, write ``OUT/results.json`` (raw) and
+``OUT/results.md`` (PASS/MISS list and table), print the table last."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from bench import report
-from bench.run import BenchConfig, run_all
+from bench.run import BenchConfig, rerun_reads, run_all
 
 
 def parse_args(argv: list[str] | None = None) -> BenchConfig:
@@ -19,10 +19,13 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--repeats", type=int, default=3, help="runs per timing, ≥ 1 (default 3)")
     p.add_argument("--index-windows", type=int, help="windows in the large synthetic index (default 10 M, quick 1 M)")
     p.add_argument("--workers", type=int, help="'all cores' worker count (default: os.cpu_count())")
+    p.add_argument("--only", choices=["reads"], help="re-measure only these figures on the caches and results.json "
+                   "that a previous run with the same --out/--hours left")
+    p.add_argument("--resume", action="store_true", help="continue a run that stopped part-way (same --out/--hours)")
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be ≥ 1")
-    overrides = {"out": a.out, "repeats": a.repeats}
+    overrides = {"out": a.out, "repeats": a.repeats, "only": a.only, "resume": a.resume}
     for key in ("hours", "index_windows", "workers"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
@@ -32,15 +35,18 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
 def main(argv: list[str] | None = None, config: BenchConfig | None = None) -> dict:
     """Run the bench (``config`` overrides the command line: tests use it) and return the results."""
     cfg = config or parse_args(argv)
-    results = run_all(cfg)
+    if cfg.only == "reads":
+        results = rerun_reads(cfg, json.loads((Path(cfg.out) / "results.json").read_text()))
+    else:
+        results = run_all(cfg)
     results["targets"] = [t.to_dict() for t in report.targets(results)]
     results["derived"] = report.derived(results)
     path = Path(cfg.out) / "results.json"
     path.write_text(json.dumps(results, indent=1, default=str))
+    text = f"{report.summary_lines(results)}\n\n{report.table(results)}\n"
+    (Path(cfg.out) / "results.md").write_text(text)
     print(f"\nraw figures: {path}\n")
-    print(report.summary_lines(results))
-    print()
-    print(report.table(results))
+    print(text, end="")
     return results
 
 

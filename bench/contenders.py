@@ -20,6 +20,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bench.corpus import WINDOW_S, read_and_preprocess, signal_and_mask
+from eegcache.index.db import open_index
+from eegcache.ingest import ingest
 from eegcache.spec import IngestConfig, PreprocessSpec
 from eegcache.tree import discover
 from eegcache.windows import LABELS, label_codes, seconds_to_samples, window_starts
@@ -77,9 +79,6 @@ def floor(src: str, workers: int) -> dict[str, Any]:
 
 def eegcache_ingest(src: str, cache: str, workers: int, window_s: float, stride_s: float) -> dict[str, Any]:
     """The library twin of ``eegcache ingest SRC --cache CACHE --workers N --window W --stride S``."""
-    from eegcache.index.db import open_index
-    from eegcache.ingest import ingest
-
     config = IngestConfig(spec=PreprocessSpec(), window_s=window_s, stride_s=stride_s, workers=workers)
     t0 = time.perf_counter()
     result = ingest(Path(src), Path(cache), config, progress=False)

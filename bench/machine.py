@@ -34,7 +34,15 @@ def _mem_gib() -> float | None:
 
 def machine() -> dict[str, Any]:
     return {"cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "memory_gib": _mem_gib(),
-            "platform": platform.platform()}
+            "platform": platform.platform(), "load_average_at_start": load_average()}
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: on a shared machine, how much else was running."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def versions() -> dict[str, str | None]:

@@ -1,8 +1,9 @@
 """Reading windows back: one map-style dataset per store, random single-window reads, and DataLoader throughput.
 
-The three datasets serve the same windows (same recordings, same starts) and return the same thing, a
-``(signal channels × samples float32, labels samples uint8)`` pair. Index ``-1`` returns zeros of that shape; the
-DataLoader measurement uses it to start its workers before the clock starts."""
+The datasets serve the same windows (same recordings, same starts) and return the same thing, a ``(signal
+channels × samples float32, labels samples)`` pair. For eegcache the trainer's own ``trainer.data.WindowDataset``
+is used when it exists (else ``EegcacheWindows``, the same Zarr slices). The DataLoader measurement wraps them in
+``Stores``, whose index ``(name, -1)`` returns zeros, to start its workers before the clock starts."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ N_CHANNELS = 19
 
 @dataclass(frozen=True)
 class WindowRef:
+    window_id: int
     source_path: str  # the EDF
     object_key: str
     start: int  # sample
@@ -38,9 +40,6 @@ class _Windows:
         state["_open"] = {}  # handles are per process
         return state
 
-    def _blank(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((N_CHANNELS, self.window), np.float32), np.zeros(self.window, np.uint8)
-
 
 class EegcacheWindows(_Windows):
     """A window is a Zarr slice of its recording's stored signal and mask; arrays stay open per object."""
@@ -54,8 +53,6 @@ class EegcacheWindows(_Windows):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i < 0:
-            return self._blank()
         key, start = self.items[i]
         arrays = self._open.get(key)
         if arrays is None:
@@ -76,8 +73,6 @@ class NpzWindows(_Windows):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i < 0:
-            return self._blank()
         path, row = self.items[i]
         with np.load(path) as z:
             return z["signal"][row], z["labels"][row]
@@ -94,8 +89,6 @@ class NpyWindows(_Windows):
         return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        if i < 0:
-            return self._blank()
         path, row = self.items[i]
         maps = self._open.get(path)
         if maps is None:
@@ -126,14 +119,17 @@ class Stores:
     """Several window datasets behind one map-style dataset indexed by ``(store name, window index)``, so that
     one set of DataLoader workers serves every store (spawning workers costs seconds on a small machine)."""
 
-    def __init__(self, stores: dict[str, Any]) -> None:
+    def __init__(self, stores: dict[str, Any], window: int) -> None:
         self.stores = stores
+        self.window = window
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.stores.values())
 
     def __getitem__(self, index: tuple[str, int]) -> tuple[np.ndarray, np.ndarray]:
         name, i = index
+        if i < 0:
+            return np.zeros((N_CHANNELS, self.window), np.float32), np.zeros(self.window, np.uint8)
         return self.stores[name][i]
 
 
@@ -150,8 +146,8 @@ class _Batches:
         return len(self.batches)
 
 
-def loader_rates(stores: dict[str, Any], workers: int, n_batches: dict[str, int], batch_size: int, budget_s: float,
-                 repeats: int, seed: int) -> dict[str, Any]:
+def loader_rates(stores: dict[str, Any], window: int, workers: int, n_batches: dict[str, int], batch_size: int,
+                 budget_s: float, repeats: int, seed: int) -> dict[str, Any]:
     """Batches per second from one ``torch.utils.data.DataLoader`` per worker count, for each store in turn.
 
     Workers are spawned once and persist across stores and rounds (start-up is not timed). Each round starts with
@@ -162,7 +158,7 @@ def loader_rates(stores: dict[str, Any], workers: int, n_batches: dict[str, int]
     from torch.utils.data import DataLoader
 
     sampler = _Batches()
-    loader = DataLoader(Stores(stores), batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+    loader = DataLoader(Stores(stores, window), batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
                         multiprocessing_context="spawn" if workers else None)
     n_warm = max(1, 2 * workers)
     rates: dict[str, list[float]] = {name: [] for name in stores}

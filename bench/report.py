@@ -266,7 +266,8 @@ def summary_lines(results: dict) -> str:
         f"Corpus: {c['eeg_hours_total']:.2f} EEG-hours in {c['edf_files']} EDFs ({c['bytes'] / 1e6:,.0f} MB), "
         f"{c.get('processed_eeg_hours', 0):.2f} h ingestable with the default spec; "
         f"{c.get('windows_at_10s_stride', 0):,} windows at 60 s / 10 s.",
-        f"Machine: {m['cpu_count']} × {m['cpu_model']}, {m['memory_gib']} GiB.",
+        f"Machine: {m['cpu_count']} × {m['cpu_model']}, {m['memory_gib']} GiB; load average (1/5/15 min) "
+        f"{m.get('load_average_at_start')} at start, {m.get('load_average_at_end')} at end.",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
         f"Repeats: {results['config']['repeats']} (median, min–max); total {results['seconds_total']:.0f} s.",
         "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -42,6 +43,8 @@ class BenchConfig:
     read_budget_s: float = 3.0
     max_batches: int = 40
     loader_budget_s: float = 4.0
+    only: str | None = None  # "reads": re-measure the read figures of a previous run
+    resume: bool = False  # skip the phases found in OUT/results.partial.json (a run that stopped part-way)
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
@@ -192,11 +195,11 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
     stride = seconds_to_samples(READ_STRIDE_S, FS)
     with sqlite3.connect(cache / INDEX_FILE) as con:
         refs = [reads.WindowRef(*row) for row in con.execute(
-            "SELECT r.source_path, r.object_key, w.start_sample, w.label FROM windows w "
+            "SELECT w.id, r.source_path, r.object_key, w.start_sample, w.label FROM windows w "
             "JOIN recordings r ON r.id = w.recording_id WHERE w.window_set_id = ? ORDER BY w.id",
             (_window_set_id(cache, READ_STRIDE_S),))]
     factories = {
-        "eegcache": lambda: reads.EegcacheWindows(cache, refs, WINDOW),
+        "eegcache": eegcache_dataset(cache, refs),
         "npz": lambda: reads.NpzWindows(work / "npz-s10", corpus.root, refs, WINDOW, stride),
         "npy": lambda: reads.NpyWindows(work / "npy-s10", corpus.root, refs, WINDOW, stride),
     }
@@ -210,47 +213,103 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
             cfg.loader_budget_s * random_reads[name]["median"] * max(1, w) / cfg.batch_size)))) for name in factories}
         log(f"DataLoader, {w} worker(s): batches {plan} x{cfg.repeats}")
         stores = {name: make() for name, make in factories.items()}
-        loader["workers"][str(w)] = reads.loader_rates(stores, w, plan, cfg.batch_size, 5 * cfg.loader_budget_s,
+        loader["workers"][str(w)] = reads.loader_rates(stores, WINDOW, w, plan, cfg.batch_size, 5 * cfg.loader_budget_s,
                                                        cfg.repeats, cfg.seed)
     return {"windows": len(refs), "random_reads": random_reads, "dataloader": loader}
 
 
-def dataset_note() -> str:
-    import importlib.util
+def trainer_dataset() -> Any:
+    """``trainer.data.WindowDataset`` when the trainer provides it, else None."""
+    try:
+        from trainer.data import WindowDataset
+    except ImportError:
+        return None
+    return WindowDataset
 
-    if importlib.util.find_spec("trainer.data") is not None:
-        return "bench.reads datasets (trainer.data exists but is not wired into bench yet)"
+
+def eegcache_dataset(cache: Path, refs: list[reads.WindowRef]) -> Callable[[], Any]:
+    """A factory of the eegcache dataset: the trainer's own when it exists, the bench's minimal one otherwise."""
+    cls = trainer_dataset()
+    if cls is None:
+        return lambda: reads.EegcacheWindows(cache, refs, WINDOW)
+    ids = [r.window_id for r in refs]
+    return lambda: cls(cache, ids)
+
+
+def dataset_note() -> str:
+    if trainer_dataset() is not None:
+        return "eegcache: trainer.data.WindowDataset; npz/npy: bench.reads minimal map-style datasets"
     return "bench.reads minimal map-style datasets (trainer.data does not exist yet)"
 
 
 def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Run every figure; returns the raw results (``report`` turns them into targets and the table)."""
+    """Run every figure; returns the raw results (``report`` turns them into targets and the table).
+
+    After each phase the results so far are written to ``OUT/results.partial.json``; with ``cfg.resume`` a run of
+    the same corpus skips the phases found there (their caches are still in ``OUT/work``)."""
     t_start = time.perf_counter()
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
     work.mkdir(exist_ok=True)
+    partial = out / "results.partial.json"
     log(f"corpus: {cfg.hours:g} EEG-hours, seed {cfg.seed}")
     t0 = time.perf_counter()
     corpus = make_corpus(out, cfg.hours, cfg.seed)
-    results: dict[str, Any] = {
-        "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": cfg.to_dict(),
-        "machine": machine.machine(), "versions": machine.versions(),
-        "corpus": {**corpus.to_dict(), "prepare_seconds": time.perf_counter() - t0},
-        "braindecode": contenders.braindecode_status(),
-    }
-    results.update(build_contenders(corpus, work, cfg, log))
-    results["eegcache_s10_sizes"] = _cache_sizes(work / "eegcache-s10")
-    results["eegcache_strides"] = eegcache_strides(corpus, work, cfg.workers, cfg.repeats, log)
-    results["counts_corpus"] = corpus_counts(work, cfg.repeats, log)
-    eeg_counts = results["counts_corpus"]["eegcache"]["table"]["counts"]
-    total = sum(eeg_counts.values()) or 1
-    proportions = tuple(eeg_counts.get(k, 0) / total for k in ("no_seizure", "partial_seizure", "full_seizure"))
-    if min(proportions) == 0:  # a corpus too small to have every class: TUSZ-like defaults
-        proportions = (0.87, 0.09, 0.04)
-    results["counts_scaled"] = scaled_counts(out, [cfg.tusz_windows, cfg.index_windows], proportions, cfg.repeats, log)
-    results["reads"] = read_figures(corpus, work, cfg, log)
+    results: dict[str, Any] = {}
+    if cfg.resume and partial.is_file():
+        old = json.loads(partial.read_text())
+        if (old["config"]["hours"], old["config"]["seed"]) == (cfg.hours, cfg.seed):
+            results = old
+            log(f"resuming from {partial}: {', '.join(k for k in PHASES if k in results)} done")
+    if not results:
+        results = {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": cfg.to_dict(),
+            "machine": machine.machine(), "versions": machine.versions(),
+            "corpus": {**corpus.to_dict(), "prepare_seconds": time.perf_counter() - t0},
+            "braindecode": contenders.braindecode_status(),
+        }
+
+    def phase(key: str, fn: Callable[[], dict[str, Any]]) -> None:
+        if key in results:
+            return
+        results.update(fn())
+        partial.write_text(json.dumps(results, default=str))
+
+    def builds() -> dict[str, Any]:
+        built = build_contenders(corpus, work, cfg, log)
+        return {**built, "eegcache_s10_sizes": _cache_sizes(work / "eegcache-s10")}
+
+    def scaled() -> dict[str, Any]:
+        eeg_counts = results["counts_corpus"]["eegcache"]["table"]["counts"]
+        total = sum(eeg_counts.values()) or 1
+        proportions = tuple(eeg_counts.get(k, 0) / total for k in ("no_seizure", "partial_seizure", "full_seizure"))
+        if min(proportions) == 0:  # a corpus too small to have every class: TUSZ-like defaults
+            proportions = (0.87, 0.09, 0.04)
+        sizes = [cfg.tusz_windows, cfg.index_windows]
+        return {"counts_scaled": scaled_counts(out, sizes, proportions, cfg.repeats, log)}
+
+    phase("eegcache", builds)
+    phase("eegcache_strides", lambda: {"eegcache_strides": eegcache_strides(corpus, work, cfg.workers, cfg.repeats, log)})
+    phase("counts_corpus", lambda: {"counts_corpus": corpus_counts(work, cfg.repeats, log)})
+    phase("counts_scaled", scaled)
+    phase("reads", lambda: {"reads": read_figures(corpus, work, cfg, log)})
     results["corpus"]["processed_eeg_hours"] = results["floor"]["1"]["runs"][0]["eeg_hours"]
     results["corpus"]["windows_at_10s_stride"] = results["reads"]["windows"]
-    results["seconds_total"] = time.perf_counter() - t_start
+    results["machine"]["load_average_at_end"] = machine.load_average()
+    results["seconds_total"] = results.get("seconds_total", 0.0) + time.perf_counter() - t_start
+    partial.unlink(missing_ok=True)
+    return results
+
+
+PHASES = ("eegcache", "eegcache_strides", "counts_corpus", "counts_scaled", "reads")
+
+
+def rerun_reads(cfg: BenchConfig, results: dict[str, Any], log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Measure the read figures again on the caches a previous run left in ``OUT/work`` (same corpus)."""
+    out = Path(cfg.out).resolve()
+    corpus = make_corpus(out, cfg.hours, cfg.seed)
+    results["reads"] = read_figures(corpus, out / "work", cfg, log)
+    results.setdefault("reruns", []).append({"what": "reads", "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                             "load_average": machine.load_average()})
     return results
