@@ -341,14 +341,20 @@ def test_parallel_workers_give_the_serial_index(tree, tmp_path: Path) -> None:
     assert object_dirs(parallel) == object_dirs(serial)
 
 
-def test_changed_annotation_relabels(tree, tmp_path: Path) -> None:
-    """Editing an annotation file changes that recording's labels on the next run; the old windows go."""
+def _ingest_then_relabel(tree, tmp_path: Path) -> tuple[Path, Path]:
+    """Ingest SYNONYMS_CSV, then replace its annotation by a .csv_bi with one seizure at 0–30 s."""
     root, edfs = tree(SYNONYMS_CSV)
     cache = tmp_path / "cache"
     ingest(root, cache, IngestConfig(), progress=False)
     edf = edfs[SYNONYMS_CSV]
     edf.with_suffix(".csv").unlink()
     write_csv_bi(edf.with_suffix(".csv_bi"), [(0.0, 30.0)], SYNONYMS_CSV.duration_s)
+    return root, cache
+
+
+def test_changed_annotation_relabels(tree, tmp_path: Path) -> None:
+    """Editing an annotation file changes that recording's labels on the next run; the old windows go."""
+    root, cache = _ingest_then_relabel(tree, tmp_path)
     ingest(root, cache, IngestConfig(), progress=False)
     want = expected_windows(expected_mask([(0.0, 30.0)], SYNONYMS_CSV.n_samples), 60, 60)
     got = _windows_of(cache, SYNONYMS_CSV.stem)
@@ -357,12 +363,7 @@ def test_changed_annotation_relabels(tree, tmp_path: Path) -> None:
 
 def test_relabel_reads_no_edf(tree, tmp_path: Path, monkeypatch) -> None:
     """Only the annotation changed: the stored signal is reused, the EDF is not preprocessed again."""
-    root, edfs = tree(SYNONYMS_CSV)
-    cache = tmp_path / "cache"
-    ingest(root, cache, IngestConfig(), progress=False)
-    edf = edfs[SYNONYMS_CSV]
-    edf.with_suffix(".csv").unlink()
-    write_csv_bi(edf.with_suffix(".csv_bi"), [(0.0, 30.0)], SYNONYMS_CSV.duration_s)
+    root, cache = _ingest_then_relabel(tree, tmp_path)
     spy = _Spy(monkeypatch)
     summary = ingest(root, cache, IngestConfig(), progress=False)
     assert summary.edf_read == 0 and spy.preprocessed == 0
