@@ -82,7 +82,6 @@ class Prepared:
     events: tuple[tuple[float, float], ...] = ()
     windows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     checksums: list[FileChecksum] | None = None
-    nbytes: int = 0
     preprocessed: bool = False
 
 
@@ -323,15 +322,20 @@ def plan(
     spec = config.spec
     sdigest = keys.spec_digest(spec)
     shapes = tuple(_all_shapes(engine, spec.fs))
+    query = select(
+        Recording.source_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
+        Recording.edf_sha256, Recording.annotation_path, Recording.annotation_size,
+        Recording.annotation_mtime_ns, Recording.annotation_sha256, Recording.spec_digest,
+        Recording.object_key, StoredObject.n_samples,
+    ).outerjoin(StoredObject, StoredObject.key == Recording.object_key)
+    have = select(Window.recording_id).where(Window.window_set_id == requested.id).distinct()
+    if len(edfs) <= 100:  # re-planning a few files (claims): look up only those, not the whole index
+        query = query.where(Recording.source_path.in_([path_text(e) for e in edfs]))
+        have = have.where(Window.recording_id.in_(select(Recording.id).where(
+            Recording.source_path.in_([path_text(e) for e in edfs]))))
     with engine.connect() as conn:
-        known = {r.source_path: r for r in conn.execute(select(
-            Recording.source_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
-            Recording.edf_sha256, Recording.annotation_path, Recording.annotation_size,
-            Recording.annotation_mtime_ns, Recording.annotation_sha256, Recording.spec_digest,
-            Recording.object_key, StoredObject.n_samples,
-        ).outerjoin(StoredObject, StoredObject.key == Recording.object_key))}
-        have_set = set(conn.execute(
-            select(Window.recording_id).where(Window.window_set_id == requested.id).distinct()).scalars())
+        known = {r.source_path: r for r in conn.execute(query)}
+        have_set = set(conn.execute(have).scalars())
     tasks, unchanged = [], 0
     for edf in edfs:
         row = known.get(path_text(edf))
