@@ -262,7 +262,7 @@ def push(cache, db_url, store_url, remote, as_json, quiet):
 
     try:
         summary = run_push(cache, remote, db_url=db_url, store_url=store_url, progress=not quiet)
-    except TransferError as exc:
+    except (TransferError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     _print_transfer(summary, as_json)
 
@@ -284,7 +284,7 @@ def pull(cache, db_url, store_url, remote, split, where, as_json, quiet):
     try:
         summary = run_pull(cache, remote, split=split, where=where, db_url=db_url, store_url=store_url,
                            progress=not quiet)
-    except TransferError as exc:
+    except (TransferError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     _print_transfer(summary, as_json)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from tqdm import tqdm
 
-from eegcache.index.db import INDEX_FILE, open_index, writer
+from eegcache.index.db import INDEX_FILE, IndexError_, open_index, writer
 from eegcache.index.models import ObjectFile, Recording, SeizureEvent, StoredObject, Window, WindowSet
 from eegcache.index.sql import insert_ignore
 from eegcache.query import QueryError, run_query
@@ -62,7 +62,7 @@ def open_remote(remote: str, *, create: bool):
         folder = Path(remote.removeprefix("file://"))
         if not create and not (folder / INDEX_FILE).is_file():
             raise TransferError(f"{folder} is not an eegcache cache (no {INDEX_FILE})")
-        engine = open_index(folder)
+        engine = _open_remote_index(remote, folder)
         try:
             yield Side(engine, open_store(folder))
         finally:
@@ -75,7 +75,7 @@ def open_remote(remote: str, *, create: bool):
             store.fs.get_file(index_url, str(Path(tmp) / INDEX_FILE))
         elif not create:
             raise TransferError(f"{remote} holds no eegcache index ({INDEX_FILE})")
-        engine = open_index(Path(tmp))
+        engine = _open_remote_index(remote, Path(tmp))
         try:
             yield Side(engine, store)
             engine.dispose()
@@ -85,6 +85,13 @@ def open_remote(remote: str, *, create: bool):
                 store.fs.put_file(str(snapshot), index_url)
         finally:
             engine.dispose()
+
+
+def _open_remote_index(remote: str, folder: Path) -> Engine:
+    try:
+        return open_index(folder)
+    except IndexError_ as exc:
+        raise TransferError(f"remote {remote}: {exc}") from None
 
 
 def _sqlite_snapshot(index: Path, target: Path) -> None:

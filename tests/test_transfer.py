@@ -120,3 +120,19 @@ def test_push_and_partial_pull_through_s3(source, tmp_path, s3_env):
     assert cli("verify", "--cache", str(local)).returncode == 0
     missing = cli("pull", "--cache", str(tmp_path / "y"), new_bucket(), check=False, env=s3_env)
     assert missing.returncode != 0 and "no eegcache index" in missing.stderr
+
+
+def test_remote_with_a_newer_schema_is_refused(source, tmp_path):
+    import shutil
+    import sqlite3
+
+    remote = tmp_path / "remote"
+    shutil.copytree(source, remote)
+    with sqlite3.connect(remote / "index.sqlite") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'zzzz'")
+    for args in (["pull", "--cache", str(tmp_path / "local"), str(remote)],
+                 ["push", "--cache", str(source), str(remote)]):
+        proc = cli(*args, "--quiet", check=False)
+        assert proc.returncode != 0
+        assert "zzzz" in proc.stderr and "upgrade eegcache" in proc.stderr
+        assert "Traceback" not in proc.stderr
