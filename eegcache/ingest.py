@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing import get_context
@@ -439,7 +440,8 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
     its claim expires."""
     pending = deque(tasks)
     waiting: list[Task] = []
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
+    new_pool = lambda: ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))  # noqa: E731
+    pool = new_pool() if workers > 1 else None
     in_flight: dict = {}
     try:
         while pending or waiting or in_flight:
@@ -463,6 +465,11 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
                 for future in done:
                     task = in_flight.pop(future)
                     yield task, _result(future, task)
+                if pool is not None and any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+                    # A worker died (killed, out of memory): the tasks it took down are reported failed
+                    # (and retried by the next run); a fresh pool carries on with the rest.
+                    pool.shutdown(cancel_futures=True)
+                    pool = new_pool()
             elif waiting and not pending:
                 time.sleep(POLL_S)
                 pending.extend(waiting)
@@ -475,6 +482,10 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
 def _result(future, task: Task) -> Prepared:
     try:
         return future.result()
+    except BrokenProcessPool:
+        return Prepared(source_path=path_text(task.edf), status="failed",
+                        reason=f"{task.edf.name}: a worker process died while this file was being prepared "
+                               "(killed or out of memory); the next run retries it")
     except Exception as exc:  # noqa: BLE001 - a crashed worker must not end the run
         return Prepared(source_path=path_text(task.edf), status="failed",
                         reason=f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
