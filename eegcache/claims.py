@@ -14,6 +14,7 @@ import threading
 import time
 
 from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from eegcache.index.db import writer
 from eegcache.index.models import Claim
@@ -91,7 +92,10 @@ class Claims:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.release_all()
+        try:
+            self.release_all()
+        except SQLAlchemyError:  # the index is unwritable (disk full): the claims expire, or die with this process
+            pass
 
 
 def release_in(conn, source_path: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter, deque
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from eegcache import keys
@@ -122,6 +124,9 @@ def prepare(task: Task) -> Prepared:
             result.reason = f"{src}: the file name is not valid UTF-8; rename the file"
             return result
         st = task.edf.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device named .edf would block or never end
+            result.reason = f"{name}: not a regular file"
+            return result
         result.edf_size, result.edf_mtime_ns = st.st_size, st.st_mtime_ns
         if task.known_edf_sha256 is None:
             read_header(task.edf)  # a damaged EDF is named as such before its annotation is looked at
@@ -400,7 +405,10 @@ def ingest(
                     _tally(summary, task, item, _register_or_redo(engine, store, config.spec, task, item), bar)
                 bar.update(1)
         bar.close()
-        summary.window_counts = window_counts(engine, requested.id)
+        try:
+            summary.window_counts = window_counts(engine, requested.id)
+        except SQLAlchemyError:  # reported per recording already; the counts are only a courtesy
+            summary.window_counts = {}
     finally:
         engine.dispose()
     summary.seconds = time.perf_counter() - t0
@@ -408,11 +416,20 @@ def ingest(
 
 
 def _register_or_redo(engine: Engine, store: ObjectStore, spec: PreprocessSpec, task: Task, item: Prepared) -> str:
+    """Register a prepared recording. An index error (disk full, I/O error) rolls its transaction back and fails
+    this recording only: the run goes on, and the next run retries it."""
     try:
-        return register(engine, store, spec, item)
-    except ObjectVanished:  # gc collected the object this worker reused: build it again
-        item.__dict__.update(prepare(task).__dict__)
-        return register(engine, store, spec, item)
+        try:
+            return register(engine, store, spec, item)
+        except ObjectVanished:  # gc collected the object this worker reused: build it again
+            item.__dict__.update(prepare(task).__dict__)
+            return register(engine, store, spec, item)
+    except (SQLAlchemyError, OSError) as exc:
+        detail = getattr(exc, "orig", None) or exc
+        item.status = "failed"
+        item.reason = f"{Path(item.source_path).name}: could not be registered in the index ({detail}); nothing of it " \
+                      "was recorded and the next run retries it"
+        return "failed"
 
 
 def _tally(summary: IngestSummary, task: Task, item: Prepared, status: str, bar) -> None:
@@ -447,10 +464,16 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
         while pending or waiting or in_flight:
             while pending and (pool is None or len(in_flight) < workers + 1):
                 task = pending.popleft()
-                if not claims.try_claim(path_text(task.edf)):
+                try:
+                    claimed = claims.try_claim(path_text(task.edf))
+                    fresh = replan(task) if claimed else None  # another process may have finished it meanwhile
+                except SQLAlchemyError as exc:  # the index cannot be written (disk full...): fail this file, go on
+                    yield task, Prepared(source_path=path_text(task.edf), status="failed",
+                                         reason=f"{task.edf.name}: the index is not writable ({getattr(exc, 'orig', exc)})")
+                    continue
+                if not claimed:
                     waiting.append(task)
                     continue
-                fresh = replan(task)  # another process may have finished it since this run's plan
                 if not fresh:
                     claims.release(path_text(task.edf))
                     yield task, None
