@@ -434,15 +434,13 @@ def test_index_write_error_stress(reference: Reference, tmp_path: Path, monkeypa
     print(f"\nFIGURES test_index_write_error_stress: {trials} faults injected, 0 inconsistencies")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py ingest(): an error from register()'s transaction (sqlalchemy OperationalError) "
-    "escapes the loop, so the run dies at that recording instead of reporting it as failed and going on"))
 @pytest.mark.parametrize("where", ["insert", "commit"])
 def test_index_write_error_is_reported_and_the_run_goes_on(
     reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Like an object write error, an index write error for one recording is that recording's failure: the run
-    names it in summary.failures and ingests the others."""
+    names it in summary.failures and ingests the others (was a bug: the OperationalError ended the run; fixed in
+    6c0867e)."""
     edf = reference.edfs[1]
     with monkeypatch.context() as mp:
         sql_fault(mp.setattr, path_text(edf), where)
@@ -451,6 +449,8 @@ def test_index_write_error_is_reported_and_the_run_goes_on(
         except Exception as exc:  # noqa: BLE001 - the point: nothing may escape
             raise AssertionError(f"the run died at {edf.name} instead of reporting it: {exc!r}") from exc
     assert [path for path, _ in summary.failures] == [path_text(edf)]
+    reason = summary.failures[0][1]
+    assert reason.startswith(f"{edf.name}: ") and ("disk I/O error" in reason or "disk is full" in reason), reason
     assert summary.ingested == len(FAULT_TREE) - 1
 
 
@@ -484,10 +484,8 @@ def test_cli_with_workers_reports_enospc_and_the_rerun_heals(reference: Referenc
     assert_healed(cache, reference.snapshot)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py ingest() lets register()'s OperationalError escape and eegcache/cli.py ingest "
-    "catches only ValueError/FileNotFoundError/IndexError_: a traceback instead of FAILED <path>"))
 def test_cli_index_commit_error_is_a_failed_recording_not_a_traceback(reference: Reference, tmp_path: Path) -> None:
+    """A real process whose COMMIT of one recording fails: FAILED <path> with the reason, exit 1, no traceback."""
     edf, cache = reference.edfs[1], tmp_path / "cache"
     done = run_faulty_cli(tmp_path, f"commit|{path_text(edf)}|1", "ingest", reference.root, "--cache", cache, "--quiet")
     assert "Traceback" not in done.stderr, done.stderr[-1500:]
@@ -599,12 +597,10 @@ def test_small_filesystem_full_at_the_index_commit_leaves_no_half_registered_dat
     assert_healed(cache, reference.strides_snapshot)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/ingest.py ingest(): SQLite's 'database or disk is full' in register() escapes (a traceback from "
-    "eegcache ingest) instead of failing that recording"))
 def test_small_filesystem_full_at_the_index_commit_is_reported(
     reference: Reference, tmp_path: Path, small_fs: SmallFs
 ) -> None:
+    """The run names the recording whose transaction met the full disk (FAILED, exit 1), without a traceback."""
     _, done = full_at_registration(reference, tmp_path, small_fs, target=2)
     assert "Traceback" not in done.stderr, done.stderr[-1500:]
     assert done.returncode == 1 and f"FAILED {reference.edfs[2]}" in done.stderr, done.stderr[-1500:]
