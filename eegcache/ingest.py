@@ -458,7 +458,8 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
     pending = deque(tasks)
     waiting: list[Task] = []
     new_pool = lambda: ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))  # noqa: E731
-    pool = new_pool() if workers > 1 else None
+    # Worker processes take a second or two to start: not worth it for a handful of files (e.g. retried failures).
+    pool = new_pool() if workers > 1 and len(tasks) > workers else None
     in_flight: dict = {}
     try:
         while pending or waiting or in_flight:

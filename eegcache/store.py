@@ -7,8 +7,8 @@ Layout under the cache folder::
 
 An object is written completely in ``staging/``, every file and folder is fsynced, and the folder is renamed
 into ``objects/``. A folder in ``objects/`` is therefore always complete; whether it is *referenced* is the
-index's business. Every chunk carries a CRC32C (zarr's own codec) so a damaged chunk fails on read, and the index
-keeps a sha256 per file for ``verify``.
+index's business. Chunks are Blosc-lz4 compressed and carry a CRC32C (zarr's own codec) so a damaged chunk fails
+on read, and the index keeps a sha256 per file for ``verify``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.storage import LocalStore
 
 SIGNAL_CHUNK = 16384  # samples per chunk: 64 s at 256 Hz, ~1.2 MB of float32 for 19 channels
-LABEL_CHUNK = 1 << 20
+LABEL_CHUNK = 4 * SIGNAL_CHUNK  # a window read decodes a 64 KB label chunk, not a 1 MB one
+
+
+def _codecs() -> list:
+    # Blosc lz4 with bit-shuffle beats zstd on preprocessed float32 EEG in size and read time (bench/RESULTS.md);
+    # the CRC32C makes a damaged chunk fail on read.
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
 STAGING = "staging"
 OBJECTS = "objects"
 SIGNALS = "signals"
@@ -71,7 +77,7 @@ def object_digest(checksums: list[FileChecksum]) -> str:
 
 def _write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
     group = zarr.open_group(LocalStore(folder), mode="w", zarr_format=3, attributes=attrs)
-    codecs = [ZstdCodec(level=3), Crc32cCodec()]
+    codecs = _codecs()
     sig = group.create_array(
         "signal", shape=signal.shape, dtype=signal.dtype,
         chunks=(signal.shape[0], SIGNAL_CHUNK), compressors=codecs, dimension_names=("channel", "time"),
