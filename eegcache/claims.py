@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from eegcache.index.db import writer
 from eegcache.index.models import Claim
+from eegcache.store import pid_alive
 
 DEFAULT_LEASE_S = float(os.environ.get("EEGCACHE_CLAIM_LEASE_S", "300"))
 
@@ -26,20 +27,12 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def _dead_here(owner: str) -> bool:
+def dead_here(owner: str) -> bool:
     """True when the owner is a process of this host that no longer runs (a killed earlier run): its claims need
     not wait for their lease. Owners on other hosts can only expire."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return host == socket.gethostname() and pid_text.isdigit() and not pid_alive(int(pid_text))
 
 
 class Claims:
@@ -57,7 +50,7 @@ class Claims:
         now = time.time()
         with writer(self.engine).begin() as conn:
             row = conn.execute(select(Claim.owner, Claim.expires_at).where(Claim.source_path == source_path)).first()
-            if row is not None and row.owner != self.owner and row.expires_at > now and not _dead_here(row.owner):
+            if row is not None and row.owner != self.owner and row.expires_at > now and not dead_here(row.owner):
                 return False
             values = {"owner": self.owner, "expires_at": now + self.lease_s}
             if row is None:

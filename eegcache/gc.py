@@ -16,9 +16,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, delete, select
 
+from eegcache.claims import dead_here
 from eegcache.index.db import writer
-from eegcache.index.models import ObjectFile, Recording, StoredObject
-from eegcache.store import age, open_store
+from eegcache.index.models import Claim, ObjectFile, Recording, StoredObject
+from eegcache.store import age, open_store, writer_alive
 
 DEFAULT_GRACE_S = 3600.0
 
@@ -43,11 +44,18 @@ def gc(
     now = time.time()
     staging = store.staging_root
     for entry in sorted(staging.iterdir()) if staging.is_dir() else []:
-        if age(entry, now) >= grace_s:
-            report.staging.append(entry.name)
-            report.bytes += _size(entry)
-            if not dry_run:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if writer_alive(entry.name):  # a running ingest's work in progress, whatever the grace period
+            continue
+        try:
+            if age(entry, now) < grace_s:
+                continue
+            size = _size(entry)
+        except FileNotFoundError:  # published (renamed) or removed since the listing
+            continue
+        report.staging.append(entry.name)
+        report.bytes += size
+        if not dry_run:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
     withdrawn: list[tuple[str, object]] = []
     try:
         with writer(engine).begin() as conn:
@@ -57,8 +65,14 @@ def gc(
             if not dry_run:
                 store.recover_withdrawn(registered)
             ages = store.object_ages(now)
+            # While an ingest holds live claims, an unregistered folder may be its object between publish and
+            # register: leave those for a later gc, whatever the grace period.
+            ingest_running = any(
+                expires > now and not dead_here(owner)
+                for owner, expires in conn.execute(select(Claim.owner, Claim.expires_at)))
             doomed = sorted(
-                key for key in (registered | set(ages)) - referenced if key not in ages or ages[key] >= grace_s
+                key for key in (registered | set(ages)) - referenced
+                if (key not in ages or ages[key] >= grace_s) and (key in registered or not ingest_running)
             )
             report.objects.extend(doomed)
             if not dry_run and doomed:

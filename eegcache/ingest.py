@@ -419,11 +419,19 @@ def _register_or_redo(engine: Engine, store: ObjectStore, spec: PreprocessSpec, 
     """Register a prepared recording. An index error (disk full, I/O error) rolls its transaction back and fails
     this recording only: the run goes on, and the next run retries it."""
     try:
-        try:
-            return register(engine, store, spec, item)
-        except ObjectVanished:  # gc collected the object this worker reused: build it again
-            item.__dict__.update(prepare(task).__dict__)
-            return register(engine, store, spec, item)
+        for _ in range(REGISTER_ATTEMPTS - 1):
+            try:
+                return register(engine, store, spec, item)
+            except ObjectVanished:  # gc collected the object before it was registered: build it again
+                item.__dict__.update(prepare(task).__dict__)
+                if item.status == "failed":
+                    break
+        return register(engine, store, spec, item)
+    except ObjectVanished:
+        item.status = "failed"
+        item.reason = f"{Path(item.source_path).name}: its object was collected by gc {REGISTER_ATTEMPTS} times " \
+                      "before it could be registered (gc --grace too short?); the next run retries it"
+        return "failed"
     except (SQLAlchemyError, OSError) as exc:
         detail = getattr(exc, "orig", None) or exc
         item.status = "failed"
@@ -449,6 +457,7 @@ def _tally(summary: IngestSummary, task: Task, item: Prepared, status: str, bar)
 
 
 POLL_S = 0.5
+REGISTER_ATTEMPTS = 5
 
 
 def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):

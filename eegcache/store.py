@@ -189,7 +189,13 @@ class ObjectStore:
 
     # --- for gc: list, withdraw (reversibly, inside the index transaction), then purge ---
     def object_ages(self, now: float) -> dict[str, float]:
-        return {p.name: age(p, now) for p in (self.root / OBJECTS).glob("??/*") if p.is_dir()}
+        ages = {}
+        for p in (self.root / OBJECTS).glob("??/*"):
+            try:
+                ages[p.name] = age(p, now)
+            except FileNotFoundError:  # withdrawn by another gc since the listing
+                continue
+        return ages
 
     def withdraw(self, key: str) -> Path:
         trash = self.root / TRASH
@@ -213,6 +219,23 @@ class ObjectStore:
                 os.rename(leftover, self.path(key))
             else:
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs with this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def writer_alive(staging_name: str) -> bool:
+    """Whether the process that named this staging entry (``<key>.<pid>.<random>``) still runs on this host."""
+    parts = staging_name.split(".")
+    return len(parts) == 3 and parts[1].isdigit() and pid_alive(int(parts[1]))
 
 
 def age(path: Path, now: float) -> float:

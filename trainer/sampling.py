@@ -180,7 +180,11 @@ def connect_readonly(cache: Path, *, authorizer: bool = True) -> sqlite3.Connect
     index_file = Path(cache) / INDEX_FILE
     if not index_file.is_file():
         raise SamplingError(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
-    return query.connect_readonly(index_file, authorizer=authorizer)
+    conn = query.connect_readonly(index_file, authorizer=authorizer)
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'window_sets'").fetchone() is None:
+        conn.close()  # created by an ingest that has not migrated it yet, or killed before it did
+        raise SamplingError(f"{cache} is not an eegcache cache yet (its index has no tables); run eegcache ingest first")
+    return conn
 
 
 def _fetch_ids(conn: sqlite3.Connection, sql: str, params: Mapping[str, object]) -> np.ndarray:
