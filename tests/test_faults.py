@@ -103,7 +103,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
 def assert_consistent(cache: Path, store_root: Path | None = None, *, claims_left: bool = False) -> None:
     """Nothing half registered: windows and events only for ingested recordings with a registered object; every
     registered object's folder holds exactly its registered files, which decode (CRC32C) and pass ``verify``;
-    no duplicate windows, no staging folder and no claim left behind."""
+    no duplicate windows and no claim left behind."""
     assert query(cache, """SELECT count(*) FROM windows w JOIN recordings r ON r.id = w.recording_id
                            LEFT JOIN objects o ON o.key = r.object_key
                            WHERE r.status != 'ingested' OR o.key IS NULL""") == [(0,)]
@@ -126,8 +126,9 @@ def assert_consistent(cache: Path, store_root: Path | None = None, *, claims_lef
         group = store.open(key)
         signal, labels = np.asarray(group["signal"][...]), np.asarray(group["labels"][...])
         assert signal.shape[1] == labels.shape[0]
-    staging = store.staging_root
-    assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
+    # A staging folder may outlive a failed write: zarr still has chunk writes in flight (threads) when the first
+    # error reaches ObjectStore.write, and they recreate folders behind its rmtree. Staging is never read; gc
+    # removes it (assert_healed checks that).
     engine = open_index(cache)
     try:
         report = verify(engine, cache, store_url=f"file://{store_root}" if store_root else None)
@@ -137,7 +138,8 @@ def assert_consistent(cache: Path, store_root: Path | None = None, *, claims_lef
 
 
 def assert_healed(cache: Path, expected: dict, store_root: Path | None = None) -> None:
-    """The index equals the uninterrupted one, verify passes, and gc leaves exactly the referenced objects."""
+    """The index equals the uninterrupted one, verify passes, and gc leaves exactly the referenced objects and an
+    empty staging folder."""
     assert index_snapshot(cache) == expected
     assert_consistent(cache, store_root)
     engine = open_index(cache)
@@ -147,6 +149,8 @@ def assert_healed(cache: Path, expected: dict, store_root: Path | None = None) -
         engine.dispose()
     referenced = {k for (k,) in query(cache, "SELECT object_key FROM recordings WHERE object_key IS NOT NULL")}
     assert object_dirs(store_root or cache) == referenced
+    staging = ObjectStore(store_root or cache).staging_root
+    assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
 
 
 # --- the faults ------------------------------------------------------------------------------------------------
@@ -264,15 +268,15 @@ class IoKind:
 
 
 IO_FAULTS = {
-    "zarr write ENOSPC": IoKind(chunk_write, errno.ENOSPC, 6),
-    "zarr write EIO": IoKind(lambda s, k, n: chunk_write(s, k, n, errno.EIO), errno.EIO, 6),
+    "zarr write ENOSPC": IoKind(chunk_write, errno.ENOSPC, 5),
+    "zarr write EIO": IoKind(lambda s, k, n: chunk_write(s, k, n, errno.EIO), errno.EIO, 5),
     "fsync EIO": IoKind(fsync_fails, errno.EIO, 8),
     "fsync ENOSPC": IoKind(lambda s, k, n: fsync_fails(s, k, n, errno.ENOSPC), errno.ENOSPC, 8),
     "rename ENOSPC": IoKind(rename_fails, errno.ENOSPC, 1),
     "rename EIO": IoKind(lambda s, k, n: rename_fails(s, k, n, errno.EIO), errno.EIO, 1),
     "folder fsync after rename EIO": IoKind(publish_then_eio, errno.EIO, 1),
     "signal pointer ENOSPC": IoKind(pointer_fails, errno.ENOSPC, 1),
-    "checksum read-back EIO": IoKind(readback_fails, errno.EIO, 6),
+    "checksum read-back EIO": IoKind(readback_fails, errno.EIO, 5),
 }
 
 
@@ -378,17 +382,16 @@ def test_io_fault_fails_one_recording_and_the_rerun_heals(
 
 @pytest.mark.stress
 def test_io_fault_stress(reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every fault kind at every recording, at seeded random occurrences (first, last-known and one between)."""
-    rng = random.Random(20261205)
-    trials = 0
-    for kind, io in IO_FAULTS.items():
-        for target in range(len(FAULT_TREE)):
-            positions = sorted({1, io.occurrences, rng.randint(1, io.occurrences)})
-            for nth in positions:
-                cache = tmp_path / f"c{trials}"
-                io_trial(reference, cache, monkeypatch, kind, target, nth)
-                shutil.rmtree(cache)
-                trials += 1
+    """Every fault kind at every recording at every occurrence (each file write, fsync, read-back...), in a
+    seeded random order."""
+    trials_list = [(kind, target, nth) for kind, io in IO_FAULTS.items() for target in range(len(FAULT_TREE))
+                   for nth in range(1, io.occurrences + 1)]
+    random.Random(20261205).shuffle(trials_list)
+    for trials, (kind, target, nth) in enumerate(trials_list):
+        cache = tmp_path / f"c{trials}"
+        io_trial(reference, cache, monkeypatch, kind, target, nth)
+        shutil.rmtree(cache)
+    trials = len(trials_list)
     print(f"\nFIGURES test_io_fault_stress: {trials} faults injected, 0 inconsistencies")
 
 
