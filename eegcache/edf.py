@@ -16,6 +16,8 @@ import numpy as np
 
 MAX_SIGNALS = 4096
 MAX_SAMPLES_PER_RECORD = 1 << 20
+MIN_RATE_HZ, MAX_RATE_HZ = 10.0, 100_000.0  # EEG electrodes; the 1 Hz auxiliary channels are never picked
+MAX_AMPLITUDE_UV = 1e9  # a kilovolt: beyond any amplifier, a broken calibration
 ELECTRODE_SYNONYMS = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
 _LABEL = re.compile(r"^(?:EEG\s+)?([A-Z0-9]+)(?:-(?:REF|LE))?$")
 
@@ -174,6 +176,9 @@ def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = 
     if len(rates) != 1:
         raise EdfError(f"{path.name}: the required electrodes have different sampling rates {sorted(rates)}")
     fs = rates.pop()
+    if not MIN_RATE_HZ <= fs <= MAX_RATE_HZ:
+        raise EdfError(f"{path.name}: implausible EEG sampling rate {fs:g} Hz "
+                       f"(samples per record / record duration; expected {MIN_RATE_HZ:g}–{MAX_RATE_HZ:g} Hz)")
     n = header.n_records * header.samples_per_record[present[0]]
     try:
         rows, reader = _read_pyedflib(path, present), "pyedflib"
@@ -188,6 +193,9 @@ def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = 
         if idx is not None:
             signal = next(row)
             data[out, : min(n, signal.shape[0])] = signal[:n]
+    if not np.isfinite(data).all() or (data.size and np.abs(data).max() > MAX_AMPLITUDE_UV):
+        raise EdfError(f"{path.name}: the signal holds non-finite or implausible values (above {MAX_AMPLITUDE_UV:g} µV): "
+                       "check the physical range of its channels")
     return RawRecording(data, fs, reader, tuple(missing), header.duration_s)
 
 

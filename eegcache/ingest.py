@@ -158,6 +158,8 @@ def prepare(task: Task) -> Prepared:
             else:
                 raw = read_recording(task.edf, task.spec.channels, task.spec.missing_electrodes)
                 signal = preprocess(raw.data, raw.fs, task.spec)
+                if not np.isfinite(signal).all():
+                    raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
                 result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
                 result.n_channels, result.n_samples = signal.shape
                 result.preprocessed = True
@@ -187,6 +189,8 @@ def prepare(task: Task) -> Prepared:
         result.reason = f"{name}: {exc.strerror or exc}"
     except MemoryError:
         result.reason = f"{name}: out of memory while reading or preprocessing"
+    except Exception as exc:  # noqa: BLE001 - a file nobody foresaw must fail alone, never end the run
+        result.reason = f"{name}: unexpected error while preparing it ({type(exc).__name__}: {exc})"
     return result
 
 
@@ -388,7 +392,7 @@ def ingest(
     config = config or IngestConfig()
     t0 = time.perf_counter()
     cache = Path(cache)
-    edfs = discover(Path(os.path.abspath(src)))  # recordings are named by absolute path
+    edfs = discover(Path(os.path.realpath(src)))  # recordings are named by absolute path, as the kernel resolves it
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
