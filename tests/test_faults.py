@@ -23,6 +23,8 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +140,8 @@ def assert_consistent(cache: Path, store_root: Path | None = None, *, claims_lef
 
 
 def assert_healed(cache: Path, expected: dict, store_root: Path | None = None) -> None:
-    """The index equals the uninterrupted one, verify passes, and gc leaves exactly the referenced objects and an
-    empty staging folder."""
+    """The index equals the uninterrupted one, verify passes, and gc leaves exactly the referenced objects and no
+    staging folder of a finished process."""
     assert index_snapshot(cache) == expected
     assert_consistent(cache, store_root)
     engine = open_index(cache)
@@ -150,7 +152,10 @@ def assert_healed(cache: Path, expected: dict, store_root: Path | None = None) -
     referenced = {k for (k,) in query(cache, "SELECT object_key FROM recordings WHERE object_key IS NOT NULL")}
     assert object_dirs(store_root or cache) == referenced
     staging = ObjectStore(store_root or cache).staging_root
-    assert not staging.exists() or not any(staging.iterdir()), list(staging.iterdir())
+    leftovers = sorted(staging.iterdir()) if staging.exists() else []
+    # gc keeps the staging folders of live processes; an in-process write that failed may leave one behind
+    # (test_a_failed_object_write_leaves_no_staging_folder, xfail): only this process's may remain.
+    assert [p for p in leftovers if p.name.split(".")[1:2] != [str(os.getpid())]] == [], leftovers
 
 
 # --- the faults ------------------------------------------------------------------------------------------------
@@ -393,6 +398,39 @@ def test_io_fault_stress(reference: Reference, tmp_path: Path, monkeypatch: pyte
         shutil.rmtree(cache)
     trials = len(trials_list)
     print(f"\nFIGURES test_io_fault_stress: {trials} faults injected, 0 inconsistencies")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG: eegcache/store.py ObjectStore.write: when one of zarr's concurrent chunk writes fails, the others are "
+    "still in flight (threads); write()'s finally-rmtree runs first and they recreate the staging folder. Since "
+    "01b1d91 gc keeps staging folders of live pids, so in a long-lived process (a service, a notebook) the leftover "
+    "is never collected. Fix: let zarr's in-flight writes finish (or retry the rmtree until the folder stays gone) "
+    "before re-raising"))
+def test_a_failed_object_write_leaves_no_staging_folder(
+    reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first of the target's signal chunks to be written fails (ENOSPC) while its sibling chunks, on a slow
+    disk, are still being written: once everything has landed, no staging folder may remain."""
+    edf = reference.edfs[0]  # 150 s: three signal chunks, written concurrently by zarr
+    key, cache = reference.keys[edf], tmp_path / "cache"
+    original, lock, state = zarr_local._put, threading.Lock(), {"failed": False}
+
+    def _put(path, *args, **kwargs):
+        if key in str(path) and "/signal/c/" in str(path):
+            with lock:
+                first, state["failed"] = not state["failed"], True
+            if first:
+                raise os_error(errno.ENOSPC, path)
+            time.sleep(0.3)  # still being written when the first chunk's error reaches ObjectStore.write
+        return original(path, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(zarr_local, "_put", _put)
+        summary = run_ingest(reference.root, cache)
+    assert [p for p, _ in summary.failures] == [path_text(edf)]
+    time.sleep(1.0)  # every write has landed
+    staging = cache / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == [], list(staging.iterdir())
 
 
 # --- in process: the index write ------------------------------------------------------------------------------
