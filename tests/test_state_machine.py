@@ -269,7 +269,7 @@ def run_machine(max_examples: int, steps: int) -> None:
 def test_state_machine() -> None:
     """The default run: short programs (about 30 s on two cores)."""
     before = Counter(COUNTS)
-    run_machine(max_examples=20, steps=12)
+    run_machine(max_examples=30, steps=12)
     print(f"\nFIGURES test_state_machine: {dict(COUNTS - before)}, 0 inconsistencies")
 
 
