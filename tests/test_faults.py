@@ -548,7 +548,7 @@ class SmallFs:
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    """A 1 MiB tmpfs at tmp_path/small (skipped where mounting is not allowed)."""
+    """A small tmpfs at tmp_path/small (skipped where mounting is not allowed); tests resize it."""
     target = tmp_path / "small"
     target.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
@@ -563,9 +563,12 @@ def small_fs(tmp_path: Path):
 
 
 def test_small_filesystem_for_objects_fills_up(reference: Reference, tmp_path: Path, small_fs: SmallFs) -> None:
-    """Objects on a 1 MiB tmpfs (the index on the normal disk): the recordings that do not fit fail with 'No
-    space left on device' by name, the others are ingested whole; after growing the filesystem a rerun heals."""
+    """Objects on a tmpfs that holds about 60 % of them (the index on the normal disk): the recordings that do not
+    fit fail with 'No space left on device' by name, the others are ingested whole; after growing the filesystem
+    a rerun heals."""
     cache, store = tmp_path / "cache", small_fs.path
+    pages = sum(-(-f.stat().st_size // 4096) for f in (reference.cache / "objects").rglob("*") if f.is_file())
+    small_fs.resize(f"{max(64, pages * 4 * 6 // 10)}k")
     done = subprocess.run(eegcache_cmd("ingest", reference.root, "--cache", cache, "--store", f"file://{store}",
                                        "--quiet"), capture_output=True, text=True, timeout=300)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
