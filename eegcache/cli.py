@@ -81,27 +81,44 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), help="Stored signal type (default float32).")
 @click.option("--missing-electrodes", type=click.Choice(["fail", "zero"]),
               help="A recording lacking a required electrode fails (default) or gets a zero-filled channel.")
+@click.option("--dataset", help="Name of the dataset SRC belongs to (default: recognised from the tree, else named "
+                                "after its root folder).")
+@click.option("--pipeline", help="Name of the preprocessing pipeline to build (default: default). Settings not "
+                                 "given are the pipeline's stored ones.")
+@click.option("--replace", is_flag=True, default=None,
+              help="Rebuild the pipeline with changed settings instead of refusing them.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, fs, dtype, missing_electrodes, as_json, quiet):
+def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, fs, dtype, missing_electrodes,
+           dataset, pipeline, replace, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ingest import ingest as run_ingest
     from eegcache.spec import load_config
 
     try:
         config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
-                                           "dtype": dtype, "missing_electrodes": missing_electrodes})
+                                           "dtype": dtype, "missing_electrodes": missing_electrodes,
+                                           "dataset": dataset, "pipeline": pipeline, "replace": replace})
         summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
     except (ValueError, FileNotFoundError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         _print_json(summary.to_dict())
     else:
+        if summary.moved_from:
+            click.echo(f"dataset {summary.dataset!r} moved: last seen at {summary.moved_from}, now at "
+                       f"{Path(src).resolve()}; recordings keep their identity and stored data")
         click.echo(
             f"ingested {summary.ingested}, reused {summary.reused}, unchanged {summary.unchanged}, "
             f"new window set from stored masks {summary.windows_added}, failed {summary.failed}, "
-            f"skipped {summary.skipped} in {summary.seconds:.1f} s; EDF files read: {summary.edf_read}"
+            f"skipped {summary.skipped} in {summary.seconds:.1f} s; EDF files read: {summary.edf_read} "
+            f"(dataset {summary.dataset!r}, pipeline {summary.pipeline!r})"
         )
+        if summary.sources_missing:
+            click.echo(f"{summary.sources_missing} recording(s) of the dataset have no source file under {src} any "
+                       "more: their data and windows are kept (eegcache remove --missing drops them)")
+        for line in summary.warnings:
+            click.echo(f"warning: {line}", err=True)
         counts = ", ".join(f"{k} {v}" for k, v in summary.window_counts.items())
         click.echo(f"windows ({config.window_s:g} s / {config.stride_s:g} s stride): {counts}")
         if summary.windows_added and not summary.edf_read:
@@ -114,16 +131,25 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, 
 @main.command()
 @cache_option
 @db_option
+@click.option("--pipeline", help="The pipeline to summarise (default: the only one).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(cache, db_url, as_json):
+def stats(cache, db_url, pipeline, as_json):
     """Recordings by status, windows per class per split and window set, seizure hours, bytes on disk."""
+    from eegcache.pipelines import PipelineError
     from eegcache.stats import stats as compute
 
-    data = compute(_open(cache, db_url), cache)
+    try:
+        data = compute(_open(cache, db_url), cache, pipeline)
+    except PipelineError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         _print_json(data)
         return
-    click.echo("recordings: " + ", ".join(f"{k} {v}" for k, v in data["recordings"].items()))
+    if data["pipeline"]:
+        datasets = ", ".join(f"{d['dataset']} ({d['recordings']} at {d['root']})" for d in data["datasets"])
+        click.echo(f"pipeline: {data['pipeline']}; datasets: {datasets or 'none'}")
+    click.echo("recordings: " + ", ".join(f"{k} {v}" for k, v in data["recordings"].items())
+               + (f"; {data['sources_missing']} with their source file gone" if data["sources_missing"] else ""))
     click.echo(f"EEG hours ingested: {data['eeg_hours']:.2f}, seizure hours: {data['seizure_hours']:.3f}")
     click.echo("windows: " + ", ".join(f"{k} {v}" for k, v in data["windows"].items()))
     if data["windows_by_set"]:
@@ -242,7 +268,9 @@ def _print_transfer(summary, as_json: bool) -> None:
     else:
         click.echo(f"objects sent {summary.objects_sent}, already there {summary.objects_skipped}, "
                    f"{summary.bytes_sent / 1e6:.1f} MB, recordings merged {summary.recordings}, "
-                   f"{summary.seconds:.1f} s")
+                   f"conflicts {len(summary.conflicts)}, {summary.seconds:.1f} s")
+        for conflict in summary.conflicts:
+            click.echo(f"CONFLICT {conflict}", err=True)
         for problem in summary.failed:
             click.echo(f"FAILED {problem}", err=True)
     sys.exit(1 if summary.failed else 0)
@@ -253,15 +281,17 @@ def _print_transfer(summary, as_json: bool) -> None:
 @db_option
 @store_option
 @click.argument("remote")
+@click.option("--overwrite", is_flag=True, help="Replace the remote's recordings that hold other bytes under the "
+                                                "same (dataset, path, pipeline) instead of keeping them.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def push(cache, db_url, store_url, remote, as_json, quiet):
+def push(cache, db_url, store_url, remote, overwrite, as_json, quiet):
     """Copy this cache to REMOTE (a cache folder or s3://bucket/prefix): missing objects, then index rows."""
     from eegcache.transfer import TransferError
     from eegcache.transfer import push as run_push
 
     try:
-        summary = run_push(cache, remote, db_url=db_url, store_url=store_url, progress=not quiet)
+        summary = run_push(cache, remote, overwrite=overwrite, db_url=db_url, store_url=store_url, progress=not quiet)
     except (TransferError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     _print_transfer(summary, as_json)
@@ -274,19 +304,46 @@ def push(cache, db_url, store_url, remote, as_json, quiet):
 @click.argument("remote")
 @click.option("--split", help="Only recordings of this split (train, dev, eval).")
 @click.option("--where", help="Only recordings with windows matching this SQL condition over window_labels.")
+@click.option("--overwrite", is_flag=True, help="Replace this cache's recordings that hold other bytes under the "
+                                                "same (dataset, path, pipeline) instead of keeping them.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pull(cache, db_url, store_url, remote, split, where, as_json, quiet):
+def pull(cache, db_url, store_url, remote, split, where, overwrite, as_json, quiet):
     """Copy recordings from REMOTE into this cache: the objects it lacks, then the index rows."""
     from eegcache.transfer import TransferError
     from eegcache.transfer import pull as run_pull
 
     try:
-        summary = run_pull(cache, remote, split=split, where=where, db_url=db_url, store_url=store_url,
-                           progress=not quiet)
+        summary = run_pull(cache, remote, split=split, where=where, overwrite=overwrite, db_url=db_url,
+                           store_url=store_url, progress=not quiet)
     except (TransferError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     _print_transfer(summary, as_json)
+
+
+@main.command()
+@cache_option
+@db_option
+@store_option
+@click.option("--missing", is_flag=True, help="Recordings whose source file is gone.")
+@click.option("--dataset", help="Recordings of this dataset.")
+@click.option("--pipeline", help="Recordings of this pipeline.")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def remove(cache, db_url, store_url, missing, dataset, pipeline, dry_run):
+    """Remove recordings from the index (all conditions must hold); gc then reclaims their objects."""
+    from eegcache.remove import RemoveError
+    from eegcache.remove import remove as run_remove
+    from eegcache.store import open_store
+
+    try:
+        report = run_remove(_open(cache, db_url), open_store(cache, store_url), dataset=dataset, pipeline=pipeline,
+                            missing=missing, dry_run=dry_run)
+    except RemoveError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "would remove" if dry_run else "removed"
+    for name in report.recordings:
+        click.echo(f"{verb} {name}")
+    click.echo(f"{verb} {len(report.recordings)} recording(s), {report.windows} window(s)")
 
 
 @main.group("index")

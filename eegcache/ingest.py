@@ -21,18 +21,29 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from eegcache import keys
 from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
 from eegcache.claims import Claims, release_in
+from eegcache.datasets import DatasetRef, resolve_dataset, scanned_prefix
 from eegcache.edf import EdfError, read_header, read_recording
 from eegcache.index.db import open_index, writer
-from eegcache.index.models import ObjectFile, Recording, SeizureEvent, StoredObject, Window, WindowSet
+from eegcache.index.models import (
+    Dataset,
+    ObjectFile,
+    Pipeline,
+    Recording,
+    SeizureEvent,
+    StoredObject,
+    Window,
+    WindowSet,
+)
 from eegcache.index.sql import insert_ignore
 from eegcache.labels import clip_events, label_mask
+from eegcache.pipelines import PipelineRef, resolve_pipeline
 from eegcache.preprocess import preprocess
 from eegcache.spec import IngestConfig, PreprocessSpec
 from eegcache.store import FileChecksum, ObjectStore, object_digest, open_store
@@ -48,10 +59,22 @@ class WindowShape:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where prepared recordings go: a dataset (for their identity) and a pipeline (for their spec)."""
+
+    dataset: DatasetRef
+    pipeline: PipelineRef
+
+    def claim(self, rel_path: str) -> str:
+        return f"{self.dataset.id}:{self.pipeline.id}:{rel_path}"
+
+
+@dataclass(frozen=True)
 class Task:
     """What a worker needs; ``known_*`` are digests reused from the index when size and mtime are unchanged."""
 
     edf: Path
+    rel_path: str  # relative to the dataset root: the recording's identity with the dataset and pipeline
     cache: Path
     spec: PreprocessSpec
     shapes: tuple[WindowShape, ...]
@@ -64,7 +87,8 @@ class Task:
 class Prepared:
     """A worker's result: everything the index transaction needs, nothing it must re-read."""
 
-    source_path: str
+    source_path: str  # absolute, as this run saw it (for messages)
+    rel_path: str
     status: str  # "ingested" or "failed"
     reason: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -99,6 +123,11 @@ class IngestSummary:
     edf_read: int = 0
     window_counts: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    dataset: str = ""
+    pipeline: str = ""
+    moved_from: str | None = None  # the dataset's previous root, when this run found the tree at a new one
+    sources_missing: int = 0  # recordings under the scanned folder whose source file is gone (data kept)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -117,7 +146,7 @@ def _windows_for(mask: np.ndarray, shapes: tuple[WindowShape, ...]) -> dict:
 def prepare(task: Task) -> Prepared:
     """Hash, parse, read, preprocess and publish one recording. Never raises for bad input."""
     src = path_text(task.edf)
-    result = Prepared(source_path=src, status="failed")
+    result = Prepared(source_path=src, rel_path=task.rel_path, status="failed")
     name = task.edf.name
     try:
         if not is_utf8(task.edf):
@@ -211,28 +240,34 @@ def _json(value) -> str | None:
     return json.dumps(list(value)) if value else None
 
 
-def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Prepared) -> str:
+def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared) -> str:
     """Write one prepared recording in ONE transaction. Returns the status that was recorded."""
+    spec = target.pipeline.spec
     now = datetime.now(UTC).replace(tzinfo=None)
     with writer(engine).begin() as conn:
-        rec = conn.execute(select(Recording.id, Recording.object_key)
-                           .where(Recording.source_path == item.source_path)).first()
+        rec = conn.execute(select(Recording.id, Recording.object_key, Recording.status, Recording.edf_sha256,
+                                  Recording.annotation_sha256).where(*_identity(target, item.rel_path))).first()
         status, reason = item.status, item.reason
+        if rec is not None and rec.status == "ingested" and (
+                status != "ingested" or (rec.edf_sha256, rec.annotation_sha256) != (item.edf_sha256, item.annotation_sha256)):
+            _hand_over(conn, target.pipeline.id, rec)  # it held the windows for its twins: one of them takes them
         if status == "ingested":
-            status, reason = _settle_duplicates(conn, item)
-        if status == "ingested":
+            status, reason = _twin_status(conn, target, item)
+        if status != "failed":
             _ensure_object(conn, store, spec, item, now)
+        ann_rel = target.dataset.rel_path(Path(item.annotation_path)) if item.annotation_path else None
         values = dict(
-            source_path=item.source_path, status=status, reason=reason, warnings=_json(item.warnings),
+            dataset_id=target.dataset.id, rel_path=item.rel_path, pipeline_id=target.pipeline.id, source_missing=False,
+            status=status, reason=reason, warnings=_json(item.warnings),
             reader=item.reader, filled_channels=_json(item.filled), edf_size=item.edf_size,
-            edf_mtime_ns=item.edf_mtime_ns, edf_sha256=item.edf_sha256, annotation_path=item.annotation_path,
+            edf_mtime_ns=item.edf_mtime_ns, edf_sha256=item.edf_sha256, annotation_path=ann_rel,
             annotation_size=item.annotation_size, annotation_mtime_ns=item.annotation_mtime_ns,
             annotation_sha256=item.annotation_sha256,
             object_key=item.object_key if status != "failed" else None,
             spec_digest=keys.spec_digest(spec) if status != "failed" else None,
             orig_fs=item.orig_fs, duration_s=item.n_samples / spec.fs if item.n_samples else None,
             seizure_s=sum(b - a for a, b in item.events) if status != "failed" else None, updated_at=now,
-            **parse_path(Path(item.source_path)).__dict__,
+            **parse_path(Path(item.rel_path)).__dict__,
         )
         if rec is None:
             rec_id = conn.execute(Recording.__table__.insert().values(**values)).inserted_primary_key[0]
@@ -241,7 +276,7 @@ def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Pre
             if rec.object_key != values["object_key"] or status != "ingested":
                 conn.execute(delete(Window).where(Window.recording_id == rec_id))
             conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
-        release_in(conn, item.source_path)
+        release_in(conn, target.claim(item.rel_path))
         conn.execute(delete(SeizureEvent).where(SeizureEvent.recording_id == rec_id))
         if status == "ingested":
             if item.events:
@@ -260,23 +295,128 @@ def register(engine: Engine, store: ObjectStore, spec: PreprocessSpec, item: Pre
     return status
 
 
-def _settle_duplicates(conn, item: Prepared) -> tuple[str, str | None]:
-    """Byte-identical recordings (EDF and annotation) at several paths are windowed once: the smallest path
-    keeps the windows, whatever order the files were registered in, so concurrent runs agree with serial ones."""
-    twins = conn.execute(select(Recording.id, Recording.source_path).where(
-        Recording.edf_sha256 == item.edf_sha256,
-        Recording.annotation_sha256 == item.annotation_sha256,
-        Recording.status == "ingested",
-        Recording.source_path != item.source_path,
-    )).all()
-    first = min([t.source_path for t in twins] + [item.source_path])
-    if first != item.source_path:
-        return "skipped", f"same EDF and annotation bytes as {first}; stored and windowed once"
-    for twin in twins:  # registered earlier, but this path sorts first: they step aside
-        conn.execute(delete(Window).where(Window.recording_id == twin.id))
-        conn.execute(Recording.__table__.update().where(Recording.id == twin.id).values(
-            status="skipped", reason=f"same EDF and annotation bytes as {item.source_path}; stored and windowed once"))
+def _identity(target: Target, rel_path: str) -> tuple:
+    return (Recording.dataset_id == target.dataset.id, Recording.rel_path == rel_path,
+            Recording.pipeline_id == target.pipeline.id)
+
+
+def _twin_reason(dataset: str, rel_path: str) -> str:
+    return f"same EDF and annotation bytes as {dataset}/{rel_path}; stored and windowed once"
+
+
+def _twins(conn, pipeline_id: int, edf_sha256, annotation_sha256, statuses=("ingested", "skipped")):
+    """Recordings of one pipeline with these EDF and annotation bytes, the windows' owner first: present sources
+    before missing ones, then by (dataset name, relative path), so every run (serial or concurrent) agrees."""
+    rows = conn.execute(
+        select(Recording.id, Recording.status, Recording.rel_path, Recording.source_missing, Recording.object_key,
+               Dataset.name.label("dataset"))
+        .join(Dataset, Dataset.id == Recording.dataset_id)
+        .where(Recording.pipeline_id == pipeline_id, Recording.edf_sha256 == edf_sha256,
+               Recording.annotation_sha256 == annotation_sha256, Recording.status.in_(statuses))).all()
+    return sorted(rows, key=lambda r: (bool(r.source_missing), r.dataset, r.rel_path))
+
+
+def _twin_status(conn, target: Target, item: Prepared) -> tuple[str, str | None]:
+    """A recording whose bytes an ingested twin already holds is registered ``skipped``; ``settle_twins`` at the
+    end of the run decides which twin owns the windows."""
+    others = [t for t in _twins(conn, target.pipeline.id, item.edf_sha256, item.annotation_sha256, ("ingested",))
+              if (t.dataset, t.rel_path) != (target.dataset.name, item.rel_path)]
+    if others:
+        return "skipped", _twin_reason(others[0].dataset, others[0].rel_path)
     return "ingested", None
+
+
+def _move_windows(conn, source_id: int, target_id: int) -> None:
+    conn.execute(update(Window).where(Window.recording_id == source_id).values(recording_id=target_id))
+    conn.execute(update(SeizureEvent).where(SeizureEvent.recording_id == source_id).values(recording_id=target_id))
+
+
+def _hand_over(conn, pipeline_id: int, rec) -> None:
+    """The owner of a twin group changes or fails: its windows (ids kept) and events go to the next twin."""
+    heirs = [t for t in _twins(conn, pipeline_id, rec.edf_sha256, rec.annotation_sha256, ("skipped",)) if t.id != rec.id]
+    if heirs:
+        _move_windows(conn, rec.id, heirs[0].id)
+        conn.execute(update(Recording).where(Recording.id == heirs[0].id).values(status="ingested", reason=None))
+
+
+def settle_twins(engine: Engine, store: ObjectStore, pipeline_id: int) -> None:
+    """Re-decide, for every group of byte-identical recordings of a pipeline, which one owns the windows: the first
+    present source by (dataset, relative path). Windows move with their ids; a window set the owner lacks is
+    computed from the stored mask."""
+    skipped = func.sum(case((Recording.status == "skipped", 1), else_=0))
+    shapes = _all_shapes(engine, pipeline_id)
+    with writer(engine).begin() as conn:
+        groups = conn.execute(
+            select(Recording.edf_sha256, Recording.annotation_sha256)
+            .where(Recording.pipeline_id == pipeline_id, Recording.status.in_(("ingested", "skipped")))
+            .group_by(Recording.edf_sha256, Recording.annotation_sha256)
+            .having(or_(func.count() > 1, skipped > 0))).all()
+        for edf_sha256, annotation_sha256 in groups:
+            members = _twins(conn, pipeline_id, edf_sha256, annotation_sha256)
+            owner = members[0]
+            for other in members[1:]:
+                if other.status == "ingested":
+                    held = set(conn.execute(select(Window.window_set_id).where(Window.recording_id == owner.id)
+                                            .distinct()).scalars())
+                    conn.execute(update(Window).where(Window.recording_id == other.id,
+                                                      Window.window_set_id.not_in(held)).values(recording_id=owner.id))
+                    conn.execute(delete(Window).where(Window.recording_id == other.id))
+                    if conn.execute(select(SeizureEvent.id).where(SeizureEvent.recording_id == owner.id)).first() is None:
+                        conn.execute(update(SeizureEvent).where(SeizureEvent.recording_id == other.id)
+                                     .values(recording_id=owner.id))
+                    conn.execute(delete(SeizureEvent).where(SeizureEvent.recording_id == other.id))
+                conn.execute(update(Recording).where(Recording.id == other.id).values(
+                    status="skipped", reason=_twin_reason(owner.dataset, owner.rel_path)))
+            if owner.status != "ingested":
+                conn.execute(update(Recording).where(Recording.id == owner.id).values(status="ingested", reason=None))
+            _window_from_store(conn, store, owner.id, owner.object_key, shapes)
+
+
+def _window_from_store(conn, store: ObjectStore, rec_id: int, object_key: str | None, shapes) -> int:
+    """Insert the windows of ``shapes`` a recording lacks, computed from its stored label mask (no EDF is read).
+    Returns the number of window sets added."""
+    held = set(conn.execute(select(Window.window_set_id).where(Window.recording_id == rec_id).distinct()).scalars())
+    todo = tuple(s for s in shapes if s.id not in held)
+    if not todo or object_key is None or not store.exists(object_key):
+        return 0
+    mask = store.read_labels(object_key)
+    rows = [{"recording_id": rec_id, "window_set_id": ws_id, "start_sample": int(s), "seizure_samples": int(c),
+             "label": int(lab)}
+            for ws_id, (starts, counts, labels) in _windows_for(mask, todo).items()
+            for s, c, lab in zip(starts, counts, labels, strict=True)]
+    if rows:
+        conn.execute(insert_ignore(conn, Window.__table__), rows)
+    return sum(1 for s in todo if mask.shape[0] >= s.window)
+
+
+def mark_sources(engine: Engine, dataset: DatasetRef, prefix: str | None, found: set[str]) -> int:
+    """Record which recordings under the scanned prefix have their source file (every pipeline's rows). A gone
+    source keeps its data and windows; removing it is explicit (``eegcache remove --missing``). Returns how many
+    recordings under the prefix now lack their source."""
+    if prefix is None:
+        return 0
+    with writer(engine).begin() as conn:
+        rows = conn.execute(select(Recording.id, Recording.rel_path, Recording.source_missing)
+                            .where(Recording.dataset_id == dataset.id)).all()
+        under = [r for r in rows if not prefix or r.rel_path == prefix or r.rel_path.startswith(prefix.rstrip("/") + "/")]
+        for flag in (True, False):
+            ids = [r.id for r in under if (r.rel_path not in found) == flag and bool(r.source_missing) != flag]
+            for i in range(0, len(ids), 500):
+                conn.execute(update(Recording).where(Recording.id.in_(ids[i:i + 500])).values(source_missing=flag))
+        return len({r.rel_path for r in under if r.rel_path not in found})
+
+
+def cover_missing_sources(engine: Engine, store: ObjectStore, target: Target) -> int:
+    """Windows of every window set for the dataset's recordings whose source is gone, from their stored masks."""
+    shapes = _all_shapes(engine, target.pipeline.id)
+    added = 0
+    with writer(engine).begin() as conn:
+        rows = conn.execute(select(Recording.id, Recording.object_key).where(
+            Recording.dataset_id == target.dataset.id, Recording.pipeline_id == target.pipeline.id,
+            Recording.status == "ingested", Recording.source_missing.is_(True))).all()
+        for rec_id, key in rows:
+            added += bool(_window_from_store(conn, store, rec_id, key, shapes))
+    return added
 
 
 class ObjectVanished(RuntimeError):
@@ -306,49 +446,53 @@ def _ensure_object(conn, store: ObjectStore, spec: PreprocessSpec, item: Prepare
     ])
 
 
-def window_shape(engine: Engine, window_s: float, stride_s: float, fs: float) -> WindowShape:
-    """The window set's row, created on first use."""
+def window_shape(engine: Engine, pipeline_id: int, window_s: float, stride_s: float, fs: float) -> WindowShape:
+    """The pipeline's window set row, created on first use."""
     window, stride = seconds_to_samples(window_s, fs), seconds_to_samples(stride_s, fs)
     with writer(engine).begin() as conn:
         conn.execute(insert_ignore(conn, WindowSet.__table__).values(
-            window_s=window_s, stride_s=stride_s, fs=fs, window_samples=window, stride_samples=stride))
+            pipeline_id=pipeline_id, window_s=window_s, stride_s=stride_s, fs=fs, window_samples=window,
+            stride_samples=stride))
         ws_id = conn.execute(select(WindowSet.id).where(
-            WindowSet.window_s == window_s, WindowSet.stride_s == stride_s, WindowSet.fs == fs)).scalar_one()
+            WindowSet.pipeline_id == pipeline_id, WindowSet.window_s == window_s,
+            WindowSet.stride_s == stride_s)).scalar_one()
     return WindowShape(ws_id, window, stride)
 
 
-def _all_shapes(engine: Engine, fs: float) -> list[WindowShape]:
+def _all_shapes(engine: Engine, pipeline_id: int) -> tuple[WindowShape, ...]:
     with engine.connect() as conn:
         rows = conn.execute(select(WindowSet.id, WindowSet.window_samples, WindowSet.stride_samples)
-                            .where(WindowSet.fs == fs).order_by(WindowSet.id)).all()
-    return [WindowShape(*r) for r in rows]
+                            .where(WindowSet.pipeline_id == pipeline_id).order_by(WindowSet.id)).all()
+    return tuple(WindowShape(*r) for r in rows)
 
 
 def plan(
-    engine: Engine, store: ObjectStore, edfs: list[Path], config: IngestConfig, requested: WindowShape
+    engine: Engine, store: ObjectStore, target: Target, edfs: list[Path], requested: WindowShape
 ) -> tuple[list[Task], int]:
-    """Tasks for the files that need work, and the number that need none. Unchanged files (same path, size,
-    mtime, annotation and spec) get a windows-only task when the requested window set is new to them."""
-    spec = config.spec
+    """Tasks for the files that need work, and the number that need none. Unchanged files (same relative path,
+    size, mtime, annotation and spec) get a windows-only task when the requested window set is new to them."""
+    spec = target.pipeline.spec
     sdigest = keys.spec_digest(spec)
-    shapes = tuple(_all_shapes(engine, spec.fs))
+    shapes = _all_shapes(engine, target.pipeline.id)
+    rels = {edf: target.dataset.rel_path(edf) for edf in edfs}
+    mine = (Recording.dataset_id == target.dataset.id, Recording.pipeline_id == target.pipeline.id)
     query = select(
-        Recording.source_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
+        Recording.rel_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
         Recording.edf_sha256, Recording.annotation_path, Recording.annotation_size,
         Recording.annotation_mtime_ns, Recording.annotation_sha256, Recording.spec_digest,
         Recording.object_key, StoredObject.n_samples,
-    ).outerjoin(StoredObject, StoredObject.key == Recording.object_key)
+    ).outerjoin(StoredObject, StoredObject.key == Recording.object_key).where(*mine)
     have = select(Window.recording_id).where(Window.window_set_id == requested.id).distinct()
     if len(edfs) <= 100:  # re-planning a few files (claims): look up only those, not the whole index
-        query = query.where(Recording.source_path.in_([path_text(e) for e in edfs]))
+        query = query.where(Recording.rel_path.in_(list(rels.values())))
         have = have.where(Window.recording_id.in_(select(Recording.id).where(
-            Recording.source_path.in_([path_text(e) for e in edfs]))))
+            *mine, Recording.rel_path.in_(list(rels.values())))))
     with engine.connect() as conn:
-        known = {r.source_path: r for r in conn.execute(query)}
+        known = {r.rel_path: r for r in conn.execute(query)}
         have_set = set(conn.execute(have).scalars())
     tasks, unchanged = [], 0
     for edf in edfs:
-        row = known.get(path_text(edf))
+        row = known.get(rels[edf])
         reuse: dict = {}
         if row is not None and row.status in ("ingested", "skipped") and row.edf_sha256:
             try:
@@ -358,7 +502,7 @@ def plan(
             except OSError:
                 st = ast = ann = None
             edf_same = st is not None and (st.st_size, st.st_mtime_ns) == (row.edf_size, row.edf_mtime_ns)
-            ann_same = ast is not None and path_text(ann) == row.annotation_path and (
+            ann_same = ast is not None and target.dataset.rel_path(ann) == row.annotation_path and (
                 (ast.st_size, ast.st_mtime_ns) == (row.annotation_size, row.annotation_mtime_ns))
             same_spec = row.spec_digest == sdigest
             if edf_same:
@@ -372,7 +516,7 @@ def plan(
                 if same_spec and covered and store.exists(row.object_key):
                     unchanged += 1
                     continue
-        tasks.append(Task(edf, store.root, spec, shapes, store_url=store.url, **reuse))
+        tasks.append(Task(edf, rels[edf], store.root, spec, shapes, store_url=store.url, **reuse))
     return tasks, unchanged
 
 
@@ -385,30 +529,43 @@ def ingest(
     store_url: str | None = None,
     progress: bool = True,
 ) -> IngestSummary:
-    """Ingest every EDF under ``src`` into ``cache``. Bad files are recorded as failed; the run goes on.
+    """Ingest every EDF under ``src`` into ``cache`` as one dataset, with one pipeline. Bad files are recorded as
+    failed; the run goes on.
 
     Several processes may run this on one index at once (on one machine or many): files are claimed, so each is
     prepared once, and a dead process's files are taken over when its claims expire."""
     config = config or IngestConfig()
     t0 = time.perf_counter()
     cache = Path(cache)
-    edfs = discover(Path(os.path.realpath(src)))  # recordings are named by absolute path, as the kernel resolves it
+    src = Path(os.path.realpath(src))  # the folder the user named, as the kernel resolves it
+    edfs = discover(src)
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
-        requested = window_shape(engine, config.window_s, config.stride_s, config.spec.fs)
-        tasks, unchanged = plan(engine, store, edfs, config, requested)
-        summary = IngestSummary(unchanged=unchanged)
+        pipeline = resolve_pipeline(engine, config)
+        target = Target(resolve_dataset(engine, src, config.dataset, edfs), pipeline)
+        requested = window_shape(engine, pipeline.id, config.window_s, config.stride_s, pipeline.spec.fs)
+        tasks, unchanged = plan(engine, store, target, edfs, requested)
+        summary = IngestSummary(unchanged=unchanged, dataset=target.dataset.name, pipeline=pipeline.name,
+                                moved_from=target.dataset.moved_from)
         bar = tqdm(total=len(edfs), initial=unchanged, unit="file", disable=not progress, desc="ingest")
         with Claims(engine) as claims:
-            replan = lambda task: plan(engine, store, [task.edf], config, requested)[0]  # noqa: E731
-            for task, item in _schedule(tasks, config.workers, claims, replan):
+            replan = lambda task: plan(engine, store, target, [task.edf], requested)[0]  # noqa: E731
+            for task, item in _schedule(tasks, config.workers, claims, replan, target):
                 if item is None:  # another process ingested it meanwhile
                     summary.unchanged += 1
                 else:
-                    _tally(summary, task, item, _register_or_redo(engine, store, config.spec, task, item), bar)
+                    _tally(summary, task, item, _register_or_redo(engine, store, target, task, item), bar)
                 bar.update(1)
         bar.close()
+        try:
+            summary.sources_missing = mark_sources(engine, target.dataset, scanned_prefix(target.dataset, src),
+                                                   {target.dataset.rel_path(e) for e in edfs})
+            summary.windows_added += cover_missing_sources(engine, store, target)
+            settle_twins(engine, store, pipeline.id)
+        except (SQLAlchemyError, OSError) as exc:  # every recording is registered; the next run settles these
+            summary.warnings.append(f"could not update source presence and twin ownership in the index "
+                                    f"({getattr(exc, 'orig', None) or exc}); the next ingest does it")
         try:
             summary.window_counts = window_counts(engine, requested.id)
         except SQLAlchemyError:  # reported per recording already; the counts are only a courtesy
@@ -419,18 +576,18 @@ def ingest(
     return summary
 
 
-def _register_or_redo(engine: Engine, store: ObjectStore, spec: PreprocessSpec, task: Task, item: Prepared) -> str:
+def _register_or_redo(engine: Engine, store: ObjectStore, target: Target, task: Task, item: Prepared) -> str:
     """Register a prepared recording. An index error (disk full, I/O error) rolls its transaction back and fails
     this recording only: the run goes on, and the next run retries it."""
     try:
         for _ in range(REGISTER_ATTEMPTS - 1):
             try:
-                return register(engine, store, spec, item)
+                return register(engine, store, target, item)
             except ObjectVanished:  # gc collected the object before it was registered: build it again
                 item.__dict__.update(prepare(task).__dict__)
                 if item.status == "failed":
                     break
-        return register(engine, store, spec, item)
+        return register(engine, store, target, item)
     except ObjectVanished:
         item.status = "failed"
         item.reason = f"{Path(item.source_path).name}: its object was collected by gc {REGISTER_ATTEMPTS} times " \
@@ -464,7 +621,11 @@ POLL_S = 0.5
 REGISTER_ATTEMPTS = 5
 
 
-def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
+def _failed(task: Task, reason: str) -> Prepared:
+    return Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed", reason=reason)
+
+
+def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: Target):
     """Yield (task, Prepared) for each task this process claims and prepares, and (task, None) for tasks another
     process finished while this one waited. Tasks claimed elsewhere wait until their owner registers them or
     its claim expires."""
@@ -479,17 +640,16 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan):
             while pending and (pool is None or len(in_flight) < workers + 1):
                 task = pending.popleft()
                 try:
-                    claimed = claims.try_claim(path_text(task.edf))
+                    claimed = claims.try_claim(target.claim(task.rel_path))
                     fresh = replan(task) if claimed else None  # another process may have finished it meanwhile
                 except SQLAlchemyError as exc:  # the index cannot be written (disk full...): fail this file, go on
-                    yield task, Prepared(source_path=path_text(task.edf), status="failed",
-                                         reason=f"{task.edf.name}: the index is not writable ({getattr(exc, 'orig', exc)})")
+                    yield task, _failed(task, f"{task.edf.name}: the index is not writable ({getattr(exc, 'orig', exc)})")
                     continue
                 if not claimed:
                     waiting.append(task)
                     continue
                 if not fresh:
-                    claims.release(path_text(task.edf))
+                    claims.release(target.claim(task.rel_path))
                     yield task, None
                     continue
                 task = fresh[0]
@@ -520,12 +680,10 @@ def _result(future, task: Task) -> Prepared:
     try:
         return future.result()
     except BrokenProcessPool:
-        return Prepared(source_path=path_text(task.edf), status="failed",
-                        reason=f"{task.edf.name}: a worker process died while this file was being prepared "
-                               "(killed or out of memory); the next run retries it")
+        return _failed(task, f"{task.edf.name}: a worker process died while this file was being prepared "
+                             "(killed or out of memory); the next run retries it")
     except Exception as exc:  # noqa: BLE001 - a crashed worker must not end the run
-        return Prepared(source_path=path_text(task.edf), status="failed",
-                        reason=f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
+        return _failed(task, f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
 
 
 def window_counts(engine: Engine, window_set_id: int) -> dict[str, int]:
@@ -537,17 +695,25 @@ def window_counts(engine: Engine, window_set_id: int) -> dict[str, int]:
     return {label: counts.get(label, 0) for label in LABELS}
 
 
-def reingest_sources(engine: Engine, store: ObjectStore, sources: list[Path]) -> list[str]:
-    """Rebuild the recordings at these paths with the spec their objects were made with (used by repair).
-    Returns the failure reasons."""
+def reingest_recordings(engine: Engine, store: ObjectStore, recording_ids: list[int]) -> list[str]:
+    """Rebuild these recordings from their sources with their pipeline's spec (used by repair). Returns the
+    failure reasons."""
     failures = []
-    for src in sources:
+    for rec_id in recording_ids:
         with engine.connect() as conn:
-            spec_json = conn.execute(
-                select(StoredObject.spec_json).join(Recording, Recording.object_key == StoredObject.key)
-                .where(Recording.source_path == path_text(src))).scalar_one_or_none()
-        spec = PreprocessSpec.from_dict(json.loads(spec_json)) if spec_json else PreprocessSpec()
-        item = prepare(Task(src, store.root, spec, tuple(_all_shapes(engine, spec.fs)), store_url=store.url))
-        if register(engine, store, spec, item) == "failed":
-            failures.append(item.reason or str(src))
+            row = conn.execute(
+                select(Recording.rel_path, Recording.dataset_id, Dataset.name.label("dataset"), Dataset.layout,
+                       Dataset.root, Recording.pipeline_id, Pipeline.name.label("pipeline"), Pipeline.spec_json)
+                .join(Dataset, Dataset.id == Recording.dataset_id)
+                .join(Pipeline, Pipeline.id == Recording.pipeline_id).where(Recording.id == rec_id)).first()
+        if row is None:
+            continue
+        spec = PreprocessSpec.from_dict(json.loads(row.spec_json))
+        target = Target(DatasetRef(row.dataset_id, row.dataset, row.layout, Path(row.root)),
+                        PipelineRef(row.pipeline_id, row.pipeline, spec))
+        task = Task(target.dataset.root / row.rel_path, row.rel_path, store.root, spec,
+                    _all_shapes(engine, row.pipeline_id), store_url=store.url)
+        item = prepare(task)
+        if register(engine, store, target, item) == "failed":
+            failures.append(item.reason or str(task.edf))
     return failures

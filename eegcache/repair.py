@@ -19,20 +19,21 @@ class RepairOutcome:
 
 def repair(engine: Engine, cache: Path, report: VerifyReport, store_url: str | None = None) -> RepairOutcome:
     """Delete each damaged object folder and re-ingest the recordings that use it from their sources."""
-    from eegcache.ingest import reingest_sources
+    from eegcache.ingest import reingest_recordings
 
     outcome = RepairOutcome()
     store = open_store(cache, store_url)
-    for key, sources in sorted(damaged_sources(engine, report).items()):
-        present = [Path(s) for s in sources if Path(s).is_file()]
+    for key, users in sorted(damaged_sources(engine, report).items()):
+        present = [(rec_id, path) for rec_id, path in users if path.is_file()]
         if not present:
-            outcome.messages.append(f"cannot repair object {key[:12]}: its source file(s) are gone: {', '.join(sources)}")
+            gone = ", ".join(str(path) for _, path in users)
+            outcome.messages.append(f"cannot repair object {key[:12]}: its source file(s) are gone: {gone}")
             continue
         store.remove(key)
-        failed = reingest_sources(engine, store, present)
+        failed = reingest_recordings(engine, store, [rec_id for rec_id, _ in present])
         if failed:
             outcome.messages.append(f"object {key[:12]}: re-ingest failed: {'; '.join(failed)}")
         else:
             outcome.repaired.append(key)
-            outcome.messages.append(f"repaired object {key[:12]} from {', '.join(str(p) for p in present)}")
+            outcome.messages.append(f"repaired object {key[:12]} from {', '.join(str(p) for _, p in present)}")
     return outcome

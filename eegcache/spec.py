@@ -85,16 +85,28 @@ class PreprocessSpec:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    """Everything an ingest run takes besides the source tree and the cache."""
+    """Everything an ingest run takes besides the source tree and the cache.
+
+    ``explicit`` names the spec fields the user set (config file or flags); the others come from the stored
+    pipeline when it exists, so ``ingest --stride 10`` needs no repetition of the preprocessing flags. ``None``
+    means the whole spec is explicit (library callers who build a ``PreprocessSpec``)."""
 
     spec: PreprocessSpec = field(default_factory=PreprocessSpec)
     window_s: float = 60.0
     stride_s: float = 60.0
     workers: int = 1
+    pipeline: str = "default"
+    dataset: str | None = None  # None: recognised from the tree (see eegcache.datasets)
+    replace: bool = False  # rebuild the pipeline with a changed spec instead of refusing
+    explicit: frozenset[str] | None = None
+
+
+TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace")
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> IngestConfig:
-    """Read a TOML config (``[preprocess]`` table plus top-level ``window``/``stride``/``workers``) and apply
+    """Read a TOML config (``[preprocess]`` table plus top-level ``window``/``stride``/``workers``/``pipeline``/
+    ``dataset``) and apply
     command-line overrides on top. Unknown keys are errors, not silently ignored settings."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -103,20 +115,30 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> I
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"config file {path}: {exc}") from exc
     preprocess = dict(data.pop("preprocess", {}))
-    top = {k: data.pop(k) for k in ("window", "stride", "workers") if k in data}
+    top = {k: data.pop(k) for k in TOP_LEVEL if k in data}
     if data:
         raise ValueError(f"config file {path}: unknown setting(s): {', '.join(sorted(data))}")
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key in ("window", "stride", "workers"):
+        if key in TOP_LEVEL:
             top[key] = value
         else:
             preprocess[key] = value
     spec = PreprocessSpec.from_dict(preprocess)
+    pipeline = str(top.get("pipeline", "default"))
+    if not pipeline.strip() or len(pipeline) > 128:
+        raise ValueError(f"pipeline name {pipeline!r} must be 1 to 128 characters")
+    dataset = top.get("dataset")
+    if dataset is not None and (not str(dataset).strip() or len(str(dataset)) > 128):
+        raise ValueError(f"dataset name {dataset!r} must be 1 to 128 characters")
     return IngestConfig(
         spec=spec,
         window_s=float(top.get("window", 60.0)),
         stride_s=float(top.get("stride", 60.0)),
         workers=int(top.get("workers", 1)),
+        pipeline=pipeline,
+        dataset=None if dataset is None else str(dataset),
+        replace=bool(top.get("replace", False)),
+        explicit=frozenset(preprocess),
     )

@@ -22,7 +22,16 @@ from sqlalchemy import Engine, select
 from tqdm import tqdm
 
 from eegcache.index.db import INDEX_FILE, IndexError_, open_index, writer
-from eegcache.index.models import ObjectFile, Recording, SeizureEvent, StoredObject, Window, WindowSet
+from eegcache.index.models import (
+    Dataset,
+    ObjectFile,
+    Pipeline,
+    Recording,
+    SeizureEvent,
+    StoredObject,
+    Window,
+    WindowSet,
+)
 from eegcache.index.sql import insert_ignore
 from eegcache.query import QueryError, run_query
 from eegcache.store import ObjectStore, fsync_tree, open_store
@@ -46,6 +55,7 @@ class TransferSummary:
     objects_skipped: int = 0
     bytes_sent: int = 0
     recordings: int = 0
+    conflicts: list[str] = field(default_factory=list)  # same identity, other bytes: skipped unless overwrite
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -115,7 +125,8 @@ def _selected(src: Side, split: str | None, where: str | None) -> list[int]:
             query += " AND r.split = :split"
             params["split"] = split
         if where is not None:
-            query += (" AND r.name IN (SELECT recording FROM window_labels WHERE " + where + ")")
+            query += (" AND r.id IN (SELECT w.recording_id FROM windows w WHERE w.id IN "
+                      "(SELECT window_id FROM window_labels WHERE " + where + "))")
         url = src.engine.url.render_as_string(hide_password=False)
         try:
             result = run_query(url, query, params, limit=100_000_000)
@@ -153,9 +164,82 @@ def _rows(conn, model, *where):
     return [dict(r._mapping) for r in conn.execute(select(model.__table__).where(*where))]
 
 
-def _merge_recording(src_conn, dst: Side, rec: dict, ws_map: dict[int, int]) -> None:
-    """Insert one recording with its object rows, events and windows in ONE receiver transaction."""
+@dataclass
+class Maps:
+    """Sender ids → receiver ids, matched by name (datasets, pipelines) and shape (window sets)."""
+
+    datasets: dict[int, int] = field(default_factory=dict)
+    dataset_names: dict[int, str] = field(default_factory=dict)
+    pipelines: dict[int, int] = field(default_factory=dict)
+    window_sets: dict[int, int] = field(default_factory=dict)
+
+
+def _maps(src: Side, dst: Side, summary: TransferSummary) -> Maps:
+    """Datasets and pipelines by name (created on the receiver when new; a dataset keeps the receiver's root),
+    then window sets by (pipeline, window, stride). A pipeline of the same name and another spec is a conflict:
+    its recordings are not transferred."""
+    maps = Maps()
+    with src.engine.connect() as conn:
+        datasets, pipelines, sets = _rows(conn, Dataset), _rows(conn, Pipeline), _rows(conn, WindowSet)
+        samples = {d["id"]: conn.execute(select(Recording.rel_path, Recording.edf_sha256)
+                                         .where(Recording.dataset_id == d["id"]).limit(16)).all() for d in datasets}
     with writer(dst.engine).begin() as conn:
+        for d in datasets:
+            known = conn.execute(select(Dataset.id).where(Dataset.name == d["name"])).scalar_one_or_none()
+            if known is None:
+                known = _same_tree(conn, samples[d["id"]])
+            if known is None:
+                known = conn.execute(Dataset.__table__.insert().values(
+                    **{k: v for k, v in d.items() if k != "id"})).inserted_primary_key[0]
+            maps.datasets[d["id"]] = known
+            maps.dataset_names[d["id"]] = d["name"]
+        for p in pipelines:
+            conn.execute(insert_ignore(conn, Pipeline.__table__).values(**{k: v for k, v in p.items() if k != "id"}))
+            mine = conn.execute(select(Pipeline.id, Pipeline.spec_digest).where(Pipeline.name == p["name"])).one()
+            if mine.spec_digest != p["spec_digest"]:
+                summary.conflicts.append(f"pipeline {p['name']!r} has another preprocessing spec here; its recordings "
+                                         "were not transferred (transfer into a cache without it)")
+                continue
+            maps.pipelines[p["id"]] = mine.id
+        for ws in sets:
+            if ws["pipeline_id"] not in maps.pipelines:
+                continue
+            shape = {"pipeline_id": maps.pipelines[ws["pipeline_id"]], "window_s": ws["window_s"],
+                     "stride_s": ws["stride_s"]}
+            conn.execute(insert_ignore(conn, WindowSet.__table__).values(
+                **shape, fs=ws["fs"], window_samples=ws["window_samples"], stride_samples=ws["stride_samples"]))
+            maps.window_sets[ws["id"]] = conn.execute(select(WindowSet.id).filter_by(**shape)).scalar_one()
+    return maps
+
+
+def _same_tree(conn, sample) -> int | None:
+    """The receiver's dataset holding most of a sample of (relative path, EDF digest), when it holds at least half:
+    the sender named the same tree otherwise."""
+    if not sample:
+        return None
+    hits: dict[int, int] = {}
+    for rel, digest in sample:
+        for ds in conn.execute(select(Recording.dataset_id).where(Recording.rel_path == rel,
+                                                                  Recording.edf_sha256 == digest).distinct()).scalars():
+            hits[ds] = hits.get(ds, 0) + 1
+    best = max(hits.items(), key=lambda kv: kv[1], default=None)
+    return best[0] if best and 2 * best[1] >= len(sample) else None
+
+
+CONTENT = ("edf_sha256", "annotation_sha256", "object_key", "status")
+
+
+def _merge_recording(src_conn, dst: Side, rec: dict, maps: Maps, overwrite: bool) -> str:
+    """Merge one recording by (dataset, relative path, pipeline) with its object rows, events and windows in ONE
+    receiver transaction. Returns "merged", or "conflict" when the receiver holds other bytes under that identity
+    (kept unless ``overwrite``)."""
+    with writer(dst.engine).begin() as conn:
+        ident = {"dataset_id": maps.datasets[rec["dataset_id"]], "rel_path": rec["rel_path"],
+                 "pipeline_id": maps.pipelines[rec["pipeline_id"]]}
+        existing = conn.execute(select(Recording.id, *(getattr(Recording, c) for c in CONTENT)).filter_by(**ident)).first()
+        same = existing is not None and all(getattr(existing, c) == rec[c] for c in CONTENT)
+        if existing is not None and not same and not overwrite:
+            return "conflict"
         key = rec["object_key"]
         if key is not None:
             for row in _rows(src_conn, StoredObject, StoredObject.key == key):
@@ -163,53 +247,41 @@ def _merge_recording(src_conn, dst: Side, rec: dict, ws_map: dict[int, int]) -> 
             files = _rows(src_conn, ObjectFile, ObjectFile.object_key == key)
             if files:
                 conn.execute(insert_ignore(conn, ObjectFile.__table__), files)
-        existing = conn.execute(select(Recording.id, Recording.object_key)
-                                .where(Recording.source_path == rec["source_path"])).first()
-        values = {k: v for k, v in rec.items() if k != "id"}
+        values = {**{k: v for k, v in rec.items() if k != "id"}, **ident}
         if existing is None:
             rec_id = conn.execute(Recording.__table__.insert().values(**values)).inserted_primary_key[0]
-        elif existing.object_key == key:
+        else:
             rec_id = existing.id
-        else:  # the sender's version of this recording wins: replace the receiver's rows
-            rec_id = existing.id
-            conn.execute(Window.__table__.delete().where(Window.recording_id == rec_id))
-            conn.execute(SeizureEvent.__table__.delete().where(SeizureEvent.recording_id == rec_id))
-            conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
+            if not same:  # --overwrite: the sender's version of this recording replaces the receiver's rows
+                conn.execute(Window.__table__.delete().where(Window.recording_id == rec_id))
+                conn.execute(SeizureEvent.__table__.delete().where(SeizureEvent.recording_id == rec_id))
+                conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
         if not conn.execute(select(SeizureEvent.id).where(SeizureEvent.recording_id == rec_id).limit(1)).first():
             events = [{"recording_id": rec_id, "start_s": e["start_s"], "stop_s": e["stop_s"]}
                       for e in _rows(src_conn, SeizureEvent, SeizureEvent.recording_id == rec["id"])]
             if events:
                 conn.execute(SeizureEvent.__table__.insert(), events)
-        windows = [{"recording_id": rec_id, "window_set_id": ws_map[w["window_set_id"]],
+        windows = [{"recording_id": rec_id, "window_set_id": maps.window_sets[w["window_set_id"]],
                     "start_sample": w["start_sample"], "seizure_samples": w["seizure_samples"], "label": w["label"]}
                    for w in _rows(src_conn, Window, Window.recording_id == rec["id"])]
         if windows:
             conn.execute(insert_ignore(conn, Window.__table__), windows)
+    return "merged"
 
 
-def _window_set_map(src: Side, dst: Side) -> dict[int, int]:
-    with src.engine.connect() as conn:
-        sets = _rows(conn, WindowSet)
-    out = {}
-    with writer(dst.engine).begin() as conn:
-        for ws in sets:
-            shape = {k: ws[k] for k in ("window_s", "stride_s", "fs")}
-            conn.execute(insert_ignore(conn, WindowSet.__table__).values(
-                **shape, window_samples=ws["window_samples"], stride_samples=ws["stride_samples"]))
-            out[ws["id"]] = conn.execute(select(WindowSet.id).filter_by(**shape)).scalar_one()
-    return out
-
-
-def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | None = None,
+def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
              progress: bool = True) -> TransferSummary:
-    """Copy the selected recordings' objects the receiver lacks, then their rows."""
+    """Copy the selected recordings' objects the receiver lacks, then their rows, merged by (dataset, relative
+    path, pipeline): the same recording built at another path merges, never doubles."""
+    from eegcache.ingest import settle_twins
+
     t0 = time.perf_counter()
     summary = TransferSummary()
     ids = _selected(src, split, where)
-    ws_map = _window_set_map(src, dst)
+    maps = _maps(src, dst, summary)
     with src.engine.connect() as conn:
         wanted = set(ids)
-        recs = [r for r in _rows(conn, Recording) if r["id"] in wanted]
+        recs = [r for r in _rows(conn, Recording) if r["id"] in wanted and r["pipeline_id"] in maps.pipelines]
         keys = sorted({r["object_key"] for r in recs if r["object_key"]})
         files: dict[str, list] = {}
         for row in conn.execute(select(ObjectFile.object_key, ObjectFile.path, ObjectFile.size, ObjectFile.sha256)
@@ -232,28 +304,34 @@ def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | Non
         for rec in recs:
             if rec["object_key"] in broken:
                 continue
-            _merge_recording(conn, dst, rec, ws_map)
+            if _merge_recording(conn, dst, rec, maps, overwrite) == "conflict":
+                summary.conflicts.append(
+                    f"{maps.dataset_names[rec['dataset_id']]}/{rec['rel_path']}: the receiver holds other bytes under "
+                    "this recording; kept (pass --overwrite to replace it)")
+                continue
             summary.recordings += 1
+    for pipeline_id in set(maps.pipelines.values()):
+        settle_twins(dst.engine, dst.store, pipeline_id)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def push(cache: Path, remote: str, *, db_url: str | None = None, store_url: str | None = None,
-         progress: bool = True) -> TransferSummary:
+def push(cache: Path, remote: str, *, overwrite: bool = False, db_url: str | None = None,
+         store_url: str | None = None, progress: bool = True) -> TransferSummary:
     engine = open_index(cache, db_url)
     try:
         with open_remote(remote, create=True) as dst:
-            return transfer(Side(engine, open_store(cache, store_url)), dst, progress=progress)
+            return transfer(Side(engine, open_store(cache, store_url)), dst, overwrite=overwrite, progress=progress)
     finally:
         engine.dispose()
 
 
-def pull(cache: Path, remote: str, *, split: str | None = None, where: str | None = None,
+def pull(cache: Path, remote: str, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
          db_url: str | None = None, store_url: str | None = None, progress: bool = True) -> TransferSummary:
     engine = open_index(cache, db_url)
     try:
         with open_remote(remote, create=False) as src:
             return transfer(src, Side(engine, open_store(cache, store_url)), split=split, where=where,
-                            progress=progress)
+                            overwrite=overwrite, progress=progress)
     finally:
         engine.dispose()

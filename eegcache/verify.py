@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from eegcache.index.models import ObjectFile, Recording, StoredObject
+from eegcache.index.models import Dataset, ObjectFile, Recording, StoredObject
 from eegcache.store import ObjectStore, open_store
 
 
@@ -79,12 +79,13 @@ def verify(engine: Engine, cache: Path, store_url: str | None = None) -> VerifyR
     return report
 
 
-def damaged_sources(engine: Engine, report: VerifyReport) -> dict[str, list[str]]:
-    """Source paths of the recordings that use each damaged object."""
+def damaged_sources(engine: Engine, report: VerifyReport) -> dict[str, list[tuple[int, Path]]]:
+    """(recording id, current source path) of the recordings that use each damaged object."""
     keys = {p.object_key for p in report.problems}
     with engine.connect() as conn:
-        rows = conn.execute(select(Recording.object_key, Recording.source_path).where(Recording.object_key.in_(keys)))
-        out: dict[str, list[str]] = {}
-        for key, src in rows:
-            out.setdefault(key, []).append(src)
+        rows = conn.execute(select(Recording.object_key, Recording.id, Dataset.root, Recording.rel_path)
+                            .join(Dataset, Dataset.id == Recording.dataset_id).where(Recording.object_key.in_(keys)))
+        out: dict[str, list[tuple[int, Path]]] = {}
+        for key, rec_id, root, rel in rows:
+            out.setdefault(key, []).append((rec_id, Path(root) / rel))
     return out

@@ -23,6 +23,7 @@ def selection_options(func):
     options = [
         click.option("--cache", required=True, type=click.Path(file_okay=False, path_type=Path), envvar="EEGCACHE_CACHE",
                      help="Cache folder (index.sqlite + objects/). Env: EEGCACHE_CACHE."),
+        click.option("--pipeline", help="The cache's pipeline to read (default: the only one)."),
         click.option("--split", default="train", show_default=True, help="Split to train on ('all' for every split)."),
         click.option("--window", "window_s", type=float, default=60.0, show_default=True, help="Window length (s)."),
         click.option("--stride", "stride_s", type=float, default=60.0, show_default=True, help="Window stride (s)."),
@@ -41,8 +42,8 @@ def selection_options(func):
     return func
 
 
-def _selection(split, window_s, stride_s, where, params, allow_incomplete) -> Selection:
-    return Selection(window_s, stride_s, _split(split), where, parse_params(params), allow_incomplete)
+def _selection(pipeline, split, window_s, stride_s, where, params, allow_incomplete) -> Selection:
+    return Selection(window_s, stride_s, _split(split), where, parse_params(params), allow_incomplete, pipeline)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,11 +60,11 @@ def main() -> None:
 @click.option("--world-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--ids", "with_ids", is_flag=True, help="Include the window ids, in training order.")
-def sample(cache, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
-           epoch, rank, world_size, as_json, with_ids):
+def sample(cache, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed,
+           max_windows_per_epoch, epoch, rank, world_size, as_json, with_ids):
     """Print what an epoch draws (counts per class, optionally the ids) without training."""
     try:
-        sampler = EpochSampler(cache, _selection(split, window_s, stride_s, where, params, allow_incomplete),
+        sampler = EpochSampler(cache, _selection(pipeline, split, window_s, stride_s, where, params, allow_incomplete),
                                Ratios.parse(ratios), seed, max_windows=max_windows_per_epoch)
         if rank >= world_size:
             raise ValueError(f"--rank {rank} must be smaller than --world-size {world_size}")
@@ -83,7 +84,7 @@ def sample(cache, split, window_s, stride_s, where, params, ratios, allow_incomp
 
 # CLI option name → TrainConfig field, for --resume (only options given on the command line override the run's).
 _FIT_FIELDS = {
-    "cache": "cache", "split": "split", "window_s": "window_s", "stride_s": "stride_s", "where": "where",
+    "cache": "cache", "pipeline": "pipeline", "split": "split", "window_s": "window_s", "stride_s": "stride_s", "where": "where",
     "params": "params", "ratios": "ratios", "allow_incomplete": "allow_incomplete", "seed": "seed",
     "max_windows_per_epoch": "max_windows_per_epoch", "epochs": "epochs", "batch_size": "batch_size",
     "workers": "workers", "model": "model", "device": "device", "lr": "lr", "weight_decay": "weight_decay",
@@ -115,7 +116,7 @@ _FIT_FIELDS = {
                    "torchrun --nproc_per_node=N -m trainer fit ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def fit(ctx, cache, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
+def fit(ctx, cache, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
         out, epochs, batch_size, workers, model, device, lr, weight_decay, grad_clip, val_split, threshold, augment,
         resume, stop_after, nproc, quiet):
     """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch.
@@ -137,7 +138,7 @@ def fit(ctx, cache, split, window_s, stride_s, where, params, ratios, allow_inco
     elif nproc is not None and nproc > 1:
         ctx.exit(distributed.launch(nproc, _given_args(ctx, skip=("nproc",))))
 
-    values = dict(cache=str(cache), split=_split(split), window_s=window_s, stride_s=stride_s, where=where,
+    values = dict(cache=str(cache), pipeline=pipeline, split=_split(split), window_s=window_s, stride_s=stride_s, where=where,
                   ratios=ratios, allow_incomplete=allow_incomplete, seed=seed,
                   max_windows_per_epoch=max_windows_per_epoch, epochs=epochs, batch_size=batch_size, workers=workers,
                   model=model, device=device, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
@@ -203,6 +204,7 @@ def _metric_lines(name: str, m: dict) -> str:
 def evaluate(cache, checkpoint, split, out, plots, threshold, device, baselines, as_json):
     """Score a checkpoint on a split with the SzCORE event metrics and sample metrics."""
     from trainer.evaluate import baselines as constant_baselines
+    from trainer.evaluate import checkpoint_pipeline
     from trainer.evaluate import evaluate as run_evaluate
     from trainer.fit import FitError, load_checkpoint
     from trainer.postprocess import PostProcess
@@ -214,7 +216,7 @@ def evaluate(cache, checkpoint, split, out, plots, threshold, device, baselines,
             post = PostProcess(threshold, stored.get("morph_samples", 5), stored.get("min_event_s", 2.0))
         result = run_evaluate(cache, checkpoint, _split(split), out=out, plot=list(plots) or None, post=post,
                               device=device)
-        base = constant_baselines(cache, _split(split), post) if baselines else {}
+        base = constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint)) if baselines else {}
     except (*_ERRORS, FitError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -45,9 +45,10 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
     cache = Path(cache)
     model, config, window = load_model(checkpoint, device)
     post = post or config.postprocess()
-    recordings = split_recordings(cache, split)
+    pipeline = checkpoint_pipeline(checkpoint)
+    recordings = split_recordings(cache, split, pipeline=pipeline)
     if plot:
-        split_recordings(cache, split, plot)  # unknown names fail before any work
+        split_recordings(cache, split, plot, pipeline=pipeline)  # unknown names fail before any work
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,10 +75,19 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
     return result
 
 
-def baselines(cache: Path | str, split: str | None, post: PostProcess | None = None) -> dict[str, dict]:
+def checkpoint_pipeline(checkpoint: Path | str) -> str | None:
+    """The pipeline a run trained on (its windows' pipeline), so evaluation reads the same preprocessing."""
+    from trainer.fit import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    return state.get("window_set", {}).get("pipeline") or state["config"].get("pipeline")
+
+
+def baselines(cache: Path | str, split: str | None, post: PostProcess | None = None,
+              pipeline: str | None = None) -> dict[str, dict]:
     """Constant predictors through the same post-processing and scoring: all-zero (never alarms) and all-one
     (always alarms). A model is only useful where it beats both."""
-    recordings = split_recordings(Path(cache), split)
+    recordings = split_recordings(Path(cache), split, pipeline=pipeline)
     return {"all_zero": score_constant(Path(cache), recordings, 0.0, post),
             "all_one": score_constant(Path(cache), recordings, 1.0, post)}
 

@@ -85,6 +85,7 @@ class TrainConfig:
     max_windows_per_epoch: int | None = None
     augment: bool = False
     val_batch_size: int = 16
+    pipeline: str | None = None  # None: the cache's only pipeline
 
     # Fields that may change between a run and its resumption without changing the result (where the cache lives,
     # how many loader processes, the device; a different device changes rounding but not the run's definition).
@@ -111,7 +112,8 @@ class TrainConfig:
         return cls(**values)
 
     def selection(self) -> Selection:
-        return Selection(self.window_s, self.stride_s, self.split, self.where, self.params, self.allow_incomplete)
+        return Selection(self.window_s, self.stride_s, self.split, self.where, self.params, self.allow_incomplete,
+                         self.pipeline)
 
     def postprocess(self) -> PostProcess:
         return PostProcess(self.threshold, self.morph_samples, self.min_event_s)
@@ -299,7 +301,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
     for line in sampler.describe():
         log(line)
     window = sampler.window_set.window_samples
-    val_recordings = split_recordings(Path(config.cache), config.val_split) if config.val_split else []
+    val_recordings = (split_recordings(Path(config.cache), config.val_split, pipeline=sampler.window_set.pipeline)
+                      if config.val_split else [])
     if config.val_split and not val_recordings:
         log(f"warning: no ingested recordings in validation split {config.val_split!r}; "
             "best.pt follows the training loss instead of event F1")

@@ -18,7 +18,7 @@ import torch
 from eegcache.store import open_store
 from trainer.metrics import Counts, score_recording, summarize
 from trainer.postprocess import PostProcess, binarize, cover_starts, stitch
-from trainer.sampling import SamplingError, connect_readonly
+from trainer.sampling import SamplingError, choose_pipeline, connect_readonly
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,16 @@ class RecordingResult:
     counts: Counts
 
 
-def split_recordings(cache: Path, split: str | None, recordings: list[str] | None = None) -> list[RecordingRef]:
-    """Ingested recordings of a split (all splits when None), in name order; optionally only the named ones."""
+def split_recordings(cache: Path, split: str | None, recordings: list[str] | None = None,
+                     pipeline: str | None = None) -> list[RecordingRef]:
+    """Ingested recordings of a split (all splits when None) of a pipeline (the only one when None), in name order;
+    optionally only the named ones."""
     conn = connect_readonly(cache)
     try:
+        pid, _ = choose_pipeline(conn, pipeline, cache)
         sql = ("SELECT r.id, r.name, r.object_key, o.n_samples, o.fs FROM recordings r "
-               "JOIN objects o ON o.key = r.object_key WHERE r.status = 'ingested'")
-        params: list = []
+               "JOIN objects o ON o.key = r.object_key WHERE r.status = 'ingested' AND r.pipeline_id = ?")
+        params: list = [pid]
         if split is not None:
             sql += " AND r.split = ?"
             params.append(split)

@@ -95,10 +95,13 @@ class Selection:
     where: str | None = None
     params: tuple[tuple[str, str], ...] = ()
     allow_incomplete: bool = False
+    pipeline: str | None = None  # None: the cache's only pipeline
 
     def describe(self) -> str:
         parts = [f"{self.window_s:g} s windows at {self.stride_s:g} s stride",
                  f"split {self.split!r}" if self.split else "all splits"]
+        if self.pipeline:
+            parts.insert(0, f"pipeline {self.pipeline!r}")
         if self.where:
             parts.append(f"where {self.where.strip()!r}")
         return ", ".join(parts)
@@ -112,6 +115,8 @@ class WindowSetInfo:
     fs: float
     window_samples: int
     stride_samples: int
+    pipeline_id: int = 0
+    pipeline: str = ""
 
 
 def target_counts(available: Mapping[str, int], ratios: Ratios) -> dict[str, int]:
@@ -187,6 +192,22 @@ def connect_readonly(cache: Path, *, authorizer: bool = True) -> sqlite3.Connect
     return conn
 
 
+def choose_pipeline(conn: sqlite3.Connection, name: str | None, cache: Path) -> tuple[int, str]:
+    """(id, name) of the named pipeline, or of the only one when ``name`` is None; refuses with the list."""
+    rows = conn.execute("SELECT id, name FROM pipelines ORDER BY name").fetchall()
+    names = ", ".join(r[1] for r in rows) or "none (nothing has been ingested)"
+    if name is not None:
+        for pid, pname in rows:
+            if pname == name:
+                return pid, pname
+        raise SamplingError(f"no pipeline named {name!r} in {cache}; pipelines: {names}")
+    if len(rows) == 1:
+        return rows[0][0], rows[0][1]
+    if not rows:
+        raise SamplingError(f"{cache} holds no pipeline yet (nothing has been ingested); run eegcache ingest")
+    raise SamplingError(f"{cache} holds {len(rows)} pipelines ({names}); choose one with --pipeline NAME")
+
+
 def _fetch_ids(conn: sqlite3.Connection, sql: str, params: Mapping[str, object]) -> np.ndarray:
     """Ids of one query as sorted int64. ``group_concat`` moves 10 M ids out of SQLite 3x faster than iterating
     rows (one string, parsed by numpy); past SQLite's string limit (~100 M ids) it falls back to iterating."""
@@ -246,30 +267,33 @@ class EpochSampler:
     # -- validation ------------------------------------------------------------------------------------------
 
     def _window_set(self, conn: sqlite3.Connection) -> WindowSetInfo:
+        pid, pname = choose_pipeline(conn, self.selection.pipeline, self.cache)
         rows = conn.execute(
-            "SELECT id, window_s, stride_s, fs, window_samples, stride_samples FROM window_sets ORDER BY id").fetchall()
+            "SELECT id, window_s, stride_s, fs, window_samples, stride_samples FROM window_sets WHERE pipeline_id = ? "
+            "ORDER BY id", (pid,)).fetchall()
         sel = self.selection
-        match = [WindowSetInfo(*r) for r in rows
+        match = [WindowSetInfo(*r, pid, pname) for r in rows
                  if math.isclose(r[1], sel.window_s, abs_tol=1e-9) and math.isclose(r[2], sel.stride_s, abs_tol=1e-9)]
-        if len(match) == 1:
+        if match:
             return match[0]
         counts = dict(conn.execute("SELECT window_set_id, count(*) FROM windows GROUP BY window_set_id").fetchall())
         listing = "; ".join(f"{r[1]:g} s windows at {r[2]:g} s stride, {r[3]:g} Hz ({counts.get(r[0], 0):,} windows)"
                             for r in rows) or "none (nothing has been ingested)"
-        if not match:
-            raise SamplingError(
-                f"no window set of {sel.window_s:g} s windows at {sel.stride_s:g} s stride in {self.cache}. "
-                f"Window sets that exist: {listing}. Add it from the stored masks (no EDF is re-read) with "
-                f"eegcache ingest SRC --cache {self.cache} --window {sel.window_s:g} --stride {sel.stride_s:g}")
-        raise SamplingError(f"{len(match)} window sets of {sel.window_s:g} s at {sel.stride_s:g} s stride exist at "
-                            f"different sampling rates ({listing}); keep one sampling rate per cache")
+        raise SamplingError(
+            f"no window set of {sel.window_s:g} s windows at {sel.stride_s:g} s stride in pipeline {pname!r} of "
+            f"{self.cache}. Window sets that exist: {listing}. Add it from the stored masks (no EDF is re-read) with "
+            f"eegcache ingest SRC --cache {self.cache} --pipeline {pname} --window {sel.window_s:g} "
+            f"--stride {sel.stride_s:g}")
 
     def _check_split(self, conn: sqlite3.Connection) -> None:
         split = self.selection.split
         if split is None:
             return
-        if conn.execute("SELECT 1 FROM recordings WHERE split = ? LIMIT 1", (split,)).fetchone() is None:
-            splits = [r[0] for r in conn.execute("SELECT DISTINCT split FROM recordings ORDER BY split") if r[0]]
+        pid = self.window_set.pipeline_id
+        if conn.execute("SELECT 1 FROM recordings WHERE split = ? AND pipeline_id = ? LIMIT 1",
+                        (split, pid)).fetchone() is None:
+            splits = [r[0] for r in conn.execute("SELECT DISTINCT split FROM recordings WHERE pipeline_id = ? "
+                                                 "ORDER BY split", (pid,)) if r[0]]
             raise SamplingError(f"split {split!r} has no recordings in {self.cache}; "
                                 f"splits present: {', '.join(splits) or 'none'}")
 
@@ -282,6 +306,7 @@ class EpochSampler:
         so no condition over ``window_labels`` can say whether it would have matched."""
         ws = self.window_set
         split_sql, split_params = ("r.split = ?", (self.selection.split,)) if self.selection.split else ("1", ())
+        split_sql, split_params = f"r.pipeline_id = ? AND {split_sql}", (ws.pipeline_id, *split_params)
         status = dict(conn.execute(f"SELECT r.status, count(*) FROM recordings r WHERE {split_sql} GROUP BY r.status",
                                    split_params).fetchall())
         bad = {s: n for s, n in status.items() if s not in ("ingested", "skipped")}
@@ -293,9 +318,13 @@ class EpochSampler:
                 WHERE {split_sql} AND r.status = 'ingested' AND o.fs = ? AND o.n_samples >= ?
                 AND NOT EXISTS (SELECT 1 FROM windows w WHERE w.recording_id = r.id AND w.window_set_id = ?)""",
             (*split_params, ws.fs, ws.window_samples, ws.id)).fetchone()[0]
+        stale = conn.execute(
+            f"""SELECT count(*) FROM recordings r JOIN pipelines p ON p.id = r.pipeline_id
+                WHERE {split_sql} AND r.status IN ('ingested', 'skipped') AND r.spec_digest <> p.spec_digest""",
+            split_params).fetchone()[0]
         total = sum(status.values())
-        info: dict[str, object] = {"recordings": total, "not_ingested": bad, "unwindowed": unwindowed}
-        if not bad and not unwindowed:
+        info: dict[str, object] = {"recordings": total, "not_ingested": bad, "unwindowed": unwindowed, "stale": stale}
+        if not bad and not unwindowed and not stale:
             return {}
         where = f"split {self.selection.split!r}" if self.selection.split else "the cache"
         problems = []
@@ -306,6 +335,9 @@ class EpochSampler:
         if unwindowed:
             problems.append(f"{unwindowed} ingested recordings in {where} have no {ws.window_s:g} s / {ws.stride_s:g} s "
                             "windows yet (ingest unfinished for this window set)")
+        if stale:
+            problems.append(f"{stale} recordings in {where} were built with an earlier spec of pipeline "
+                            f"{ws.pipeline!r} (replaced; ingest their dataset again to rebuild them)")
         if not self.selection.allow_incomplete:
             raise SamplingError(
                 "refusing to train on an incomplete selection: " + "; ".join(problems)
@@ -381,7 +413,8 @@ class EpochSampler:
     def describe(self) -> list[str]:
         """Human lines: the selection, counts available and drawn per class (what training prints first)."""
         ws = self.window_set
-        lines = [f"selection: {self.selection.describe()} (window set {ws.id}: {ws.window_samples} samples at {ws.fs:g} Hz)",
+        lines = [f"selection: {self.selection.describe()} (pipeline {ws.pipeline!r}, window set {ws.id}: "
+                 f"{ws.window_samples} samples at {ws.fs:g} Hz)",
                  f"available: {_fmt_counts(self.available)}",
                  f"per epoch: {_fmt_counts(self.targets)} (ratios {self.ratios.text()})"]
         if self.max_windows is not None and self.max_windows < sum(self.targets.values()):

@@ -10,7 +10,7 @@ from eegcache.index.db import current_revision, head_revision, make_engine, upgr
 from eegcache.index.models import Base
 
 # Parents before children, so foreign keys hold at every insert. Claims are leases of running processes: not copied.
-TABLES = ("objects", "object_files", "recordings", "events", "window_sets", "windows")
+TABLES = ("datasets", "pipelines", "objects", "object_files", "recordings", "events", "window_sets", "windows")
 BATCH = 50_000
 
 
@@ -45,7 +45,7 @@ def copy_index(source_url: str, target_url: str) -> CopyReport:
                 if copied != counts[name]:
                     raise CopyError(f"table {name}: {copied} rows arrived of {counts[name]}; the copy was rolled back")
             if dst.dialect.name == "postgresql":  # explicit ids do not advance the id sequences
-                for name in ("recordings", "events", "window_sets", "windows"):
+                for name in ("datasets", "pipelines", "recordings", "events", "window_sets", "windows"):
                     dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
                                      f"coalesce((SELECT max(id) FROM {name}), 0) + 1, false)"))
         return CopyReport(counts)

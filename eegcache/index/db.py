@@ -91,13 +91,32 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@contextmanager
+def _migrating(engine: Engine):
+    """A write transaction for Alembic. On SQLite, foreign keys are switched off around it (outside the
+    transaction, where the pragma takes effect): rebuilding a table in batch mode drops the old one, and with
+    foreign keys on that DROP would cascade into every child row. The result is checked before the commit."""
+    with writer(engine).connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite and (bad := conn.exec_driver_sql("PRAGMA foreign_key_check").first()):
+                    raise IndexError_(f"the migration left a dangling reference in table {bad[0]}; rolled back")
+        finally:
+            if sqlite:
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys = ON")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    with writer(engine).begin() as conn:
+    with _migrating(engine) as conn:
         command.upgrade(_alembic_config(conn), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    with writer(engine).begin() as conn:
+    with _migrating(engine) as conn:
         command.downgrade(_alembic_config(conn), revision)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -53,13 +54,43 @@ class ObjectFile(Base):
     sha256: Mapped[str] = mapped_column(String(64))
 
 
+class Dataset(Base):
+    """A source tree (TUSZ raw, a plain folder...): a name, its layout and the root it was last seen at. The root is
+    a ref that may move; recordings are named relative to it."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    layout: Mapped[str] = mapped_column(String(16))
+    root: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Pipeline(Base):
+    """A named, declared preprocessing spec. Objects stay content-addressed, so pipelines with equal specs share
+    them; window sets belong to a pipeline."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    spec_json: Mapped[str] = mapped_column(Text)
+    spec_digest: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class Recording(Base):
-    """One source EDF and what became of it."""
+    """One source EDF, as one pipeline built it: identified by (dataset, path relative to the dataset root,
+    pipeline), never by an absolute path."""
 
     __tablename__ = "recordings"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    source_path: Mapped[str] = mapped_column(Text, unique=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    rel_path: Mapped[str] = mapped_column(Text)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id"))
+    source_missing: Mapped[bool] = mapped_column(Boolean, default=False)
     name: Mapped[str] = mapped_column(String(255), index=True)
     subject: Mapped[str | None] = mapped_column(String(64))
     session: Mapped[str | None] = mapped_column(String(64))
@@ -74,7 +105,7 @@ class Recording(Base):
     edf_size: Mapped[int | None] = mapped_column(BigInteger)
     edf_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     edf_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
-    annotation_path: Mapped[str | None] = mapped_column(Text)
+    annotation_path: Mapped[str | None] = mapped_column(Text)  # relative to the dataset root
     annotation_size: Mapped[int | None] = mapped_column(BigInteger)
     annotation_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     annotation_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -85,7 +116,10 @@ class Recording(Base):
     seizure_s: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
-    __table_args__ = (Index("ix_recordings_split_status", "split", "status"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "rel_path", "pipeline_id", name="uq_recordings_identity"),
+        Index("ix_recordings_split_status", "split", "status"),
+    )
 
 
 class SeizureEvent(Base):
@@ -105,13 +139,14 @@ class WindowSet(Base):
     __tablename__ = "window_sets"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pipeline_id: Mapped[int] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"))
     window_s: Mapped[float] = mapped_column(Float)
     stride_s: Mapped[float] = mapped_column(Float)
     fs: Mapped[float] = mapped_column(Float)
     window_samples: Mapped[int] = mapped_column(Integer)
     stride_samples: Mapped[int] = mapped_column(Integer)
 
-    __table_args__ = (UniqueConstraint("window_s", "stride_s", "fs", name="uq_window_sets_shape"),)
+    __table_args__ = (UniqueConstraint("pipeline_id", "window_s", "stride_s", name="uq_window_sets_shape"),)
 
 
 class Window(Base):
@@ -133,11 +168,11 @@ class Window(Base):
 
 
 class Claim(Base):
-    """A lease on one source file, so that several ingest processes (on one or many machines) share a tree
+    """A lease on one (dataset, relative path, pipeline), so that several ingest processes (on one or many machines) share a tree
     without preprocessing a file twice. A dead owner's claim expires and is taken over."""
 
     __tablename__ = "claims"
 
-    source_path: Mapped[str] = mapped_column(Text, primary_key=True)
+    source_path: Mapped[str] = mapped_column(Text, primary_key=True)  # the claimed item: see eegcache.claims
     owner: Mapped[str] = mapped_column(String(128), index=True)
     expires_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch

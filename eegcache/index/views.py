@@ -7,6 +7,8 @@ from eegcache.windows import LABELS  # noqa: F401 - label codes 0/1/2, re-export
 
 WINDOW_LABELS_COLUMNS = (
     "window_id", "recording", "subject", "session", "split", "montage",
-    "window_s", "stride_s", "start_s", "duration_s", "label", "seizure_fraction",
+    "window_s", "stride_s", "start_s", "duration_s", "label", "seizure_fraction", "dataset", "pipeline",
 )
-RECORDING_STATUS_COLUMNS = ("recording", "source_path", "status", "reason", "n_windows")
+RECORDING_STATUS_COLUMNS = (
+    "recording", "source_path", "status", "reason", "n_windows", "dataset", "pipeline", "rel_path", "source",
+)
