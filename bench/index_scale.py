@@ -49,9 +49,13 @@ def build_index(root: Path, n_windows: int, proportions: tuple[float, float, flo
     con = sqlite3.connect(root / INDEX_FILE, isolation_level=None)
     con.execute("PRAGMA synchronous = OFF")
     con.execute("BEGIN")
-    con.execute("INSERT INTO window_sets (id, window_s, stride_s, fs, window_samples, stride_samples) "
-                "VALUES (1, 60.0, 10.0, 256.0, ?, ?)", (WINDOW, STRIDE))
     now = "2026-11-28 00:00:00.000000"
+    con.execute("INSERT INTO datasets (id, name, layout, root, updated_at) VALUES (1, 'synthetic', 'folder', '/', ?)",
+                (now,))
+    con.execute("INSERT INTO pipelines (id, name, spec_json, spec_digest, created_at) "
+                "VALUES (1, 'default', '{}', 'synthetic', ?)", (now,))
+    con.execute("INSERT INTO window_sets (id, pipeline_id, window_s, stride_s, fs, window_samples, stride_samples) "
+                "VALUES (1, 1, 60.0, 10.0, 256.0, ?, ?)", (WINDOW, STRIDE))
     con.executemany(
         "INSERT INTO objects (key, label_key, spec_digest, spec_json, n_channels, n_samples, fs, dtype, nbytes, digest,"
         " created_at) VALUES (?, '', 'synthetic', '{}', 19, ?, 256.0, 'float32', 0, '', ?)",
@@ -59,9 +63,9 @@ def build_index(root: Path, n_windows: int, proportions: tuple[float, float, flo
     )
     splits = rng.choice(["train", "dev", "eval"], n_rec, p=[0.6, 0.25, 0.15]).tolist()
     con.executemany(
-        "INSERT INTO recordings (id, source_path, name, subject, session, split, montage, token, status, object_key,"
-        " spec_digest, duration_s, updated_at) VALUES (?, ?, ?, ?, 's001_2003', ?, '01_tcp_ar', 't000', 'ingested', ?,"
-        " 'synthetic', ?, ?)",
+        "INSERT INTO recordings (id, dataset_id, pipeline_id, rel_path, name, subject, session, split, montage, token,"
+        " status, object_key, spec_digest, duration_s, updated_at) VALUES (?, 1, 1, ?, ?, ?, 's001_2003', ?,"
+        " '01_tcp_ar', 't000', 'ingested', ?, 'synthetic', ?, ?)",
         ((i + 1, f"synthetic/{i:08d}.edf", f"{i:08d}", f"s{i // 4:07d}", splits[i], f"{i:064x}",
           ((k - 1) * STRIDE + WINDOW) / 256.0, now) for i, k in enumerate(per.tolist())),
     )

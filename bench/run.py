@@ -195,8 +195,9 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
     stride = seconds_to_samples(READ_STRIDE_S, FS)
     with sqlite3.connect(cache / INDEX_FILE) as con:
         refs = [reads.WindowRef(*row) for row in con.execute(
-            "SELECT w.id, r.source_path, r.object_key, w.start_sample, w.label FROM windows w "
-            "JOIN recordings r ON r.id = w.recording_id WHERE w.window_set_id = ? ORDER BY w.id",
+            "SELECT w.id, d.root || '/' || r.rel_path, r.object_key, w.start_sample, w.label FROM windows w "
+            "JOIN recordings r ON r.id = w.recording_id JOIN datasets d ON d.id = r.dataset_id "
+            "WHERE w.window_set_id = ? ORDER BY w.id",
             (_window_set_id(cache, READ_STRIDE_S),))]
     factories = {
         "eegcache": eegcache_dataset(cache, refs),

@@ -193,7 +193,7 @@ def test_non_utf8_name_is_recorded_readably(bad_run: Run) -> None:
     """The undecodable byte is kept visible as an escape in the stored path, not dropped or replaced."""
     escaped = NON_UTF8.decode("utf-8", "backslashreplace")
     assert escaped == "bad\\xffname"
-    rows = query(bad_run.cache, "SELECT source_path, status FROM recordings WHERE name = ?", (escaped,))
+    rows = query(bad_run.cache, "SELECT source_path, status FROM recording_status WHERE recording = ?", (escaped,))
     assert rows == [(str(bad_run.root / "bad" / f"{escaped}.edf"), "failed")]
 
 

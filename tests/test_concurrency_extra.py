@@ -91,7 +91,7 @@ def assert_clean(results: list[tuple[int, str, str]]) -> list[dict]:
 
 def assert_serial(cache: Path, ref: Serial) -> None:
     """The serial index, no duplicate rows, verify passes, and gc leaves exactly the referenced objects."""
-    assert query(cache, "SELECT count(*), count(DISTINCT source_path) FROM recordings") == [(ref.n_files, ref.n_files)]
+    assert query(cache, "SELECT count(*), count(DISTINCT rel_path) FROM recordings") == [(ref.n_files, ref.n_files)]
     assert query(cache, "SELECT count(*) FROM (SELECT 1 FROM windows GROUP BY recording_id, window_set_id, "
                         "start_sample HAVING count(*) > 1)") == [(0,)]
     assert query(cache, "SELECT count(*) FROM (SELECT 1 FROM events GROUP BY recording_id, start_s, stop_s "

@@ -208,7 +208,7 @@ def test_two_ingests_at_once_equal_one(reference: Reference, tmp_path: Path) -> 
     results = _together(reference, cache, [(), ()])
     _no_trouble(results, reference.rc)
     assert sum(s["edf_read"] for _, s, _ in results) == reference.summary["edf_read"]
-    assert query(cache, "SELECT count(*), count(DISTINCT source_path) FROM recordings") == \
+    assert query(cache, "SELECT count(*), count(DISTINCT rel_path) FROM recordings") == \
         [(len(CRASH_TREE), len(CRASH_TREE))]
     _assert_final(cache, reference)
 

@@ -90,7 +90,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     summary = run_ingest(root, cache)
     assert summary.failed == 0 and summary.ingested == len(FAULT_TREE), summary
     predicted = {edf: object_key_of(edf) for edf in edfs}
-    stored = dict(query(cache, "SELECT source_path, object_key FROM recordings"))
+    stored = dict(query(cache, "SELECT source_path, object_key FROM recording_status s JOIN recordings r ON r.rel_path = s.rel_path"))
     assert stored == {path_text(edf): key for edf, key in predicted.items()}
     snapshot = index_snapshot(cache)
     strides = base / "strides"
@@ -518,7 +518,7 @@ def test_cli_with_workers_reports_enospc_and_the_rerun_heals(reference: Referenc
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert f"FAILED {edf}: {edf.name}: No space left on device" in done.stderr, done.stderr[-3000:]
-    assert dict(query(cache, "SELECT source_path, status FROM recordings")) == {
+    assert dict(query(cache, "SELECT source_path, status FROM recording_status")) == {
         path_text(e): "failed" if e == edf else "ingested" for e in reference.edfs}
     assert_consistent(cache)
     assert run_ingest(reference.root, cache).failed == 0
@@ -572,7 +572,7 @@ def test_small_filesystem_for_objects_fills_up(reference: Reference, tmp_path: P
     done = subprocess.run(eegcache_cmd("ingest", reference.root, "--cache", cache, "--store", f"file://{store}",
                                        "--quiet"), capture_output=True, text=True, timeout=300)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    failed = dict(query(cache, "SELECT source_path, reason FROM recordings WHERE status = 'failed'"))
+    failed = dict(query(cache, "SELECT source_path, reason FROM recording_status WHERE status = 'failed'"))
     assert done.returncode == 1 and failed, (done.stdout, done.stderr[-2000:])
     for path, reason in failed.items():
         assert Path(path).name in reason and "No space left on device" in reason, reason
@@ -633,9 +633,9 @@ def test_small_filesystem_full_at_the_index_commit_leaves_no_half_registered_dat
     cache, done = full_at_registration(reference, tmp_path, small_fs, target=2)
     assert done.returncode != 0 and "full" in done.stderr, done.stderr[-2000:]
     assert_consistent(cache, claims_left=True)  # a process that cannot write the index cannot release its claims
-    stride30 = dict(query(cache, "SELECT r.source_path, count(*) FROM windows w JOIN recordings r ON r.id = "
+    stride30 = dict(query(cache, "SELECT r.rel_path, count(*) FROM windows w JOIN recordings r ON r.id = "
                                  "w.recording_id JOIN window_sets s ON s.id = w.window_set_id WHERE s.stride_s = 30 "
-                                 "GROUP BY r.source_path"))
+                                 "GROUP BY r.rel_path"))
     assert path_text(reference.edfs[2]) not in stride30
     assert run_ingest(reference.root, cache, stride_s=30.0).failed == 0
     assert_healed(cache, reference.strides_snapshot)

@@ -289,7 +289,7 @@ def check_run(done: Limited, cache: Path, bad: dict[str, Path], base_rss: float)
     """Good recordings ingested; each hostile file failed with its name in the reason (and in a FAILED line) or
     ingested with a finite signal and its windows; no traceback; exit 1 iff something failed; bounded RSS."""
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    status = {Path(p).stem: (s, r) for p, s, r in query(cache, "SELECT source_path, status, reason FROM recordings")}
+    status = {Path(p).stem: (s, r) for p, s, r in query(cache, "SELECT source_path, status, reason FROM recording_status")}
     for rec in GOOD:
         assert status.get(rec.stem) == ("ingested", None), (rec.stem, status.get(rec.stem), done.stderr[-2000:])
     outcome = {}
@@ -301,12 +301,15 @@ def check_run(done: Limited, cache: Path, bad: dict[str, Path], base_rss: float)
             assert reason.startswith(f"{edf.name}: "), reason
             assert f"FAILED {edf}: {reason}" in done.stderr
         elif state == "skipped":  # two mutations gave the same bytes: stored and windowed once, by design
-            twin = reason.removeprefix("same EDF and annotation bytes as ").split(";")[0]
-            assert Path(twin).read_bytes() == edf.read_bytes(), reason
+            twin = reason.removeprefix("same EDF and annotation bytes as ").split(";")[0]  # dataset/relative path
+            ((twin_path,),) = query(cache, "SELECT source_path FROM recording_status WHERE dataset || '/' || rel_path = ?",
+                                    (twin,))
+            assert Path(twin_path).read_bytes() == edf.read_bytes(), reason
         else:
             assert state == "ingested", (stem, state, reason)
             ((key, n_samples),) = query(cache, "SELECT o.key, o.n_samples FROM recordings r JOIN objects o "
-                                               "ON o.key = r.object_key WHERE r.source_path = ?", (str(edf),))
+                                               "ON o.key = r.object_key JOIN datasets d ON d.id = r.dataset_id "
+                                               "WHERE d.root || '/' || r.rel_path = ?", (str(edf),))
             signal = np.asarray(ObjectStore(cache).open(key)["signal"][...])
             assert np.isfinite(signal).all()
             n = query(cache, "SELECT n_windows FROM recording_status WHERE source_path = ?", (str(edf),))[0][0]
@@ -461,7 +464,7 @@ def test_hostile_path_names_and_odd_files(tmp_path: Path, baseline) -> None:
     done = run_limited("ingest", f"{root}/.../../", "--cache", cache, "--quiet", timeout=120)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 1
-    rows = {p: (name, s, r) for p, name, s, r in query(cache, "SELECT source_path, name, status, reason FROM recordings")}
+    rows = {p: (name, s, r) for p, name, s, r in query(cache, "SELECT source_path, recording, status, reason FROM recording_status")}
     assert {p: (n, s) for p, (n, s, _) in rows.items() if s == "ingested"} == \
         {p: (n, "ingested") for p, n in expected.items()}
     for what, edf in odd.items():

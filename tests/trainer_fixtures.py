@@ -40,8 +40,18 @@ def copy_index(template: Path, folder: Path) -> sqlite3.Connection:
     return conn
 
 
+def _refs(conn: sqlite3.Connection) -> None:
+    """The dataset and pipeline every hand-made recording and window set belongs to (ids 1)."""
+    conn.execute("INSERT OR IGNORE INTO datasets(id, name, layout, root, updated_at) VALUES (1, 'src', 'tusz', '/src', ?)",
+                 (NOW,))
+    conn.execute("INSERT OR IGNORE INTO pipelines(id, name, spec_json, spec_digest, created_at) "
+                 "VALUES (1, 'default', '{}', 'spec', ?)", (NOW,))
+
+
 def add_window_set(conn: sqlite3.Connection, window_s: float = 60.0, stride_s: float = 60.0, fs: float = FS) -> int:
-    cur = conn.execute("INSERT INTO window_sets(window_s, stride_s, fs, window_samples, stride_samples) VALUES (?,?,?,?,?)",
+    _refs(conn)
+    cur = conn.execute("INSERT INTO window_sets(pipeline_id, window_s, stride_s, fs, window_samples, stride_samples) "
+                       "VALUES (1,?,?,?,?,?)",
                        (window_s, stride_s, fs, round(window_s * fs), round(stride_s * fs)))
     return int(cur.lastrowid)
 
@@ -55,11 +65,12 @@ def add_object(conn: sqlite3.Connection, key: str, n_samples: int, fs: float = F
 def add_recording(conn: sqlite3.Connection, name: str, *, split: str = "train", subject: str = "aaaaaaaa",
                   montage: str = "01_tcp_ar", status: str = "ingested", reason: str | None = None,
                   object_key: str | None = None, duration_s: float | None = None) -> int:
+    _refs(conn)
     cur = conn.execute(
-        "INSERT INTO recordings(source_path, name, subject, session, split, montage, status, reason, object_key, "
-        "duration_s, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (f"/src/{split}/{name}.edf", name, subject, "s001_2020", split, montage, status, reason, object_key,
-         duration_s, NOW))
+        "INSERT INTO recordings(dataset_id, rel_path, pipeline_id, name, subject, session, split, montage, status, "
+        "reason, object_key, spec_digest, duration_s, updated_at) VALUES (1,?,1,?,?,?,?,?,?,?,?,?,?,?)",
+        (f"{split}/{name}.edf", name, subject, "s001_2020", split, montage, status, reason, object_key,
+         "spec" if status != "failed" else None, duration_s, NOW))
     return int(cur.lastrowid)
 
 
