@@ -250,7 +250,7 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
         status, reason = item.status, item.reason
         if rec is not None and rec.status == "ingested" and (
                 status != "ingested" or (rec.edf_sha256, rec.annotation_sha256) != (item.edf_sha256, item.annotation_sha256)):
-            _hand_over(conn, target.pipeline.id, rec)  # it held the windows for its twins: one of them takes them
+            _hand_over(conn, store, target.pipeline.id, rec)  # it held the windows for its twins: one takes them
         if status == "ingested":
             status, reason = _twin_status(conn, target, item)
         if status != "failed":
@@ -331,12 +331,14 @@ def _move_windows(conn, source_id: int, target_id: int) -> None:
     conn.execute(update(SeizureEvent).where(SeizureEvent.recording_id == source_id).values(recording_id=target_id))
 
 
-def _hand_over(conn, pipeline_id: int, rec) -> None:
-    """The owner of a twin group changes or fails: its windows (ids kept) and events go to the next twin."""
+def _hand_over(conn, store: ObjectStore, pipeline_id: int, rec) -> None:
+    """The owner of a twin group changes or fails: its windows (ids kept) and events go to the next twin, which
+    also gets, from the stored mask, any window set of the pipeline the owner lacked (e.g. the one this run adds)."""
     heirs = [t for t in _twins(conn, pipeline_id, rec.edf_sha256, rec.annotation_sha256, ("skipped",)) if t.id != rec.id]
     if heirs:
         _move_windows(conn, rec.id, heirs[0].id)
         conn.execute(update(Recording).where(Recording.id == heirs[0].id).values(status="ingested", reason=None))
+        _window_from_store(conn, store, heirs[0].id, heirs[0].object_key, _shapes_in(conn, pipeline_id))
 
 
 def settle_twins(engine: Engine, store: ObjectStore, pipeline_id: int) -> None:
@@ -459,11 +461,15 @@ def window_shape(engine: Engine, pipeline_id: int, window_s: float, stride_s: fl
     return WindowShape(ws_id, window, stride)
 
 
+def _shapes_in(conn, pipeline_id: int) -> tuple[WindowShape, ...]:
+    rows = conn.execute(select(WindowSet.id, WindowSet.window_samples, WindowSet.stride_samples)
+                        .where(WindowSet.pipeline_id == pipeline_id).order_by(WindowSet.id)).all()
+    return tuple(WindowShape(*r) for r in rows)
+
+
 def _all_shapes(engine: Engine, pipeline_id: int) -> tuple[WindowShape, ...]:
     with engine.connect() as conn:
-        rows = conn.execute(select(WindowSet.id, WindowSet.window_samples, WindowSet.stride_samples)
-                            .where(WindowSet.pipeline_id == pipeline_id).order_by(WindowSet.id)).all()
-    return tuple(WindowShape(*r) for r in rows)
+        return _shapes_in(conn, pipeline_id)
 
 
 def plan(

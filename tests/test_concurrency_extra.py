@@ -42,7 +42,7 @@ TREE = (
 LOCKED = "database is locked"
 SAMPLE_REFUSALS = (  # trainer/sampling.py's SamplingError messages: the documented refusals
     "is not an eegcache cache", "no window set of", "has no recordings", "no seizure windows",
-    "no partial_seizure windows", "refusing to train on an incomplete selection",
+    "no partial_seizure windows", "refusing to train on an incomplete selection", "holds no pipeline yet",
 )  # fmt: skip
 
 

@@ -90,7 +90,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     summary = run_ingest(root, cache)
     assert summary.failed == 0 and summary.ingested == len(FAULT_TREE), summary
     predicted = {edf: object_key_of(edf) for edf in edfs}
-    stored = dict(query(cache, "SELECT source_path, object_key FROM recording_status s JOIN recordings r ON r.rel_path = s.rel_path"))
+    stored = dict(query(cache, "SELECT d.root || '/' || r.rel_path, r.object_key FROM recordings r "
+                               "JOIN datasets d ON d.id = r.dataset_id"))
     assert stored == {path_text(edf): key for edf, key in predicted.items()}
     snapshot = index_snapshot(cache)
     strides = base / "strides"
@@ -290,7 +291,9 @@ def _mentions(parameters, target: str) -> bool:
         return any(_mentions(v, target) for v in parameters.values())
     if isinstance(parameters, list | tuple):
         return any(_mentions(v, target) for v in parameters)
-    return parameters == target
+    # the recordings row names the file by its path relative to the dataset root
+    return parameters == target or (isinstance(parameters, str) and "/" in parameters
+                                    and target.endswith("/" + parameters))
 
 
 def sql_fault(setattr_: Callable, source_path: str, where: str) -> Fault:
@@ -633,9 +636,10 @@ def test_small_filesystem_full_at_the_index_commit_leaves_no_half_registered_dat
     cache, done = full_at_registration(reference, tmp_path, small_fs, target=2)
     assert done.returncode != 0 and "full" in done.stderr, done.stderr[-2000:]
     assert_consistent(cache, claims_left=True)  # a process that cannot write the index cannot release its claims
-    stride30 = dict(query(cache, "SELECT r.rel_path, count(*) FROM windows w JOIN recordings r ON r.id = "
-                                 "w.recording_id JOIN window_sets s ON s.id = w.window_set_id WHERE s.stride_s = 30 "
-                                 "GROUP BY r.rel_path"))
+    stride30 = dict(query(cache, "SELECT d.root || '/' || r.rel_path, count(*) FROM windows w JOIN recordings r "
+                                 "ON r.id = w.recording_id JOIN datasets d ON d.id = r.dataset_id JOIN window_sets s "
+                                 "ON s.id = w.window_set_id WHERE s.stride_s = 30 GROUP BY r.rel_path"))
+    assert stride30, "the other recordings got their 30 s windows"
     assert path_text(reference.edfs[2]) not in stride30
     assert run_ingest(reference.root, cache, stride_s=30.0).failed == 0
     assert_healed(cache, reference.strides_snapshot)

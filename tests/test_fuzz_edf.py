@@ -464,7 +464,8 @@ def test_hostile_path_names_and_odd_files(tmp_path: Path, baseline) -> None:
     done = run_limited("ingest", f"{root}/.../../", "--cache", cache, "--quiet", timeout=120)
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 1
-    rows = {p: (name, s, r) for p, name, s, r in query(cache, "SELECT source_path, recording, status, reason FROM recording_status")}
+    rows = {p: (name, s, r)
+            for p, name, s, r in query(cache, "SELECT source_path, recording, status, reason FROM recording_status")}
     assert {p: (n, s) for p, (n, s, _) in rows.items() if s == "ingested"} == \
         {p: (n, "ingested") for p, n in expected.items()}
     for what, edf in odd.items():
