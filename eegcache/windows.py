@@ -76,7 +76,8 @@ def seconds_to_samples(seconds: float, fs: float) -> int:
 
     Raises ValueError when seconds*fs is not a whole positive number of samples (e.g. 0.001 s at
     256 Hz), because silently rounding would make windows differ between sampling rates. A relative
-    tolerance of 1e-9 absorbs only float representation error (e.g. (n / 200.5) * 200.5).
+    tolerance of 1e-12 absorbs only float representation error (e.g. (n / 200.5) * 200.5); 1e-9 let a
+    fraction of 0.001 sample pass at a million samples.
     """
     for name, v in (("seconds", seconds), ("fs", fs)):
         if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
@@ -85,7 +86,7 @@ def seconds_to_samples(seconds: float, fs: float) -> int:
             raise ValueError(f"{name} must be finite and positive, got {v!r}")
     product = float(seconds) * float(fs)
     n = round(product)
-    if n < 1 or abs(product - n) > 1e-9 * max(1.0, product):
+    if n < 1 or abs(product - n) > 1e-12 * max(1.0, product):
         raise ValueError(
             f"{seconds!r} s at {fs!r} Hz is {product!r} samples, not a whole positive number of samples"
         )

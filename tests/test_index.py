@@ -17,10 +17,12 @@ from eegcache.index import db
 from eegcache.index.models import Base
 from eegcache.index.views import RECORDING_STATUS_COLUMNS, WINDOW_LABELS_COLUMNS
 
-# The public SQL API as issue 2 documents it (written out here, not imported, so the test pins the contract).
+# The public SQL API as issue 2 documents it, with the columns index v2 appended (written out here, not imported,
+# so the test pins the contract: earlier columns keep their names and positions).
 WINDOW_LABELS = ("window_id", "recording", "subject", "session", "split", "montage", "window_s", "stride_s",
-                 "start_s", "duration_s", "label", "seizure_fraction")  # fmt: skip
-RECORDING_STATUS = ("recording", "source_path", "status", "reason", "n_windows")
+                 "start_s", "duration_s", "label", "seizure_fraction", "dataset", "pipeline")  # fmt: skip
+RECORDING_STATUS = ("recording", "source_path", "status", "reason", "n_windows", "dataset", "pipeline", "rel_path",
+                    "source")  # fmt: skip
 
 
 def _columns(conn: sqlite3.Connection, view: str) -> tuple[str, ...]:

@@ -131,6 +131,7 @@ def test_postgres_statement_timeout(tmp_path, pg_url):
 @needs_pg
 def test_postgres_migrations_downgrade_and_upgrade(pg_url):
     from eegcache.index.db import current_revision, downgrade, head_revision, make_engine, upgrade
+    from eegcache.index.views import WINDOW_LABELS_COLUMNS
 
     engine = make_engine(pg_url)
     upgrade(engine)
@@ -139,8 +140,8 @@ def test_postgres_migrations_downgrade_and_upgrade(pg_url):
     assert current_revision(engine) is None
     upgrade(engine)
     with engine.connect() as conn:
-        cols = list(conn.execute(text("SELECT * FROM window_labels")).keys())
-    assert cols[0] == "window_id" and cols[-1] == "seizure_fraction"
+        cols = tuple(conn.execute(text("SELECT * FROM window_labels")).keys())
+    assert cols == WINDOW_LABELS_COLUMNS
 
 
 def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, serial_sqlite):

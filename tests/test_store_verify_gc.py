@@ -235,13 +235,13 @@ def test_gc_removes_garbage_and_never_a_referenced_object(cache_copy: Path) -> N
 
 
 def test_gc_removes_a_registered_object_no_recording_uses(tree, tmp_path: Path) -> None:
-    """Re-ingested with another spec (float16), the recording points at a new object; the old one stays
-    registered but unreferenced until gc deletes its rows and its folder."""
+    """The pipeline rebuilt with another spec (float16, --replace), the recording points at a new object; the old
+    one stays registered but unreferenced until gc deletes its rows and its folder."""
     root, _ = tree(SHORT)
     cache = tmp_path / "cache"
     assert cli("ingest", root, "--cache", cache, "--quiet").returncode == 0
     old = _key(cache, SHORT.stem)
-    assert cli("ingest", root, "--cache", cache, "--quiet", "--dtype", "float16").returncode == 0
+    assert cli("ingest", root, "--cache", cache, "--quiet", "--dtype", "float16", "--replace").returncode == 0
     new = _key(cache, SHORT.stem)
     assert new != old and object_dirs(cache) == {old, new}
     done = cli("gc", "--cache", cache, "--grace", "0")
