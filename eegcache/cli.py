@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from eegcache.index.db import INDEX_FILE, IndexError_, current_revision, head_revision, open_index
+from eegcache.index.db import (
+    INDEX_FILE,
+    IndexError_,
+    current_revision,
+    head_revision,
+    open_index,
+    open_index_for_reading,
+)
 
 cache_option = click.option(
     "--cache", "cache", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -31,11 +38,13 @@ store_option = click.option(
 )
 
 
-def _open(cache: Path, db_url: str | None = None, *, create: bool = False):
+def _open(cache: Path, db_url: str | None = None, *, create: bool = False, read_only: bool = False):
+    """The index engine; ``read_only`` commands also open a cache this user cannot write (see
+    ``open_index_for_reading``); the others refuse such a cache with a message."""
     if not create and db_url is None and not (cache / INDEX_FILE).is_file():
         raise click.ClickException(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
     try:
-        return open_index(cache, db_url)
+        return open_index_for_reading(cache, db_url) if read_only else open_index(cache, db_url)
     except IndexError_ as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - e.g. an unreachable database server
@@ -119,7 +128,7 @@ def stats(cache, db_url, as_json):
     """Recordings by status, windows per class per split and window set, seizure hours, bytes on disk."""
     from eegcache.stats import stats as compute
 
-    data = compute(_open(cache, db_url), cache)
+    data = compute(_open(cache, db_url, read_only=True), cache)
     if as_json:
         _print_json(data)
         return
@@ -154,7 +163,7 @@ def sql(cache, db_url, query, fmt, params, limit, timeout):
         if not sep:
             raise click.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--param")
         bound[name] = value
-    _open(cache, db_url).dispose()  # upgrades an older schema so the views exist
+    _open(cache, db_url, read_only=True).dispose()  # upgrades an older schema so the views exist (if writable)
     try:
         result = run_query(db_url or cache / INDEX_FILE, query, bound, limit=limit, timeout_s=timeout)
     except QueryError as exc:

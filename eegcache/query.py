@@ -8,6 +8,7 @@ progress handler interrupts a statement that runs past its time limit. On Postgr
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -46,10 +47,62 @@ def _authorizer(action, arg1, arg2, _db, _trigger):
     return sqlite3.SQLITE_DENY
 
 
+class ReadOnlyIndexError(QueryError):
+    """The index cannot be opened for reading as it stands (e.g. transactions stranded in a WAL file of a folder
+    that this user cannot write); the message says why and what to do."""
+
+
+def _side_files(index_file: Path) -> tuple[Path, Path]:
+    return index_file.with_name(index_file.name + "-wal"), index_file.with_name(index_file.name + "-shm")
+
+
+def _open_sqlite(uri: str, timeout_s: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout_s)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL index (-shm) now, not later
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_sqlite_readonly(index_file: Path, *, timeout_s: float = 60.0) -> tuple[sqlite3.Connection, bool]:
+    """(connection that can only read, whether it is ``immutable``).
+
+    A WAL-mode index is first opened ``mode=ro``: safe beside live writers, but SQLite must then open or create
+    the ``-shm`` side file. When the folder is not writable by this user and no side files exist (no connection is
+    open on the index: a shared read-only mount, or another user's idle cache), ``mode=ro`` fails with "attempt to
+    write a readonly database"; the index is then opened ``immutable=1``, which reads the main file without any
+    locking or side file. That assumes nobody writes the index while it is read, which is what an absent ``-wal``
+    file says at the moment of opening (a writer keeps one while it has the index open); a writer starting
+    afterwards is not noticed. A ``-wal`` file with content that this user cannot open holds transactions not yet
+    in the main file: the index is then refused rather than read without them."""
+    index_file = Path(index_file).resolve()
+    uri = index_file.as_uri()
+    try:
+        return _open_sqlite(f"{uri}?mode=ro", timeout_s), False
+    except sqlite3.OperationalError as exc:
+        wal, shm = _side_files(index_file)
+        folder_writable = os.access(index_file.parent, os.W_OK | os.X_OK)
+        if folder_writable or shm.exists():
+            raise ReadOnlyIndexError(f"cannot read the index {index_file}: {exc}") from None
+        if wal.exists() and wal.stat().st_size > 0:
+            raise ReadOnlyIndexError(
+                f"cannot read the index {index_file}: its write-ahead log {wal.name} holds {wal.stat().st_size} bytes "
+                f"of transactions not yet in {index_file.name}, and this user cannot write the folder "
+                f"{index_file.parent}, so SQLite cannot open them. Ask the cache's owner to open it once (e.g. "
+                "eegcache stats), which moves them into the index file") from None
+    try:
+        return _open_sqlite(f"{uri}?mode=ro&immutable=1", timeout_s), True
+    except sqlite3.Error as exc:
+        raise ReadOnlyIndexError(f"cannot read the index {index_file}: {exc}") from None
+
+
 def connect_readonly(index_file: Path, *, authorizer: bool = True, timeout_s: float = 60.0) -> sqlite3.Connection:
-    """A SQLite connection that can only read: opened ``mode=ro`` and ``query_only``, and, for statements that hold
-    user text, with the read-only authorizer."""
-    conn = sqlite3.connect(f"{Path(index_file).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout_s)
+    """A SQLite connection that can only read: opened ``mode=ro`` (``immutable`` in a folder this user cannot write;
+    see :func:`open_sqlite_readonly`) and ``query_only``, and, for statements that hold user text, with the read-only
+    authorizer."""
+    conn, _immutable = open_sqlite_readonly(index_file, timeout_s=timeout_s)
     conn.execute("PRAGMA query_only = 1")
     if authorizer:
         conn.set_authorizer(_authorizer)

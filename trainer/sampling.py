@@ -180,7 +180,10 @@ def connect_readonly(cache: Path, *, authorizer: bool = True) -> sqlite3.Connect
     index_file = Path(cache) / INDEX_FILE
     if not index_file.is_file():
         raise SamplingError(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
-    conn = query.connect_readonly(index_file, authorizer=authorizer)
+    try:  # read-only is enough: a cache on a read-only mount, or another user's, is opened immutable (see query)
+        conn = query.connect_readonly(index_file, authorizer=authorizer)
+    except (query.QueryError, sqlite3.Error) as exc:
+        raise SamplingError(str(exc) if isinstance(exc, query.QueryError) else f"cannot read {index_file}: {exc}") from None
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'window_sets'").fetchone() is None:
         conn.close()  # created by an ingest that has not migrated it yet, or killed before it did
         raise SamplingError(f"{cache} is not an eegcache cache yet (its index has no tables); run eegcache ingest first")
