@@ -27,7 +27,7 @@ cache_option = click.option(
 
 db_option = click.option(
     "--db", "db_url", envvar="EEGCACHE_DB", default=None, metavar="URL",
-    help="SQLAlchemy URL of the index (e.g. postgresql+psycopg2://host/db). Default: CACHE/index.sqlite. "
+    help="SQLAlchemy URL of the index (e.g. postgresql://user@host/db, psycopg 3). Default: CACHE/index.sqlite. "
          "Env: EEGCACHE_DB.",
 )
 
@@ -307,7 +307,7 @@ def index_group() -> None:
 @click.option("--from", "source", required=True, metavar="URL", help="Source index (SQLAlchemy URL).")
 @click.option("--to", "target", required=True, metavar="URL", help="Target index; must be empty.")
 def index_copy(source, target):
-    """Copy an index (e.g. sqlite:///cache/index.sqlite → postgresql+psycopg2://host/db), counts checked."""
+    """Copy an index (e.g. sqlite:///cache/index.sqlite → postgresql://host/db), counts checked."""
     from eegcache.index.copy import CopyError, copy_index
 
     try:

@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError
 
 INDEX_FILE = "index.sqlite"
@@ -94,6 +94,34 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with writer(engine).begin() as conn:
         command.upgrade(_alembic_config(conn), revision)
+        if conn.dialect.name == "postgresql":
+            grant_reader_views(conn)
+
+
+# The PostgreSQL role ``eegcache sql`` runs user SQL as (migration 0005; ``eegcache.query.server_reader``).
+READER_ROLE = "eegcache_reader"
+
+_GRANT_VIEWS = """
+DO $eegcache$
+DECLARE
+    v record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eegcache_reader')
+       AND has_schema_privilege('eegcache_reader', current_schema(), 'USAGE') THEN
+        FOR v IN SELECT viewname FROM pg_views WHERE schemaname = current_schema()
+                 AND NOT has_table_privilege('eegcache_reader', format('%I.%I', schemaname, viewname), 'SELECT') LOOP
+            EXECUTE format('GRANT SELECT ON %I.%I TO eegcache_reader', current_schema(), v.viewname);
+        END LOOP;
+    END IF;
+END
+$eegcache$
+"""
+
+
+def grant_reader_views(conn) -> None:
+    """Views are the public SQL API: once migration 0005 has set the reader role up on this schema, every view in
+    it (including those that later migrations add) is readable by the reader role, and nothing else is."""
+    conn.execute(text(_GRANT_VIEWS))  # text(): the driver sees format()'s % signs escaped
 
 
 def downgrade(engine: Engine, revision: str) -> None:
