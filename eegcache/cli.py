@@ -169,6 +169,12 @@ def sql(cache, db_url, query, fmt, params, limit, timeout):
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
+        twice = sorted({c for c in result.columns if result.columns.count(c) > 1})
+        if twice:  # a JSON object holds one value per name: one of the columns would vanish without a word
+            raise click.ClickException(
+                "--json prints one object per row, so column names must differ; the query returns "
+                + ", ".join(f"{c!r} {result.columns.count(c)} times" for c in twice)
+                + ". Name them apart with AS, or use --csv or --table, which keep every column")
         _print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
     elif fmt == "csv":
         out = csv.writer(sys.stdout)
