@@ -128,7 +128,8 @@ def shard(ids: np.ndarray, rank: int, world_size: int, *, pad: bool = True) -> n
     Every rank must run the same number of steps (a collective would hang otherwise). ``pad`` repeats the first
     entries of the epoch to fill the last row (every window is seen; at most w-1 repeats, as torch's
     DistributedSampler does); ``pad=False`` trims the last incomplete row instead (strictly disjoint; at most w-1
-    windows unseen this epoch).
+    windows unseen this epoch). The repeats are windows seen twice in one epoch: ``trainer fit`` logs their count
+    and records it per epoch as ``padded_windows`` in metrics.jsonl.
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size) with world_size >= 1; got rank {rank}, world_size {world_size}")
