@@ -21,6 +21,8 @@ from eegcache.labels import merge_arrays
 ANNOTATION_SUFFIXES = (".csv_bi", ".csv", ".tse_bi", ".tse")  # order of preference
 MAX_FILE_BYTES = 64 * 1024 * 1024
 CSV_HEADER = ("channel", "start_time", "stop_time", "label", "confidence")
+CSV_REQUIRED = ("channel", "start_time", "stop_time", "label")  # found by name in the header; confidence is unused
+MAX_COLUMNS = 64
 TSE_VERSION = "version=tse_v1.0.0"
 BACKGROUND = "bckg"
 _CHUNK = 1 << 20  # characters per splitlines() batch: bounds memory on files of tiny lines
@@ -38,8 +40,9 @@ class Annotation:
 
     path: Path
     format: str  # "csv_bi", "csv", "tse_bi" or "tse"
-    duration_s: float | None  # from "# duration = 829.00 secs" (csv formats; None for tse)
+    duration_s: float | None  # from "# duration = 829.00 secs" (csv formats; None for tse or without that line)
     events: tuple[tuple[float, float], ...]  # seizure intervals in seconds, sorted, merged
+    warnings: tuple[str, ...] = ()  # what a person should know (e.g. no duration line: the EDF's length is used)
 
 
 def find_annotation(edf_path: Path) -> Path | None:
@@ -77,6 +80,7 @@ class _Parser:
         self.name = path.name
         self.starts = array("d")  # 16 bytes per row instead of ~100 for a tuple of floats
         self.stops = array("d")
+        self.warnings: list[str] = []
 
     def error(self, problem: str, lineno: int | None = None) -> AnnotationError:
         where = f"{self.name}: line {lineno}: " if lineno is not None else f"{self.name}: "
@@ -129,10 +133,28 @@ class _Parser:
         return seconds
 
 
-def _parse_csv(parser: _Parser, text: str, binary: bool) -> float:
-    """Read the csv/csv_bi body into parser; return the duration comment's value."""
+def _header(parser: _Parser, stripped: str, lineno: int) -> dict[str, int]:
+    """Column positions by name. The four columns the parser needs must be there; ``confidence`` and any other
+    named column may be, in any order (NEDC's files have added columns before)."""
+    names = [f.strip().lower() for f in stripped.split(",", MAX_COLUMNS)]
+    missing = [c for c in CSV_REQUIRED if c not in names]
+    if missing or len(names) > MAX_COLUMNS:
+        raise parser.error(f"expected header {','.join(CSV_HEADER)!r} (columns by name; others may follow), "
+                           f"got {_show(stripped)}", lineno)
+    seen: set[str] = set()
+    for name in names:
+        if not name:
+            raise parser.error(f"header has an unnamed column: {_show(stripped)}", lineno)
+        if name in seen:
+            raise parser.error(f"header names column {_show(name)} twice", lineno)
+        seen.add(name)
+    return {name: i for i, name in enumerate(names)}
+
+
+def _parse_csv(parser: _Parser, text: str, binary: bool) -> float | None:
+    """Read the csv/csv_bi body into parser; return the duration comment's value (None without one)."""
     duration: float | None = None
-    header_seen = False
+    columns: dict[str, int] | None = None
     for lineno, line in enumerate(_lines(text), start=1):
         stripped = line.strip()
         if not stripped:
@@ -145,25 +167,26 @@ def _parse_csv(parser: _Parser, text: str, binary: bool) -> float:
                     raise parser.error(f"second duration {seconds!r} contradicts {duration!r}", lineno)
                 duration = seconds
             continue
-        fields = stripped.split(",", 5)  # maxsplit: a line of a million commas stays cheap
-        if not header_seen:
-            if tuple(f.strip().lower() for f in fields) != CSV_HEADER:
-                raise parser.error(f"expected header {','.join(CSV_HEADER)!r}, got {_show(stripped)}", lineno)
-            header_seen = True
+        if columns is None:
+            columns = _header(parser, stripped, lineno)
+            width = len(columns)
+            ch, start, stop, label = (columns[c] for c in CSV_REQUIRED)
             continue
-        if len(fields) != 5:
-            got = "more than 5" if len(fields) > 5 else str(len(fields))
-            raise parser.error(f"expected 5 comma-separated fields, got {got}: {_show(stripped)}", lineno)
-        channel = fields[0].strip()
+        fields = stripped.split(",", width)  # maxsplit: a line of a million commas stays cheap
+        if len(fields) != width:
+            got = f"more than {width}" if len(fields) > width else str(len(fields))
+            raise parser.error(f"expected {width} comma-separated fields, got {got}: {_show(stripped)}", lineno)
+        channel = fields[ch].strip()
         if binary and channel.upper() != "TERM":
             raise parser.error(f"channel {_show(channel)} in a .csv_bi file (expected TERM)", lineno)
         if not channel:
             raise parser.error("empty channel", lineno)
-        parser.add(fields[1], fields[2], fields[3], lineno, ("start_time", "stop_time"))
-    if not header_seen:
+        parser.add(fields[start], fields[stop], fields[label], lineno, ("start_time", "stop_time"))
+    if columns is None:
         raise parser.error(f"no header line {','.join(CSV_HEADER)!r}")
     if duration is None:
-        raise parser.error("missing '# duration = <seconds> secs' comment")
+        parser.warnings.append(f"{parser.name}: no '# duration = <seconds> secs' line; the recording's length is "
+                               "taken from the EDF")
     return duration
 
 
@@ -245,4 +268,4 @@ def parse_annotation(path: Path, text: str | None = None) -> Annotation:
         duration = _parse_csv(parser, text, binary=fmt == "csv_bi")
     else:
         _parse_tse(parser, text)
-    return Annotation(path=path, format=fmt, duration_s=duration, events=parser.events())
+    return Annotation(path=path, format=fmt, duration_s=duration, events=parser.events(), warnings=tuple(parser.warnings))

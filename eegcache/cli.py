@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from eegcache.index.db import INDEX_FILE, IndexError_, current_revision, head_revision, open_index
+from eegcache.index.db import (
+    INDEX_FILE,
+    IndexError_,
+    current_revision,
+    head_revision,
+    open_index,
+    open_index_for_reading,
+)
 
 cache_option = click.option(
     "--cache", "cache", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -20,7 +27,7 @@ cache_option = click.option(
 
 db_option = click.option(
     "--db", "db_url", envvar="EEGCACHE_DB", default=None, metavar="URL",
-    help="SQLAlchemy URL of the index (e.g. postgresql+psycopg2://host/db). Default: CACHE/index.sqlite. "
+    help="SQLAlchemy URL of the index (e.g. postgresql://user@host/db, psycopg 3). Default: CACHE/index.sqlite. "
          "Env: EEGCACHE_DB.",
 )
 
@@ -31,11 +38,13 @@ store_option = click.option(
 )
 
 
-def _open(cache: Path, db_url: str | None = None, *, create: bool = False):
+def _open(cache: Path, db_url: str | None = None, *, create: bool = False, read_only: bool = False):
+    """The index engine; ``read_only`` commands also open a cache this user cannot write (see
+    ``open_index_for_reading``); the others refuse such a cache with a message."""
     if not create and db_url is None and not (cache / INDEX_FILE).is_file():
         raise click.ClickException(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
     try:
-        return open_index(cache, db_url)
+        return open_index_for_reading(cache, db_url) if read_only else open_index(cache, db_url)
     except IndexError_ as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - e.g. an unreachable database server
@@ -139,7 +148,7 @@ def stats(cache, db_url, pipeline, as_json):
     from eegcache.stats import stats as compute
 
     try:
-        data = compute(_open(cache, db_url), cache, pipeline)
+        data = compute(_open(cache, db_url, read_only=True), cache, pipeline)
     except PipelineError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -180,12 +189,18 @@ def sql(cache, db_url, query, fmt, params, limit, timeout):
         if not sep:
             raise click.BadParameter(f"{p!r} is not NAME=VALUE", param_hint="--param")
         bound[name] = value
-    _open(cache, db_url).dispose()  # upgrades an older schema so the views exist
+    _open(cache, db_url, read_only=True).dispose()  # upgrades an older schema so the views exist (if writable)
     try:
         result = run_query(db_url or cache / INDEX_FILE, query, bound, limit=limit, timeout_s=timeout)
     except QueryError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
+        twice = sorted({c for c in result.columns if result.columns.count(c) > 1})
+        if twice:  # a JSON object holds one value per name: one of the columns would vanish without a word
+            raise click.ClickException(
+                "--json prints one object per row, so column names must differ; the query returns "
+                + ", ".join(f"{c!r} {result.columns.count(c)} times" for c in twice)
+                + ". Name them apart with AS, or use --csv or --table, which keep every column")
         _print_json([dict(zip(result.columns, row, strict=True)) for row in result.rows])
     elif fmt == "csv":
         out = csv.writer(sys.stdout)
@@ -355,7 +370,7 @@ def index_group() -> None:
 @click.option("--from", "source", required=True, metavar="URL", help="Source index (SQLAlchemy URL).")
 @click.option("--to", "target", required=True, metavar="URL", help="Target index; must be empty.")
 def index_copy(source, target):
-    """Copy an index (e.g. sqlite:///cache/index.sqlite → postgresql+psycopg2://host/db), counts checked."""
+    """Copy an index (e.g. sqlite:///cache/index.sqlite → postgresql://host/db), counts checked."""
     from eegcache.index.copy import CopyError, copy_index
 
     try:

@@ -233,7 +233,7 @@ def _take_attrs(result: Prepared, group) -> None:
 
 def _clip(annotation, n_samples: int, fs: float):
     events, warnings = clip_events(annotation.events, n_samples / fs)
-    return events, list(warnings)
+    return events, [*annotation.warnings, *warnings]
 
 
 def _json(value) -> str | None:

@@ -57,6 +57,49 @@ def test_csv_bi_with_seizures(tmp_path: Path) -> None:
     assert a == Annotation(path=path, format="csv_bi", duration_s=829.0, events=((1.0, 7.0), (21.1212, 37.0)))
 
 
+def test_csv_bi_without_duration_line_parses_with_a_warning(tmp_path: Path) -> None:
+    """Regression (issue 13): a .csv_bi without its '# duration' line failed the recording; the EDF's length is
+    used instead (ingest never needed the annotation's duration) and the file says so in ``warnings``."""
+    path = write(tmp_path, ".csv_bi", f"{HEADER}\nTERM,1.0,2.0,seiz,1.0\n")
+    a = parse_annotation(path)
+    assert a.duration_s is None and a.events == ((1.0, 2.0),)
+    assert len(a.warnings) == 1 and "no '# duration" in a.warnings[0] and "from the EDF" in a.warnings[0]
+    assert parse_annotation(write(tmp_path, ".csv_bi", csv_text(GOOD))).warnings == ()
+
+
+@pytest.mark.parametrize("suffix", [".csv_bi", ".csv"])
+def test_extra_and_reordered_named_columns_parse_by_name(tmp_path: Path, suffix: str) -> None:
+    """Regression (issue 13): an extra named column failed the recording; columns are found by header name."""
+    extra = csv_text(["TERM,1.0,7.0,seiz,1.0,reviewed", "TERM,8.0,9.0,bckg,1.0,"]).replace(HEADER, HEADER + ",note")
+    assert parse_annotation(write(tmp_path, suffix, extra)).events == ((1.0, 7.0),)
+    reordered = "# duration = 30.00 secs\nlabel,stop_time,start_time,channel\nseiz,7.0,1.0,TERM\nbckg,9.0,8.0,TERM\n"
+    a = parse_annotation(write(tmp_path, suffix, reordered))
+    assert a.events == ((1.0, 7.0),) and a.duration_s == 30.0
+
+
+def test_ingest_takes_an_annotation_without_duration_and_with_an_extra_column(tree, tmp_path: Path) -> None:
+    """The whole path, as a user runs it (a real ``eegcache ingest`` process): both recordings are ingested with
+    the labels of their rows."""
+    from edf_factory import Rec, query, run_cli
+
+    a = Rec("train", "aaaaaaaa", 1, 2003, "01_tcp_ar", 0, duration_s=120, events=((10.0, 70.0),))
+    b = Rec("train", "aaaaaaaa", 1, 2003, "01_tcp_ar", 1, duration_s=120, events=((10.0, 70.0),))
+    root, edfs = tree(a, b)
+    edfs[a].with_suffix(".csv_bi").write_text(f"{HEADER}\nTERM,10.0000,70.0000,seiz,1.0000\n")
+    edfs[b].with_suffix(".csv_bi").write_text(csv_text(["TERM,10.0000,70.0000,seiz,1.0000,ok"], duration="120.00")
+                                              .replace(HEADER, HEADER + ",reviewer_note"))
+    cache = tmp_path / "cache"
+    done = run_cli("ingest", root, "--cache", cache, "--quiet", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = query(cache, "SELECT recording, status, n_windows FROM recording_status ORDER BY recording")
+    assert [r[1] for r in rows] == ["ingested", "ingested"] and all(r[2] == 2 for r in rows)
+    assert query(cache, "SELECT count(*) FROM events") == [(2,)]
+    labels = query(cache, "SELECT recording, label FROM window_labels ORDER BY recording, start_s")
+    assert [lab for _, lab in labels] == ["partial_seizure", "partial_seizure"] * 2
+    warnings = dict(query(cache, "SELECT name, warnings FROM recordings"))
+    assert "no '# duration" in (warnings[edfs[a].stem] or "") and warnings[edfs[b].stem] is None
+
+
 def test_csv_bi_stub_background_row_has_no_events(tmp_path: Path) -> None:
     path = write(tmp_path, ".csv_bi", csv_text(["TERM,0.0119,1.0492,bckg,1.0000"], duration="300.00"))
     a = parse_annotation(path)
@@ -179,7 +222,11 @@ ERROR_CASES = [
     ),
     (".csv_bi", "# duration = 10.00 secs\nTERM,1,2,seiz,1\n", ["line 2", "expected header"]),
     (".csv_bi", "# duration = 10.00 secs\n# only comments\n", ["no header line"]),
-    (".csv_bi", f"{HEADER}\nTERM,1,2,seiz,1\n", ["missing", "duration"]),
+    (".csv_bi", "# duration = 10.00 secs\nchannel,start_time,label,confidence\n", ["line 2", "expected header"]),
+    (".csv_bi", "# duration = 10.00 secs\nchannel,start_time,stop_time,label,,x\n", ["line 2", "unnamed column"]),
+    (".csv_bi", "# duration = 10.00 secs\nchannel,start_time,stop_time,label,label\n", ["line 2", "'label' twice"]),
+    (".csv_bi", "# duration = 10.00 secs\nchannel,start_time,stop_time,label,confidence,note\nTERM,1,2,seiz,1\n",
+     ["line 3", "expected 6", "got 5"]),
     (".csv_bi", csv_text(["TERM,1.0,2.0,seiz"]), ["line 7", "expected 5", "got 4"]),
     (".csv_bi", csv_text(["TERM,1.0,2.0,seiz,1.0,extra"]), ["line 7", "expected 5", "more than 5"]),
     (".csv_bi", csv_text(["TERM,abc,2.0,seiz,1.0"]), ["line 7", "start_time 'abc' is not a number"]),

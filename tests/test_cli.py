@@ -293,3 +293,34 @@ def test_synth_writes_a_tusz_tree_that_ingests(tmp_path: Path) -> None:
     assert sum(n for _, n in status) == len(edfs)
     assert dict(status).get("ingested", 0) >= 1
     shutil.rmtree(again)
+
+
+def test_sql_json_refuses_duplicate_column_names(standard: Standard) -> None:
+    """Regression (issue 13): `sql --json "SELECT 1 AS a, 2 AS a"` printed [{"a": 2}], silently dropping a column.
+    --json now refuses with a message; --csv and --table keep both columns."""
+    done = run_cli("sql", "--cache", standard.cache, "--json", "SELECT 1 AS a, 2 AS a, 3 AS b")
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert "column names must differ" in done.stderr and "'a' 2 times" in done.stderr, done.stderr
+    rows = list(csv.reader(io.StringIO(run_cli("sql", "--cache", standard.cache, "--csv",
+                                               "SELECT 1 AS a, 2 AS a").stdout)))
+    assert rows == [["a", "a"], ["1", "2"]]
+    ok = run_cli("sql", "--cache", standard.cache, "--json", "SELECT 1 AS a, 2 AS a_2")
+    assert json.loads(ok.stdout) == [{"a": 1, "a_2": 2}]
+
+
+def test_index_copy_to_a_missing_folder_is_a_clear_message(standard: Standard, tmp_path: Path) -> None:
+    """Regression (issue 13): `index copy --to` a folder that does not exist ended in a traceback ("unable to open
+    database file"); a mistyped --from created an empty SQLite file."""
+    source = f"sqlite:///{standard.cache / 'index.sqlite'}"
+    done = run_cli("index", "copy", "--from", source, "--to", f"sqlite:///{tmp_path / 'missing' / 'index.sqlite'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"the target folder {tmp_path / 'missing'} does not exist" in done.stderr, done.stderr
+    assert not (tmp_path / "missing").exists()
+    typo = tmp_path / "typo.sqlite"
+    done = run_cli("index", "copy", "--from", f"sqlite:///{typo}", "--to", f"sqlite:///{tmp_path / 'out.sqlite'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr and f"no source index at {typo}" in done.stderr
+    assert not typo.exists() and not (tmp_path / "out.sqlite").exists()
+    done = run_cli("index", "copy", "--from", source, "--to", "postgresql://nobody@127.0.0.1:1/none")
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "cannot copy the index" in done.stderr
+    copied = run_cli("index", "copy", "--from", source, "--to", f"sqlite:///{tmp_path / 'out.sqlite'}")
+    assert copied.returncode == 0 and "row counts match" in copied.stdout, copied.stderr

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from eegcache.synth import synthesize
 
 s3_env = servers.s3_env  # the fixture, used by name
-PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"  # plain form: SQLAlchemy 2.x picks psycopg 3
 
 
 def _pg_available() -> bool:

@@ -224,3 +224,18 @@ def test_validation_split_across_ranks_equals_one_process_on_rank_0s_weights(syn
     assert data["same_state"]  # after sync_buffers every rank holds rank 0's weights and statistics
     assert data["synced"] == data["reference"]
     assert data["unsynced"] != data["reference"]  # without sync_buffers rank 1 would score other weights
+
+
+def test_shard_padding_repeats_are_logged_and_recorded(synth, tmp_path):
+    """Regression (issue 13): padding the last row of the shards repeated windows within an epoch without saying
+    so. 7 windows over 2 ranks: one window is seen twice; the run's output and metrics.jsonl say 1."""
+    out = tmp_path / "pad"
+    res = _torchrun(_fit_args(synth, out, "--max-windows-per-epoch", "7", "--val-split", "none", "--epochs", "1"),
+                    **{DEBUG_SHARDS_ENV: "1"})
+    assert "padding: each epoch repeats 1 of its 7 windows so that the 2 ranks get equal shards of 4" in res.stdout
+    assert "1 window(s) repeated to pad the shards" in res.stdout
+    (line,) = _lines(out)
+    assert line["padded_windows"] == 1 and line["windows"] == 8
+    ids = [i for rank in (0, 1) for i in json.loads((out / f"shards-epoch0-rank{rank}.json").read_text())["ids"]]
+    assert len(ids) - len(set(ids)) == line["padded_windows"]
+    assert sum(line["drawn"].values()) == 7  # the class counts are of the epoch itself, repeats not counted twice

@@ -108,6 +108,9 @@ _FIT_FIELDS = {
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Probability threshold for events.")
 @click.option("--augment", is_flag=True, help="Random gain and channel dropout (seeded per window).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out to the same result as an uninterrupted run.")
+@click.option("--accept-changed-selection", is_flag=True,
+              help="With --resume: continue although the cache now selects other windows than the checkpoint "
+                   "recorded (refused otherwise, saying what changed); metrics.jsonl records the change.")
 @click.option("--stop-after", type=click.IntRange(1),
               help="End this call after N epochs (a time-boxed job); continue later with --resume.")
 @click.option("--nproc", type=click.IntRange(1),
@@ -118,7 +121,7 @@ _FIT_FIELDS = {
 @click.pass_context
 def fit(ctx, cache, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
         out, epochs, batch_size, workers, model, device, lr, weight_decay, grad_clip, val_split, threshold, augment,
-        resume, stop_after, nproc, quiet):
+        resume, accept_changed_selection, stop_after, nproc, quiet):
     """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch.
 
     Under torchrun (or with --nproc N) every process trains on its own shard of each epoch's draw; rank 0 writes
@@ -152,7 +155,8 @@ def fit(ctx, cache, pipeline, split, window_s, stride_s, where, params, ratios, 
             config = resume_config(out, {**given, "out": str(out)})
         else:
             config = TrainConfig(out=str(out), **values)
-        result = run_fit(config, resume=resume, stop_after=stop_after, log=click.echo, progress=not quiet)
+        result = run_fit(config, resume=resume, stop_after=stop_after, log=click.echo, progress=not quiet,
+                         accept_changed_selection=accept_changed_selection)
     except (*_ERRORS, FitError) as exc:
         raise click.ClickException(str(exc) if rank == 0 else f"rank {rank}: {exc}") from None
     if rank != 0:

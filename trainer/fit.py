@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from trainer import distributed
 from trainer.data import Augment, WindowDataset, seed_worker
+from trainer.fingerprint import differences, selection_fingerprint
 from trainer.metrics import f1_key
 from trainer.model import build_model, count_parameters
 from trainer.postprocess import PostProcess
@@ -271,9 +272,14 @@ def resume_config(run_dir: Path | str, overrides: dict | None = None) -> TrainCo
 
 
 def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = None,
-        log: Callable[[str], None] = print, progress: bool = True) -> FitResult:
+        log: Callable[[str], None] = print, progress: bool = True,
+        accept_changed_selection: bool = False) -> FitResult:
     """Train (or continue) the run in ``config.out``. ``stop_after`` ends this call after that many epochs (a
-    time-boxed job, or a test of resumption); the run continues later with ``resume=True``."""
+    time-boxed job, or a test of resumption); the run continues later with ``resume=True``.
+
+    Checkpoints hold a fingerprint of the selection (``trainer.fingerprint``); ``resume`` refuses, saying what
+    changed, when the cache now selects other windows, unless ``accept_changed_selection`` (then the first
+    metrics line of the resumed epochs carries ``selection_changed``)."""
     try:
         rank, world_size, _ = distributed.env_world()
     except distributed.DistributedError as exc:
@@ -300,6 +306,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
                            max_windows=config.max_windows_per_epoch)
     for line in sampler.describe():
         log(line)
+    fingerprint = selection_fingerprint(sampler)
+    selection_note = _check_selection(run_dir, state, fingerprint, accept_changed_selection, log) if state else None
     window = sampler.window_set.window_samples
     val_recordings = (split_recordings(Path(config.cache), config.val_split, pipeline=sampler.window_set.pipeline)
                       if config.val_split else [])
@@ -316,15 +324,41 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(config, sampler, window, val_recordings, device, state, stop_after, log, progress, world)
+        return _train(config, sampler, window, val_recordings, device, state, stop_after, log, progress, world,
+                      fingerprint=fingerprint, selection_note=selection_note)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         distributed.shutdown(world)
 
 
+def _check_selection(run_dir: Path, state: dict, fingerprint: dict, accept: bool,
+                     log: Callable[[str], None]) -> dict | None:
+    """Compare the checkpoint's selection with the cache's now; refuse a changed one unless ``accept``. Returns the
+    note for the metrics log when a change was accepted."""
+    stored = state.get("selection")
+    if stored is None:
+        log(f"warning: {run_dir / LAST} holds no selection fingerprint (written by an older trainer); "
+            "cannot check that the cache still selects the same windows")
+        return None
+    changes = differences(stored, fingerprint)
+    if not changes:
+        return None
+    what = "; ".join(changes)
+    if not accept:
+        raise FitError(f"--resume: the cache now selects other windows than the run in {run_dir} was trained on "
+                       f"({what}). The resumed run would not be the run it continues. Restore the cache, start a new "
+                       "run in another --out, or pass --accept-changed-selection to continue on the new selection "
+                       "(recorded in metrics.jsonl)")
+    log(f"warning: continuing on a changed selection (--accept-changed-selection): {what}")
+    return {"accepted": True, "after_epoch": int(state["epoch"]), "changes": changes,
+            "before": {k: stored.get(k) for k in ("classes", "recordings", "epoch_windows")},
+            "after": {k: fingerprint[k] for k in ("classes", "recordings", "epoch_windows")}}
+
+
 def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordings: list, device: torch.device,
            state: dict | None, stop_after: int | None, log: Callable[[str], None], progress: bool,
-           world: distributed.World | None = None) -> FitResult:
+           world: distributed.World | None = None, *, fingerprint: dict | None = None,
+           selection_note: dict | None = None) -> FitResult:
     world = world or distributed.World()
     run_dir = Path(config.out)
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank; DDP broadcasts rank 0's anyway)
@@ -336,6 +370,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     per_rank = -(-sampler.epoch_size() // world.world_size)  # shards are padded to equal sizes
+    padded = per_rank * world.world_size - sampler.epoch_size()  # windows each epoch repeats to pad them (sampling.shard)
     steps_per_epoch = math.ceil(per_rank / config.batch_size)
     schedule = cosine_schedule(steps_per_epoch * config.epochs, config.warmup_frac, config.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -356,6 +391,9 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         if world.distributed else ""
     log(f"model {config.model}: {n_params:,} parameters; {steps_per_epoch} steps of {config.batch_size} per epoch "
         f"on {device.type}{ranks}")
+    if padded:
+        log(f"padding: each epoch repeats {padded} of its {sampler.epoch_size():,} windows so that the "
+            f"{world.world_size} ranks get equal shards of {per_rank:,} (every rank must take the same number of steps)")
     debug_shards = os.environ.get(distributed.DEBUG_SHARDS_ENV, "") not in ("", "0")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _device=None: None)
     augment = Augment(seed=config.seed) if config.augment else None
@@ -423,6 +461,10 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
             "val_seconds": time.perf_counter() - t1, "drawn": _drawn(sampler, draw, world),
             "val_split": config.val_split, "val": val, "best": is_best, "world_size": world.world_size,
         }
+        if world.distributed:
+            record["padded_windows"] = padded  # repeated within the epoch by the shard padding (0: none)
+        if selection_note is not None and done_here == 0:
+            record["selection_changed"] = selection_note
         profile = {"data_wait_s": data_wait, "step_s": step_time}
         history.append(record)
         profiles.append(profile)
@@ -434,6 +476,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
                 "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch, "rng": rng_state(),
                 "window_set": dataclasses.asdict(sampler.window_set), "metrics": _line(record, profile),
                 "world_size": world.world_size,
+                "selection": fingerprint if fingerprint is not None else selection_fingerprint(sampler),
             }
             if is_best:
                 _atomic_save(checkpoint, run_dir / BEST)
@@ -464,6 +507,8 @@ def _epoch_line(r: dict, profile: dict | None = None) -> str:
     text = f"epoch {r['epoch']}: loss {r['train_loss']:.4f}, {_fmt(r['windows_per_s'], '.1f')} windows/s"
     if r.get("world_size", 1) > 1:
         text += f" over {r['world_size']} ranks"
+        if r.get("padded_windows"):
+            text += f", {r['padded_windows']} window(s) repeated to pad the shards"
     if profile:
         text += f" (data wait {profile['data_wait_s']:.1f} s, step {profile['step_s']:.1f} s)"
     val = r.get("val")

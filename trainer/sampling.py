@@ -133,7 +133,8 @@ def shard(ids: np.ndarray, rank: int, world_size: int, *, pad: bool = True) -> n
     Every rank must run the same number of steps (a collective would hang otherwise). ``pad`` repeats the first
     entries of the epoch to fill the last row (every window is seen; at most w-1 repeats, as torch's
     DistributedSampler does); ``pad=False`` trims the last incomplete row instead (strictly disjoint; at most w-1
-    windows unseen this epoch).
+    windows unseen this epoch). The repeats are windows seen twice in one epoch: ``trainer fit`` logs their count
+    and records it per epoch as ``padded_windows`` in metrics.jsonl.
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must lie in [0, world_size) with world_size >= 1; got rank {rank}, world_size {world_size}")
@@ -185,7 +186,10 @@ def connect_readonly(cache: Path, *, authorizer: bool = True) -> sqlite3.Connect
     index_file = Path(cache) / INDEX_FILE
     if not index_file.is_file():
         raise SamplingError(f"{cache} is not an eegcache cache (no {INDEX_FILE}); run eegcache ingest first")
-    conn = query.connect_readonly(index_file, authorizer=authorizer)
+    try:  # read-only is enough: a cache on a read-only mount, or another user's, is opened immutable (see query)
+        conn = query.connect_readonly(index_file, authorizer=authorizer)
+    except (query.QueryError, sqlite3.Error) as exc:
+        raise SamplingError(str(exc) if isinstance(exc, query.QueryError) else f"cannot read {index_file}: {exc}") from None
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'window_sets'").fetchone() is None:
         conn.close()  # created by an ingest that has not migrated it yet, or killed before it did
         raise SamplingError(f"{cache} is not an eegcache cache yet (its index has no tables); run eegcache ingest first")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import func, select, text
+from sqlalchemy import exc, func, make_url, select, text
+from sqlalchemy.exc import ArgumentError
 
 from eegcache.index.db import current_revision, head_revision, make_engine, upgrade, writer
 from eegcache.index.models import Base
@@ -23,8 +26,43 @@ class CopyReport:
     counts: dict[str, int]
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CopyError(f"{url!r} is not a database URL (e.g. sqlite:///cache/index.sqlite or "
+                        "postgresql://user@host/db)") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _check_paths(source_url: str, target_url: str) -> None:
+    """Clear messages instead of a driver's "unable to open database file" (and no empty SQLite file created in
+    place of a mistyped source)."""
+    source = _sqlite_file(source_url)
+    if source is not None and not source.is_file():
+        raise CopyError(f"no source index at {source}; nothing was copied")
+    target = _sqlite_file(target_url)
+    if target is not None:
+        if not target.parent.is_dir():
+            raise CopyError(f"the target folder {target.parent} does not exist; create it first (index copy creates "
+                            "the index file, not folders); nothing was copied")
+        if not os.access(target.parent, os.W_OK | os.X_OK):
+            raise CopyError(f"the target folder {target.parent} is not writable by this user; nothing was copied")
+
+
 def copy_index(source_url: str, target_url: str) -> CopyReport:
     """Copy every row of ``source_url`` into an empty index at ``target_url`` (created if needed)."""
+    _check_paths(source_url, target_url)
+    try:
+        return _copy(source_url, target_url)
+    except exc.DBAPIError as err:  # e.g. a server that cannot be reached, a file that is no database
+        raise CopyError(f"cannot copy the index: {str(err.orig).strip().splitlines()[0]}; nothing was copied") from None
+
+
+def _copy(source_url: str, target_url: str) -> CopyReport:
     source, target = make_engine(source_url), make_engine(target_url)
     try:
         if current_revision(source) != head_revision():

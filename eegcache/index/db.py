@@ -12,7 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError
 
 INDEX_FILE = "index.sqlite"
@@ -113,6 +113,34 @@ def _migrating(engine: Engine):
 def upgrade(engine: Engine, revision: str = "head") -> None:
     with _migrating(engine) as conn:
         command.upgrade(_alembic_config(conn), revision)
+        if conn.dialect.name == "postgresql":
+            grant_reader_views(conn)
+
+
+# The PostgreSQL role ``eegcache sql`` runs user SQL as (migration 0005; ``eegcache.query.server_reader``).
+READER_ROLE = "eegcache_reader"
+
+_GRANT_VIEWS = """
+DO $eegcache$
+DECLARE
+    v record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'eegcache_reader')
+       AND has_schema_privilege('eegcache_reader', current_schema(), 'USAGE') THEN
+        FOR v IN SELECT viewname FROM pg_views WHERE schemaname = current_schema()
+                 AND NOT has_table_privilege('eegcache_reader', format('%I.%I', schemaname, viewname), 'SELECT') LOOP
+            EXECUTE format('GRANT SELECT ON %I.%I TO eegcache_reader', current_schema(), v.viewname);
+        END LOOP;
+    END IF;
+END
+$eegcache$
+"""
+
+
+def grant_reader_views(conn) -> None:
+    """Views are the public SQL API: once migration 0005 has set the reader role up on this schema, every view in
+    it (including those that later migrations add) is readable by the reader role, and nothing else is."""
+    conn.execute(text(_GRANT_VIEWS))  # text(): the driver sees format()'s % signs escaped
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -142,8 +170,11 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
             cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IndexError_(f"cannot create the cache folder {cache}: {exc.strerror or exc}") from None
-        if not os.access(cache, os.W_OK | os.X_OK):
-            raise IndexError_(f"the cache folder {cache} is not writable")
+        problem = _not_writable(cache)
+        if problem:
+            raise IndexError_(f"{problem}: this command writes the cache (ingest, gc, db upgrade, pull and repair "
+                              "do); the read-only commands (sql, stats, trainer sample/fit/evaluate) work without "
+                              "write access")
     engine = make_engine(url or default_url(cache))
     try:
         check_schema(engine)
@@ -164,3 +195,56 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
 def writer(engine: Engine) -> Engine:
     """The same engine whose transactions take the write lock up front (SQLite ``BEGIN IMMEDIATE``)."""
     return engine.execution_options(writer=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a cache this user cannot write
+
+
+def _not_writable(cache: Path) -> str | None:
+    """Why this user cannot write the cache's SQLite index (None when it can)."""
+    if not os.access(cache, os.W_OK | os.X_OK):
+        return f"the cache folder {cache} is not writable by this user"
+    for name in (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"):
+        path = cache / name
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"the index file {path} is not writable by this user"
+    return None
+
+
+def readonly_engine(index_file: Path) -> Engine:
+    """An engine whose connections can only read the SQLite index (``eegcache.query.connect_readonly``: ``mode=ro``,
+    or ``immutable`` where this user cannot create the WAL side files). No pragma is set: each would be a write."""
+    from eegcache.query import connect_readonly
+
+    index_file = Path(index_file)
+    return create_engine("sqlite://", creator=lambda: connect_readonly(index_file, authorizer=False))
+
+
+def open_index_for_reading(cache: Path, url: str | None = None) -> Engine:
+    """Engine for commands that only read (``sql``, ``stats``). A cache this user may write is opened (and upgraded)
+    as :func:`open_index` does; a SQLite index this user cannot write (a read-only mount, another user's cache) is
+    opened read-only, and refused with a message when its schema is not the newest (it cannot be upgraded here)."""
+    cache = Path(cache)
+    url = url or os.environ.get("EEGCACHE_DB") or None
+    if url is not None or not (cache / INDEX_FILE).is_file() or _not_writable(cache) is None:
+        return open_index(cache, url)
+    from eegcache.query import QueryError
+
+    engine = readonly_engine(cache / INDEX_FILE)
+    try:
+        check_schema(engine)
+        current = current_revision(engine)
+    except QueryError as err:  # already says which file and why
+        engine.dispose()
+        raise IndexError_(str(err)) from None
+    except DatabaseError as err:
+        engine.dispose()
+        raise IndexError_(f"cannot read the index {cache / INDEX_FILE}: {err.orig}") from None
+    if current != head_revision():
+        engine.dispose()
+        raise IndexError_(
+            f"the index {cache / INDEX_FILE} is at schema revision {current!r}, older than this eegcache's "
+            f"{head_revision()!r}, and this user cannot write it, so it cannot be upgraded here: ask its owner to run "
+            f"eegcache db upgrade --cache {cache}, or read it with the eegcache version that wrote it")
+    return engine
