@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eegcache.errors import InputError
 from eegcache.labels import merge_arrays
 
 ANNOTATION_SUFFIXES = (".csv_bi", ".csv", ".tse_bi", ".tse")  # order of preference
@@ -29,7 +30,7 @@ _CHUNK = 1 << 20  # characters per splitlines() batch: bounds memory on files of
 _SHOW = 60  # longest snippet of offending input quoted in a message
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InputError):
     """Raised with a message that names the file and the problem, e.g.
     "aaaaaaac_s001_t000.csv_bi: line 8: stop_time 3.0 is before start_time 7.0"."""
 

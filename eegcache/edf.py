@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eegcache.errors import InputError
+
 MAX_SIGNALS = 4096
 MAX_SAMPLES_PER_RECORD = 1 << 20
 MIN_RATE_HZ, MAX_RATE_HZ = 10.0, 100_000.0  # EEG electrodes; the 1 Hz auxiliary channels are never picked
@@ -22,7 +24,7 @@ ELECTRODE_SYNONYMS = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
 _LABEL = re.compile(r"^(?:EEG\s+)?([A-Z0-9]+)(?:-(?:REF|LE))?$")
 
 
-class EdfError(ValueError):
+class EdfError(InputError):
     """A file that cannot be ingested; the message is a sentence for a person."""
 
 

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from eegcache.errors import InputError
+
 DEFAULT_LIMIT = 1000
 DEFAULT_TIMEOUT_S = 30.0
 # Pragmas that only describe the schema, whatever their argument (a table or index name).
@@ -26,7 +28,7 @@ _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
 _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"}
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A refused or failed query; the message says why."""
 
 

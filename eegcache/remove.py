@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, delete, select
 
+from eegcache.errors import InputError
 from eegcache.index.db import writer
 from eegcache.index.models import Dataset, Pipeline, Recording, SeizureEvent, Window
 from eegcache.store import ObjectStore
 
 
-class RemoveError(ValueError):
+class RemoveError(InputError):
     pass
 
 

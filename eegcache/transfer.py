@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from tqdm import tqdm
 
+from eegcache.errors import StateError
 from eegcache.index.db import INDEX_FILE, IndexError_, open_index, writer
 from eegcache.index.models import (
     Dataset,
@@ -39,7 +40,7 @@ from eegcache.store import ObjectStore, fsync_tree, open_store
 RETRIES = 2
 
 
-class TransferError(RuntimeError):
+class TransferError(StateError):
     pass
 
 

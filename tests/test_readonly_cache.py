@@ -165,7 +165,8 @@ def test_stranded_wal_without_its_index_is_refused_not_misread(standard: Standar
 import os, sqlite3
 c = sqlite3.connect({str(cache / 'index.sqlite')!r}, isolation_level=None)
 c.execute("PRAGMA wal_autocheckpoint = 0")
-c.execute("INSERT INTO window_sets(pipeline_id, window_s, stride_s, fs, window_samples, stride_samples) SELECT min(id), 7, 7, 256, 1, 1 FROM pipelines")
+c.execute("INSERT INTO window_sets(pipeline_id, window_s, stride_s, fs, window_samples, stride_samples) "
+          "SELECT min(id), 7, 7, 256, 1, 1 FROM pipelines")
 os._exit(0)  # no checkpoint, no clean close
 """], check=True)
     assert child.returncode == 0 and (cache / "index.sqlite-wal").stat().st_size > 0

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from eegcache.errors import StateError
 from trainer.metrics import Counts, summarize
 from trainer.postprocess import PostProcess
 from trainer.predict import RecordingRef, iter_predictions
@@ -39,7 +40,7 @@ DEBUG_SHARDS_ENV = "TRAINER_DEBUG_SHARDS"
 _TIMEOUT = timedelta(minutes=30)
 
 
-class DistributedError(RuntimeError):
+class DistributedError(StateError):
     """The distributed environment cannot run as asked; the message says why."""
 
 

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from eegcache.errors import StateError
 from trainer import distributed
 from trainer.data import Augment, WindowDataset, seed_worker
 from trainer.fingerprint import differences, selection_fingerprint
@@ -51,7 +52,7 @@ LAST, BEST = "last.pt", "best.pt"
 PROFILE_FIELDS = ("data_wait_s", "step_s")
 
 
-class FitError(RuntimeError):
+class FitError(StateError):
     """Training cannot start or continue as asked; the message says why."""
 
 

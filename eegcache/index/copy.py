@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import exc, func, make_url, select, text
 from sqlalchemy.exc import ArgumentError
 
+from eegcache.errors import StateError
 from eegcache.index.db import current_revision, head_revision, make_engine, upgrade, writer
 from eegcache.index.models import Base
 
@@ -17,7 +18,7 @@ TABLES = ("datasets", "pipelines", "objects", "object_files", "recordings", "eve
 BATCH = 50_000
 
 
-class CopyError(RuntimeError):
+class CopyError(StateError):
     pass
 
 

@@ -15,11 +15,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DatabaseError
 
+from eegcache.errors import StateError
+
 INDEX_FILE = "index.sqlite"
 BUSY_TIMEOUT_MS = 120_000
 
 
-class IndexError_(RuntimeError):
+class IndexError_(StateError):
     """The index cannot be used (newer schema, unwritable folder...); the message says why."""
 
 
