@@ -1,0 +1,136 @@
+"""A torch ``Dataset`` and a balanced ``Sampler`` over a selection, for any model and training loop.
+
+    from eegcache.torch import WindowDataset, BalancedSampler
+    ds = WindowDataset(sel)                          # ds[i] -> (signal float32 [C, T], mask float32 [T])
+    sampler = BalancedSampler(sel, seed=0)           # indices into ds; set_epoch(e) before each epoch
+    loader = torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=32, num_workers=8)
+
+Index i means window ``sel.ids[i]`` everywhere. The dataset looks its windows up once (object key and start
+sample per window) and reads through the store layer's ``WindowReader`` (tensorstore with the ``fast`` extra,
+zarr-python otherwise; a local folder or ``s3://``), opening handles lazily in each DataLoader worker (fork or
+spawn). The sampler is the trainer's epoch draw (``eegcache.sampling.draw_epoch``) over the selection's classes:
+per epoch all partial-seizure windows, 0.3x as many full-seizure and 2.5x background by default, reseeded by
+(seed, epoch); with ``num_replicas`` it shards like ``DistributedSampler`` (same epoch on every rank, disjoint
+slices, padded so ranks run equal steps).
+
+torch is imported here only: ``import eegcache`` works without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from eegcache.sampling import CLASSES, CODES, Ratios, draw_epoch, target_counts
+from eegcache.selection import SelectionError, WindowSelection
+
+Transform = Callable[[np.ndarray, int, int], np.ndarray]  # (signal, epoch, window id) -> signal
+
+
+class WindowDataset(Dataset):
+    """Item i = (signal float32 [channels, window_samples], seizure mask float32 [window_samples]) of window
+    ``selection.ids[i]``. ``transform(signal, epoch, window_id)`` (optional) runs on the float32 numpy signal."""
+
+    def __init__(self, selection: WindowSelection, *, transform: Transform | None = None,
+                 reader: str | None = None) -> None:
+        self.ids = selection.ids
+        self.window_samples = selection.window_set.window_samples
+        self.keys, self._key_of, self._starts = selection.locations()
+        if selection.store_location is None:
+            raise SelectionError("this selection does not know its store; make it with eegcache.open(...).windows()")
+        self._store = selection.store_location
+        self.transform = transform
+        self.epoch = 0
+        self.reader_backend = reader
+        self._reader = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # handles stay in the process that opened them
+        return state
+
+    @property
+    def reader(self):
+        if self._reader is None:
+            from eegcache.store import open_store
+
+            self._reader = open_store(*self._store).reader(self.reader_backend)
+        return self._reader
+
+    def _item(self, i: int) -> tuple[str, int, int]:
+        start = int(self._starts[i])
+        return self.keys[self._key_of[i]], start, start + self.window_samples
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored slices as numpy (signal in its stored dtype, labels uint8), before any transform."""
+        return self.reader.read(*self._item(i))
+
+    def _sample(self, i: int, signal: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        signal = signal.astype(np.float32, copy=False)
+        if self.transform is not None:
+            signal = self.transform(signal, self.epoch, int(self.ids[i]))
+        return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A batch in one call (the DataLoader uses it): the reader issues every read before awaiting the first."""
+        got = self.reader.read_many([self._item(int(i)) for i in indices])
+        return [self._sample(int(i), s, lab) for i, (s, lab) in zip(indices, got, strict=True)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._sample(int(i) % len(self), *self.read(int(i) % len(self)))
+
+
+class BalancedSampler(Sampler[int]):
+    """Indices into the selection, one balanced epoch at a time (call ``set_epoch`` before each epoch).
+
+    ``ratios`` are windows per class relative to the partial-seizure count (default partial 1, full 0.3,
+    background 2.5, each capped by what the class has); ``max_windows`` caps an epoch. ``num_replicas``/``rank``
+    shard each epoch like ``DistributedSampler`` (``pad``: repeat the first windows to equalise ranks)."""
+
+    def __init__(self, selection: WindowSelection, ratios: Ratios | None = None, seed: int = 0, *,
+                 num_replicas: int | None = None, rank: int | None = None, max_windows: int | None = None,
+                 pad: bool = True) -> None:
+        if num_replicas is None or rank is None:
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
+                rank = torch.distributed.get_rank() if rank is None else rank
+        self.num_replicas, self.rank = int(num_replicas or 1), int(rank or 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas), got rank {self.rank}, num_replicas {self.num_replicas}")
+        self.ratios = ratios or Ratios()
+        self.seed, self.max_windows, self.pad = int(seed), max_windows, pad
+        self.pools = {name: selection.positions(CODES[name]) for name in CLASSES}
+        self.available = {name: int(p.size) for name, p in self.pools.items()}
+        self.targets = target_counts(self.available, self.ratios)
+        if self.available["partial"] == 0:
+            raise SelectionError(f"no partial_seizure windows in {selection!r}: the ratios are relative to the partial "
+                                 "count, so nothing would be drawn")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def draw(self, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, class codes) of one epoch's share for this rank."""
+        positions, codes, _ = draw_epoch(self.pools, self.targets, self.seed, self.epoch if epoch is None else epoch,
+                                         self.max_windows, self.rank, self.num_replicas, pad=self.pad)
+        return positions, codes
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.draw()[0].tolist())
+
+    def __len__(self) -> int:
+        total = sum(self.targets.values())
+        total = total if self.max_windows is None else min(total, self.max_windows)
+        return -(-total // self.num_replicas) if self.pad else total // self.num_replicas
