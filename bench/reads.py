@@ -42,11 +42,13 @@ class _Windows:
 
 
 class EegcacheWindows(_Windows):
-    """A window is a Zarr slice of its recording's stored signal and mask; arrays stay open per object."""
+    """A window is a slice of its recording's stored signal and mask, read through the store's ``WindowReader``
+    (``backend``: None for the default choice, or ``"zarr"`` for the zarr-python fallback)."""
 
-    def __init__(self, cache: Path, refs: list[WindowRef], window: int) -> None:
+    def __init__(self, cache: Path, refs: list[WindowRef], window: int, backend: str | None = None) -> None:
         super().__init__(window)
         self.cache = Path(cache)
+        self.backend = backend
         self.items = [(r.object_key, r.start) for r in refs]
 
     def __len__(self) -> int:
@@ -54,12 +56,10 @@ class EegcacheWindows(_Windows):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         key, start = self.items[i]
-        arrays = self._open.get(key)
-        if arrays is None:
-            group = ObjectStore(self.cache).open(key)
-            arrays = self._open[key] = (group["signal"], group["labels"])
-        stop = start + self.window
-        return arrays[0][:, start:stop], arrays[1][start:stop]
+        reader = self._open.get("reader")
+        if reader is None:
+            reader = self._open["reader"] = ObjectStore(self.cache).reader(self.backend)
+        return reader.read(key, start, start + self.window)
 
 
 class NpzWindows(_Windows):

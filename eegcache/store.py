@@ -158,6 +158,13 @@ class ObjectStore:
     def open(self, key: str) -> zarr.Group:
         return zarr.open_group(LocalStore(self.path(key), read_only=True), mode="r")
 
+    def reader(self, backend: str | None = None):
+        """A ``eegcache.reader.WindowReader`` on this store: the one way windows are read (tensorstore when the
+        ``fast`` extra is installed, zarr-python otherwise; ``$EEGCACHE_READER`` picks one by name)."""
+        from eegcache.reader import WindowReader
+
+        return WindowReader(self, backend)
+
     def read_labels(self, key: str) -> np.ndarray:
         return np.asarray(self.open(key)["labels"][...])
 
