@@ -105,14 +105,14 @@ class _Batches:
 
 
 def reads(out: str, max_reads: int, budget_s: float, repeats: int, seed: int, workers: list[int], n_batches: dict,
-          batch_size: int, loader_budget_s: float) -> dict:
+          batch_size: int, loader_budget_s: float, first_run: int = 0, loader_repeats: int | None = None) -> dict:
     import torch
     from braindecode.datautil.serialization import load_concat_dataset
     from torch.utils.data import DataLoader
 
     warnings.simplefilter("ignore")
     rates, counts = [], []
-    for run in range(repeats):
+    for run in range(first_run, first_run + repeats):
         t_load = time.perf_counter()
         ds = load_concat_dataset(out, preload=False)
         load_s = time.perf_counter() - t_load
@@ -136,7 +136,7 @@ def reads(out: str, max_reads: int, budget_s: float, repeats: int, seed: int, wo
         n_warm = max(1, 2 * w)
         want = int(n_batches[str(w)])
         b_rates, b_counts = [], []
-        for run in range(repeats):
+        for run in range(repeats if loader_repeats is None else loader_repeats):
             order = np.resize(np.random.default_rng([seed, run]).permutation(len(ds)), want * batch_size)
             sampler.batches = [[-1] * batch_size for _ in range(n_warm)]
             sampler.batches += [order[k : k + batch_size].tolist() for k in range(0, order.size, batch_size)]

@@ -40,7 +40,7 @@ class BenchConfig:
     index_windows: int = 10_000_000
     batch_size: int = 16
     max_reads: int = 3000
-    read_budget_s: float = 3.0
+    read_budget_s: float = 3.0  # seconds per random-read run
     max_batches: int = 40
     loader_budget_s: float = 4.0
     only: str | None = None  # "reads": re-measure the read figures of a previous run
@@ -231,10 +231,25 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
         "npz": lambda: reads.NpzWindows(work / "npz-s10", corpus.root, refs, WINDOW, stride),
         "npy": lambda: reads.NpyWindows(work / "npy-s10", corpus.root, refs, WINDOW, stride),
     }
-    random_reads = {}
-    for name, make in factories.items():
-        log(f"random single-window reads: {name} x{cfg.repeats}")
-        random_reads[name] = reads.random_reads(make, cfg.max_reads, cfg.read_budget_s, cfg.repeats, cfg.seed)
+    from eegcache.reader import available_backends
+
+    available_backends()  # imports the reading libraries: a one-off per process, not part of a read
+    bd_folder = work / "braindecode-s10"
+    with_bd = bd_folder.is_dir() and braindecode_venv.venv_python().exists()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*factories, *(["braindecode"] if with_bd else [])]}
+    for r in range(cfg.repeats):  # rounds interleave the stores, so that load from other tenants falls on all
+        for name, make in factories.items():
+            log(f"random single-window reads, round {r + 1}/{cfg.repeats}: {name}")
+            runs[name].append(reads.random_reads(make, cfg.max_reads, cfg.read_budget_s, 1, cfg.seed, first_run=r))
+        if with_bd:
+            log(f"random single-window reads, round {r + 1}/{cfg.repeats}: braindecode (its venv)")
+            runs["braindecode"].append(braindecode_venv.run("reads", {
+                "out": str(bd_folder), "max_reads": cfg.max_reads, "budget_s": cfg.read_budget_s, "repeats": 1,
+                "seed": cfg.seed, "first_run": r, "workers": [], "n_batches": {}, "batch_size": cfg.batch_size,
+                "loader_budget_s": 0.0})["random_reads"])
+    random_reads = {name: {**summary([x["rates"][0] if "rates" in x else x["runs"][0] for x in got]),
+                           "reads": [x["reads"][0] for x in got]} for name, got in runs.items()}
+    bd_random = random_reads.pop("braindecode", None)
     loader: dict[str, Any] = {"batch_size": cfg.batch_size, "dataset": dataset_note(), "workers": {}}
     for w in sorted({0, 2, cfg.workers}):
         plan = {name: int(min(cfg.max_batches, max(max(1, w), round(
@@ -247,23 +262,21 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
 
     out = {"windows": len(refs), "random_reads": random_reads, "dataloader": loader,
            "reader": {"eegcache": choose_backend(), "eegcache-zarr": "zarr"}}
-    if (work / "braindecode-s10").is_dir() and braindecode_venv.venv_python().exists():
-        out["braindecode"] = braindecode_reads(work / "braindecode-s10", cfg, loader, random_reads, log)
+    if with_bd:
+        out["braindecode"] = {**braindecode_loader(bd_folder, cfg, loader, log), "random_reads": bd_random}
     return out
 
 
-def braindecode_reads(folder: Path, cfg: BenchConfig, loader: dict[str, Any], random_reads: dict[str, Any],
-                      log: Callable) -> dict[str, Any]:
-    """braindecode's random reads and DataLoader batches/s, in its venv, as many batches as eegcache was given."""
+def braindecode_loader(folder: Path, cfg: BenchConfig, loader: dict[str, Any], log: Callable) -> dict[str, Any]:
+    """braindecode's DataLoader batches/s in its venv, as many batches as eegcache was given, and its memory."""
     workers = sorted(int(w) for w in loader["workers"])
     plan = {str(w): loader["workers"][str(w)]["eegcache"]["batches"][0] for w in workers}
-    log(f"braindecode: random reads and DataLoader, {workers} worker(s), batches {plan} x{cfg.repeats}")
+    log(f"braindecode: DataLoader, {workers} worker(s), batches {plan} x{cfg.repeats}")
     got = braindecode_venv.run("reads", {
-        "out": str(folder), "max_reads": cfg.max_reads, "budget_s": cfg.read_budget_s, "repeats": cfg.repeats,
-        "seed": cfg.seed, "workers": workers, "n_batches": plan, "batch_size": cfg.batch_size,
-        "loader_budget_s": 5 * cfg.loader_budget_s})
-    rr = got.pop("random_reads")
-    got["random_reads"] = {**summary(rr["rates"]), "reads": rr["reads"], "load_seconds": rr["load_seconds"]}
+        "out": str(folder), "max_reads": 2, "budget_s": 0.0, "repeats": 1, "seed": cfg.seed, "workers": workers,
+        "n_batches": plan, "batch_size": cfg.batch_size, "loader_budget_s": 5 * cfg.loader_budget_s,
+        "loader_repeats": cfg.repeats})
+    got.pop("random_reads")
     got["dataloader"] = {w: {**summary(v["rates"]), "batches": v["batches"]} for w, v in got["dataloader"].items()}
     return got
 
