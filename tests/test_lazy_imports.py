@@ -1,4 +1,5 @@
-"""Heavy imports only where work needs them: a run with nothing to do never imports scipy.signal (~1.5 s here)."""
+"""Heavy imports only where work needs them: a run with nothing to do never imports scipy.signal (~1.5 s here),
+zarr (~0.3 s) or the optional reading libraries."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from conftest import Standard
 
-HEAVY = ("scipy.signal", "mne", "tensorstore", "torch")
+HEAVY = ("scipy.signal", "mne", "tensorstore", "torch", "zarr")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -37,4 +38,4 @@ def test_noop_ingest_of_an_unchanged_tree_loads_no_scipy_signal(standard: Standa
         "    pass\n"
     )
     loaded = _loaded_after(code)
-    assert not loaded["scipy.signal"] and not loaded["torch"] and not loaded["tensorstore"]
+    assert not loaded["scipy.signal"] and not loaded["torch"] and not loaded["tensorstore"] and not loaded["zarr"]
