@@ -21,11 +21,17 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     p.add_argument("--workers", type=int, help="'all cores' worker count (default: os.cpu_count())")
     p.add_argument("--only", choices=["reads"], help="re-measure only these figures on the caches and results.json "
                    "that a previous run with the same --out/--hours left")
+    p.add_argument("--read-budget", type=float, help="seconds per random-read run (default 3, quick 0.5)")
+    p.add_argument("--with-braindecode", action="store_true", help="run braindecode as a contender in its own venv, "
+                   "made once under ~/.cache/eegcache-bench (~7 GB, a few minutes; see bench/braindecode_venv.py)")
     p.add_argument("--resume", action="store_true", help="continue a run that stopped part-way (same --out/--hours)")
     a = p.parse_args(argv)
     if a.repeats < 1:
         p.error("--repeats must be ≥ 1")
-    overrides = {"out": a.out, "repeats": a.repeats, "only": a.only, "resume": a.resume}
+    overrides = {"out": a.out, "repeats": a.repeats, "only": a.only, "resume": a.resume,
+                 "with_braindecode": a.with_braindecode}
+    if a.read_budget is not None:
+        overrides["read_budget_s"] = a.read_budget
     for key in ("hours", "index_windows", "workers"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)

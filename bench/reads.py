@@ -42,11 +42,13 @@ class _Windows:
 
 
 class EegcacheWindows(_Windows):
-    """A window is a Zarr slice of its recording's stored signal and mask; arrays stay open per object."""
+    """A window is a slice of its recording's stored signal and mask, read through the store's ``WindowReader``
+    (``backend``: None for the default choice, or ``"zarr"`` for the zarr-python fallback)."""
 
-    def __init__(self, cache: Path, refs: list[WindowRef], window: int) -> None:
+    def __init__(self, cache: Path, refs: list[WindowRef], window: int, backend: str | None = None) -> None:
         super().__init__(window)
         self.cache = Path(cache)
+        self.backend = backend
         self.items = [(r.object_key, r.start) for r in refs]
 
     def __len__(self) -> int:
@@ -54,12 +56,10 @@ class EegcacheWindows(_Windows):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         key, start = self.items[i]
-        arrays = self._open.get(key)
-        if arrays is None:
-            group = ObjectStore(self.cache).open(key)
-            arrays = self._open[key] = (group["signal"], group["labels"])
-        stop = start + self.window
-        return arrays[0][:, start:stop], arrays[1][start:stop]
+        reader = self._open.get("reader")
+        if reader is None:
+            reader = self._open["reader"] = ObjectStore(self.cache).reader(self.backend)
+        return reader.read(key, start, start + self.window)
 
 
 class NpzWindows(_Windows):
@@ -96,11 +96,12 @@ class NpyWindows(_Windows):
         return np.array(maps[0][row]), np.array(maps[1][row])
 
 
-def random_reads(make_dataset, n: int, budget_s: float, repeats: int, seed: int) -> dict[str, Any]:
+def random_reads(make_dataset, n: int, budget_s: float, repeats: int, seed: int, first_run: int = 0) -> dict[str, Any]:
     """Single-window reads per second in this process, at random windows; a fresh dataset (cold handles) per run.
-    Each run stops after ``n`` reads or ``budget_s`` seconds, whichever comes first (at least 2 reads)."""
+    Each run stops after ``n`` reads or ``budget_s`` seconds, whichever comes first (at least 2 reads). Run ``r``
+    reads the windows of seed ``[seed, r]`` (``first_run`` offsets r, for rounds interleaved across stores)."""
     rates, counts = [], []
-    for run in range(repeats):
+    for run in range(first_run, first_run + repeats):
         ds = make_dataset()
         order = np.random.default_rng([seed, run]).integers(0, len(ds), n)
         t0 = time.perf_counter()
@@ -131,6 +132,14 @@ class Stores:
         if i < 0:
             return np.zeros((N_CHANNELS, self.window), np.float32), np.zeros(self.window, np.uint8)
         return self.stores[name][i]
+
+    def __getitems__(self, indices: list[tuple[str, int]]) -> list:
+        """A batch (one store's windows) in one call where that store reads batches (the trainer's dataset)."""
+        names = {name for name, _ in indices}
+        store = self.stores[next(iter(names))] if len(names) == 1 else None
+        if store is None or not hasattr(store, "__getitems__") or any(i < 0 for _, i in indices):
+            return [self[index] for index in indices]
+        return store.__getitems__([i for _, i in indices])
 
 
 class _Batches:

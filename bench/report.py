@@ -89,6 +89,11 @@ def derived(results: dict) -> dict[str, Any]:
         d["throughput"][f"{kind}/{workers}"] = rates(by_stride["10"]["runs"], h, min(workers, cpu))
         for stride, entry in by_stride.items():
             d["disk_per_hour"][f"{kind}/{stride}"] = entry["runs"][-1]["bytes"] / h
+    bd = results.get("braindecode", {})
+    for w, entry in bd.get("build", {}).items():
+        d["throughput"][f"braindecode/{w}"] = summary([r["eeg_hours"] / r["seconds"] / min(int(w), cpu)
+                                                       for r in entry["runs"]])
+        d["disk_per_hour"]["braindecode/10"] = entry["runs"][-1]["bytes"] / (entry["runs"][-1]["eeg_hours"] or 1)
     for stride, size in results["eegcache_strides"]["sizes"].items():
         d["disk_per_hour"][f"eegcache/{stride}"] = size["total"] / h
         d["disk_per_hour"][f"eegcache-objects/{stride}"] = size["objects"] / h
@@ -155,12 +160,48 @@ def targets(results: dict) -> list[Target]:
     npy_bytes = results["window_caches"]["npy"]["10"]["runs"][-1]["bytes"]
     out.append(Target("disk_vs_npy", "… at ≤ 0.6× the npy cache's disk size (10 s stride)",
                       _ratio(read_cache, npy_bytes), 0.6, False))
+    out += braindecode_targets(results)
     s = results["eegcache_strides"]
     out.append(Target("reingest_unchanged", "re-ingest of an unchanged tree ≤ hashing every EDF byte",
                       _ratio(_median(s["unchanged"]["seconds"]), _median(s["hash_all_edfs"]["seconds"])), 1.0, False,
                       f"EDFs read: {[r['edf_read'] for r in s['unchanged']['runs']]}"))
     out.append(Target("new_stride_no_edf", "a new stride reads no EDF (EDF files read)",
                       float(max(r["edf_read"] for r in s["new_stride"]["runs"])), 0.0, False))
+    return out
+
+
+def braindecode_targets(results: dict) -> list[Target]:
+    """Issue 15's targets against braindecode (PENDING where braindecode was not measured) and the per-core read
+    rate, which needs no braindecode."""
+    rr = results["reads"]["random_reads"]
+    reader = results["reads"].get("reader", {}).get("eegcache", "zarr")
+    bd = results.get("braindecode", {})
+    bdr = results["reads"].get("braindecode", {})
+    workers = results["config"]["workers"]
+    out = [Target("reads_per_core", f"random window reads ≥ 1,500/s per core, page cache warm (reader: {reader})",
+                  _median(rr["eegcache"]), 1500.0, True,
+                  f"zarr-python fallback {num(_median(rr.get('eegcache-zarr', {})))}/s")]
+    out.append(Target("reads_vs_braindecode", "random window reads ≥ 2× braindecode's lazy reads",
+                      _ratio(_median(rr["eegcache"]), _median(bdr.get("random_reads", {}))), 2.0, True,
+                      "zarr-python fallback: "
+                      f"{num(_ratio(_median(rr.get('eegcache-zarr', {})), _median(bdr.get('random_reads', {}))))}×"))
+    dl, bdl = results["reads"]["dataloader"]["workers"], bdr.get("dataloader", {})
+    if "2" in dl:
+        out.append(Target("loader_vs_braindecode", "DataLoader batches/s ≥ 2× braindecode's (batch 16, 2 workers)",
+                          _ratio(_median(dl["2"]["eegcache"]), _median(bdl.get("2", {}))), 2.0, True))
+    build = bd.get("build", {})
+    for w in sorted({1, workers}):
+        e, b = results["eegcache"][str(w)]["seconds"], build.get(str(w), {}).get("seconds", {})
+        out.append(Target(f"build_vs_braindecode_{w}", f"build ≤ 0.6× braindecode's time ({w} worker(s) / n_jobs={w})",
+                          _ratio(_median(e), _median(b)), 0.6, False,
+                          "" if not b else f"{secs(_median(e))} vs {secs(_median(b))}"))
+    if build:
+        d = derived(results)["disk_per_hour"]
+        out.append(Target("disk_vs_braindecode", "disk ≤ braindecode's (60 s windows / 10 s stride)",
+                          _ratio(d["eegcache/10"], d["braindecode/10"]), 1.0, False,
+                          f"{mb(d['eegcache/10'])} vs {mb(d['braindecode/10'])} per EEG-hour"))
+    else:
+        out.append(Target("disk_vs_braindecode", "disk ≤ braindecode's (60 s windows / 10 s stride)", None, 1.0, False))
     return out
 
 
@@ -183,22 +224,27 @@ def table(results: dict) -> str:
     t = d["throughput"]
     w = results["config"]["workers"]
     bd = results["braindecode"]
-    bd_cell = bd["note"] if not bd.get("installed") else f"{bd['version']}: {bd['note']}"
+    measured = "build" in bd
+    bdr = results["reads"].get("braindecode", {})
     rows: list[list[str]] = []
 
-    def row(figure: str, eeg: str, npz: str, npy: str, floor: str, target: str) -> None:
-        rows.append([figure, eeg, npz, npy, bd_cell if not rows else "—", floor, target])
+    def row(figure: str, eeg: str, npz: str, npy: str, floor: str, target: str, bdc: str = "—") -> None:
+        rows.append([figure, eeg, npz, npy, bdc if measured or rows else bd["note"], floor, target])
+
+    def bd_build(workers: int) -> str:
+        return spread(t[f"braindecode/{workers}"]) + f" (n_jobs={workers})" if f"braindecode/{workers}" in t else "—"
 
     row("Build, EEG-h/s per core, 1 worker", spread(t["eegcache/1"]), "—", "—", spread(t["floor/1"]),
-        _tcell(ts, "ingest_vs_floor_1"))
+        _tcell(ts, "ingest_vs_floor_1", "build_vs_braindecode_1"), bd_build(1))
     if w != 1:
         row(f"Build, EEG-h/s per core, {w} workers (npz/npy incl. manifest)", spread(t[f"eegcache/{w}"]),
             spread(t[f"npz/{w}"]), spread(t[f"npy/{w}"]), spread(t[f"floor/{w}"]),
-            _tcell(ts, f"ingest_vs_floor_{w}", "ingest_vs_npz_10s"))
+            _tcell(ts, f"ingest_vs_floor_{w}", "ingest_vs_npz_10s", f"build_vs_braindecode_{w}"), bd_build(w))
     for stride in ("60", "15", "10"):
+        bd_disk = mb(d["disk_per_hour"].get("braindecode/10")) if stride == "10" else "—"
         row(f"Disk per EEG-hour, 60 s windows / {stride} s stride", mb(d["disk_per_hour"][f"eegcache/{stride}"]),
             mb(d["disk_per_hour"].get(f"npz/{stride}")), mb(d["disk_per_hour"].get(f"npy/{stride}")), "—",
-            _tcell(ts, f"disk_{stride}s"))
+            _tcell(ts, f"disk_{stride}s", *(("disk_vs_braindecode",) if stride == "10" else ())), bd_disk)
     cc = results["counts_corpus"]
     n_corpus = sum(cc["eegcache"]["table"]["counts"].values())
     row(f"Class counts, corpus ({n_corpus:,} windows)",
@@ -222,13 +268,22 @@ def table(results: dict) -> str:
     row(f"Epoch draw (trainer), balanced, {int(big_key):,} windows", ep_cell, "—", "—", "—",
         _tcell(ts, "epoch_10M", "epoch_10M_first"))
     rr = results["reads"]["random_reads"]
-    row("Random single-window reads/s, one process", spread(rr["eegcache"]), spread(rr["npz"]), spread(rr["npy"]), "—",
-        _tcell(ts, "reads_vs_npz", "reads_vs_npy", "disk_vs_npy"))
+    reader = results["reads"].get("reader", {}).get("eegcache", "zarr")
+
+    def eeg(by: dict) -> str:
+        cell = f"{spread(by['eegcache'])} ({reader})"
+        return cell + (f" · zarr-python {spread(by['eegcache-zarr'])}" if "eegcache-zarr" in by else "")
+
+    row("Random single-window reads/s, one process", eeg(rr), spread(rr["npz"]), spread(rr["npy"]), "—",
+        _tcell(ts, "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reads_per_core", "reads_vs_braindecode"),
+        spread(bdr["random_reads"]) if "random_reads" in bdr else "—")
     dl = results["reads"]["dataloader"]
     for workers, by in dl["workers"].items():
         label = f"{workers} workers" + (" (all cores)" if int(workers) == w else "")
-        row(f"DataLoader batches/s (batch {dl['batch_size']}), {label}", spread(by["eegcache"]), spread(by["npz"]),
-            spread(by["npy"]), "—", "—")
+        bdc = bdr.get("dataloader", {}).get(workers)
+        row(f"DataLoader batches/s (batch {dl['batch_size']}), {label}", eeg(by), spread(by["npz"]),
+            spread(by["npy"]), "—", _tcell(ts, "loader_vs_braindecode") if workers == "2" else "—",
+            spread(bdc) if bdc else "—")
     wc = results["window_caches"]
 
     def rss(name: str) -> str:
@@ -240,7 +295,7 @@ def table(results: dict) -> str:
     row("Peak resident memory per worker (largest process of a run)", rss("eegcache"),
         f"{w} workers: {num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npz']['10']['runs']))} MB each",
         f"{w} workers: {num(max(r['worker_peak_rss_mb'] or 0 for r in wc['npy']['10']['runs']))} MB each", rss("floor"),
-        "—")
+        "—", bd_rss(results))
     s = results["eegcache_strides"]
     un = s["unchanged_all_workers"]
     row("Re-ingest of the unchanged tree (1 worker, the CLI default)",
@@ -257,6 +312,18 @@ def table(results: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def bd_rss(results: dict) -> str:
+    """braindecode's largest build process, and its loader workers (the largest of the read child's workers)."""
+    build = results["braindecode"].get("build")
+    if not build:
+        return "—"
+    cells = [f"build n_jobs={w}: {num(max(r['rss_mb']['process'] for r in e['runs']))} MB" for w, e in build.items()]
+    bdr = results["reads"].get("braindecode", {})
+    if "rss_mb" in bdr:
+        cells.append(f"reads: {num(bdr['rss_mb']['process'])} MB, loader workers {num(bdr['rss_mb']['workers'])} MB")
+    return " · ".join(cells)
 
 
 def summary_lines(results: dict) -> str:

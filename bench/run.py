@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import contenders, index_scale, machine, reads
+from bench import braindecode_venv, contenders, index_scale, machine, reads
 from bench.corpus import SEED, STRIDES_S, WINDOW_S, Corpus, make_corpus
 from bench.timing import repeat, run_child, summary
 from eegcache import keys
@@ -40,11 +40,12 @@ class BenchConfig:
     index_windows: int = 10_000_000
     batch_size: int = 16
     max_reads: int = 3000
-    read_budget_s: float = 3.0
+    read_budget_s: float = 3.0  # seconds per random-read run
     max_batches: int = 40
     loader_budget_s: float = 4.0
     only: str | None = None  # "reads": re-measure the read figures of a previous run
     resume: bool = False  # skip the phases found in OUT/results.partial.json (a run that stopped part-way)
+    with_braindecode: bool = False  # make braindecode's venv if absent and run it as a contender
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
@@ -80,17 +81,32 @@ def _window_set_id(cache: Path, stride_s: float) -> int:
                            (WINDOW_S, stride_s)).fetchone()[0]
 
 
-def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) -> dict[str, Any]:
+def braindecode_build(recordings: list[dict], folder: Path, n_jobs: int) -> dict[str, Any]:
+    """One braindecode build (read, preprocess, window, save) in its own venv: same recordings, spec, windows."""
+    spec = PreprocessSpec()
+    return braindecode_venv.run("build", {
+        "recordings": recordings, "out": str(_fresh(folder)), "fs": spec.fs,
+        "bandpass_hz": list(spec.bandpass_hz) if spec.bandpass_hz else None, "notch_hz": list(spec.notch_hz),
+        "window": WINDOW, "stride": seconds_to_samples(READ_STRIDE_S, FS), "n_jobs": n_jobs})
+
+
+def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable,
+                     braindecode_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every timed build, interleaved round by round (floor, eegcache, npz, npy) so that load from other tenants
     of a shared machine drifts over all contenders alike rather than over one of them.
 
     - floor and eegcache ingest (60 s windows, 10 s stride, fresh cache) run in child processes, each paying its
       own lazy imports (MNE for the TUSZ start-date files), with 1 worker and with all cores;
     - npz / npy caches at 10 s stride with all cores; the last of each and the last 1-worker eegcache cache are
-      kept for the read figures; strides 60 and 15 are built once afterwards, for their disk size."""
+      kept for the read figures; strides 60 and 15 are built once afterwards, for their disk size;
+    - with braindecode's venv: braindecode's build (60 s / 10 s) on the recordings eegcache ingested, with
+      ``n_jobs`` 1 and all cores, each round; the 1-job folder is kept for the read figures."""
+    braindecode_info = braindecode_info or {}
     src = str(corpus.root)
     worker_counts = sorted({1, cfg.workers})
     runs: dict[str, list[dict]] = {}
+    bd_installed = bool(braindecode_info.get("installed"))
+    bd_recordings: list[dict] | None = None
     for r in range(cfg.repeats):
         for w in worker_counts:
             log(f"round {r + 1}/{cfg.repeats}: floor and eegcache ingest, {w} worker(s)")
@@ -98,6 +114,11 @@ def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable
             cache = _fresh(work / f"eegcache-w{w}")
             runs.setdefault(f"eegcache/{w}", []).append(run_child("ingest", {
                 "src": src, "cache": str(cache), "workers": w, "window_s": WINDOW_S, "stride_s": READ_STRIDE_S}))
+            if bd_recordings is None and bd_installed:
+                bd_recordings = braindecode_venv.recordings(cache, PreprocessSpec().channels)
+            if bd_installed:
+                log(f"round {r + 1}/{cfg.repeats}: braindecode build, n_jobs={w}")
+                runs.setdefault(f"braindecode/{w}", []).append(braindecode_build(bd_recordings, work / f"braindecode-j{w}", w))
         for kind in ("npz", "npy"):
             log(f"round {r + 1}/{cfg.repeats}: {kind} cache at {READ_STRIDE_S:g} s stride, {cfg.workers} worker(s)")
             folder = _fresh(work / f"{kind}-s{READ_STRIDE_S:g}")
@@ -105,6 +126,10 @@ def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable
                 contenders.build_window_cache(src, str(folder), kind, READ_STRIDE_S, cfg.workers))
     keep = _fresh(work / "eegcache-s10")
     os.rename(work / "eegcache-w1", keep)
+    if bd_installed:
+        os.rename(work / "braindecode-j1", _fresh(work / "braindecode-s10"))
+        for w in worker_counts[1:]:
+            shutil.rmtree(work / f"braindecode-j{w}", ignore_errors=True)
     for w in worker_counts[1:]:
         shutil.rmtree(work / f"eegcache-w{w}", ignore_errors=True)
     one_off = 1 if cfg.quick else cfg.workers  # spawning workers costs seconds: not worth it for a small corpus
@@ -119,6 +144,8 @@ def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable
     def entry(key: str, **extra: Any) -> dict[str, Any]:
         return {**extra, "seconds": summary([x["seconds"] for x in runs[key]]), "runs": runs[key]}
 
+    if bd_installed:
+        braindecode_info["build"] = {str(w): entry(f"braindecode/{w}") for w in worker_counts}
     return {
         "floor": {str(w): entry(f"floor/{w}") for w in worker_counts},
         "eegcache": {str(w): entry(f"eegcache/{w}") for w in worker_counts},
@@ -201,13 +228,29 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
             (_window_set_id(cache, READ_STRIDE_S),))]
     factories = {
         "eegcache": eegcache_dataset(cache, refs),
+        "eegcache-zarr": eegcache_dataset(cache, refs, reader="zarr"),
         "npz": lambda: reads.NpzWindows(work / "npz-s10", corpus.root, refs, WINDOW, stride),
         "npy": lambda: reads.NpyWindows(work / "npy-s10", corpus.root, refs, WINDOW, stride),
     }
-    random_reads = {}
-    for name, make in factories.items():
-        log(f"random single-window reads: {name} x{cfg.repeats}")
-        random_reads[name] = reads.random_reads(make, cfg.max_reads, cfg.read_budget_s, cfg.repeats, cfg.seed)
+    from eegcache.reader import available_backends
+
+    available_backends()  # imports the reading libraries: a one-off per process, not part of a read
+    bd_folder = work / "braindecode-s10"
+    with_bd = bd_folder.is_dir() and braindecode_venv.venv_python().exists()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*factories, *(["braindecode"] if with_bd else [])]}
+    for r in range(cfg.repeats):  # rounds interleave the stores, so that load from other tenants falls on all
+        for name, make in factories.items():
+            log(f"random single-window reads, round {r + 1}/{cfg.repeats}: {name}")
+            runs[name].append(reads.random_reads(make, cfg.max_reads, cfg.read_budget_s, 1, cfg.seed, first_run=r))
+        if with_bd:
+            log(f"random single-window reads, round {r + 1}/{cfg.repeats}: braindecode (its venv)")
+            runs["braindecode"].append(braindecode_venv.run("reads", {
+                "out": str(bd_folder), "max_reads": cfg.max_reads, "budget_s": cfg.read_budget_s, "repeats": 1,
+                "seed": cfg.seed, "first_run": r, "workers": [], "n_batches": {}, "batch_size": cfg.batch_size,
+                "loader_budget_s": 0.0})["random_reads"])
+    random_reads = {name: {**summary([x["rates"][0] if "rates" in x else x["runs"][0] for x in got]),
+                           "reads": [x["reads"][0] for x in got]} for name, got in runs.items()}
+    bd_random = random_reads.pop("braindecode", None)
     loader: dict[str, Any] = {"batch_size": cfg.batch_size, "dataset": dataset_note(), "workers": {}}
     for w in sorted({0, 2, cfg.workers}):
         plan = {name: int(min(cfg.max_batches, max(max(1, w), round(
@@ -216,7 +259,27 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
         stores = {name: make() for name, make in factories.items()}
         loader["workers"][str(w)] = reads.loader_rates(stores, WINDOW, w, plan, cfg.batch_size, 5 * cfg.loader_budget_s,
                                                        cfg.repeats, cfg.seed)
-    return {"windows": len(refs), "random_reads": random_reads, "dataloader": loader}
+    from eegcache.reader import choose_backend
+
+    out = {"windows": len(refs), "random_reads": random_reads, "dataloader": loader,
+           "reader": {"eegcache": choose_backend(), "eegcache-zarr": "zarr"}}
+    if with_bd:
+        out["braindecode"] = {**braindecode_loader(bd_folder, cfg, loader, log), "random_reads": bd_random}
+    return out
+
+
+def braindecode_loader(folder: Path, cfg: BenchConfig, loader: dict[str, Any], log: Callable) -> dict[str, Any]:
+    """braindecode's DataLoader batches/s in its venv, as many batches as eegcache was given, and its memory."""
+    workers = sorted(int(w) for w in loader["workers"])
+    plan = {str(w): loader["workers"][str(w)]["eegcache"]["batches"][0] for w in workers}
+    log(f"braindecode: DataLoader, {workers} worker(s), batches {plan} x{cfg.repeats}")
+    got = braindecode_venv.run("reads", {
+        "out": str(folder), "max_reads": 2, "budget_s": 0.0, "repeats": 1, "seed": cfg.seed, "workers": workers,
+        "n_batches": plan, "batch_size": cfg.batch_size, "loader_budget_s": 5 * cfg.loader_budget_s,
+        "loader_repeats": cfg.repeats})
+    got.pop("random_reads")
+    got["dataloader"] = {w: {**summary(v["rates"]), "batches": v["batches"]} for w, v in got["dataloader"].items()}
+    return got
 
 
 def trainer_dataset() -> Any:
@@ -228,13 +291,14 @@ def trainer_dataset() -> Any:
     return WindowDataset
 
 
-def eegcache_dataset(cache: Path, refs: list[reads.WindowRef]) -> Callable[[], Any]:
-    """A factory of the eegcache dataset: the trainer's own when it exists, the bench's minimal one otherwise."""
+def eegcache_dataset(cache: Path, refs: list[reads.WindowRef], reader: str | None = None) -> Callable[[], Any]:
+    """A factory of the eegcache dataset: the trainer's own when it exists, the bench's minimal one otherwise;
+    ``reader`` None is the default window reader (tensorstore with the fast extra), ``"zarr"`` the fallback."""
     cls = trainer_dataset()
     if cls is None:
-        return lambda: reads.EegcacheWindows(cache, refs, WINDOW)
+        return lambda: reads.EegcacheWindows(cache, refs, WINDOW, reader)
     ids = [r.window_id for r in refs]
-    return lambda: cls(cache, ids)
+    return lambda: cls(cache, ids, reader=reader)
 
 
 def dataset_note() -> str:
@@ -268,7 +332,9 @@ def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, An
             "started": datetime.now(UTC).isoformat(timespec="seconds"), "config": cfg.to_dict(),
             "machine": machine.machine(), "versions": machine.versions(),
             "corpus": {**corpus.to_dict(), "prepare_seconds": time.perf_counter() - t0},
-            "braindecode": contenders.braindecode_status(),
+            "braindecode": braindecode_venv.ensure(log) if cfg.with_braindecode else {
+                "installed": False, "requested": False,
+                "note": "braindecode: not measured (run with --with-braindecode)"},
         }
 
     def phase(key: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -278,7 +344,7 @@ def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, An
         partial.write_text(json.dumps(results, default=str))
 
     def builds() -> dict[str, Any]:
-        built = build_contenders(corpus, work, cfg, log)
+        built = build_contenders(corpus, work, cfg, log, results["braindecode"])
         return {**built, "eegcache_s10_sizes": _cache_sizes(work / "eegcache-s10")}
 
     def scaled() -> dict[str, Any]:

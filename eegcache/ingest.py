@@ -44,7 +44,6 @@ from eegcache.index.models import (
 from eegcache.index.sql import insert_ignore
 from eegcache.labels import clip_events, label_mask
 from eegcache.pipelines import PipelineRef, resolve_pipeline
-from eegcache.preprocess import preprocess
 from eegcache.spec import IngestConfig, PreprocessSpec
 from eegcache.store import FileChecksum, ObjectStore, object_digest, open_store
 from eegcache.tree import discover, is_utf8, parse_path, path_text
@@ -186,6 +185,7 @@ def prepare(task: Task) -> Prepared:
                 _take_attrs(result, group)
             else:
                 raw = read_recording(task.edf, task.spec.channels, task.spec.missing_electrodes)
+                from eegcache.preprocess import preprocess  # scipy.signal: only when there is work
                 signal = preprocess(raw.data, raw.fs, task.spec)
                 if not np.isfinite(signal).all():
                     raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-from scipy import signal as sps
 
 from eegcache.spec import PreprocessSpec
 
@@ -14,6 +13,8 @@ def resample(data: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     """Polyphase resampling by the exact rational ratio of the two rates."""
     if fs_in == fs_out:
         return data
+    from scipy import signal as sps  # imported on first use: ~1.5 s that a run with nothing to do never pays
+
     ratio = Fraction(fs_out / fs_in).limit_denominator(2000)
     return sps.resample_poly(data, ratio.numerator, ratio.denominator, axis=-1)
 
@@ -22,6 +23,8 @@ def preprocess(data: np.ndarray, fs_in: float, spec: PreprocessSpec) -> np.ndarr
     """The declared pipeline, channels × samples in, channels × samples out at ``spec.fs`` in ``spec.dtype``.
 
     Channels that are all zero (zero-filled missing electrodes) stay zero after the z-score."""
+    from scipy import signal as sps
+
     x = resample(np.asarray(data, dtype=np.float64), fs_in, spec.fs)
     padlen_ok = x.shape[-1] > 3 * 27  # sosfiltfilt needs a few filter lengths of signal
     if spec.bandpass_hz is not None and padlen_ok:

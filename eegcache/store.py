@@ -21,11 +21,14 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
-from zarr.storage import LocalStore
+
+if TYPE_CHECKING:
+    import zarr
+
+# zarr is imported where an object is written or opened (~0.3 s): a run with nothing to do never pays for it.
 
 SIGNAL_CHUNK = 16384  # samples per chunk: 64 s at 256 Hz, ~1.2 MB of float32 for 19 channels
 LABEL_CHUNK = 4 * SIGNAL_CHUNK  # a window read decodes a 64 KB label chunk, not a 1 MB one
@@ -34,6 +37,8 @@ LABEL_CHUNK = 4 * SIGNAL_CHUNK  # a window read decodes a 64 KB label chunk, not
 def _codecs() -> list:
     # Blosc lz4 with bit-shuffle beats zstd on preprocessed float32 EEG in size and read time (bench/RESULTS.md);
     # the CRC32C makes a damaged chunk fail on read.
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
     return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
 STAGING = "staging"
 OBJECTS = "objects"
@@ -76,6 +81,9 @@ def object_digest(checksums: list[FileChecksum]) -> str:
 
 
 def _write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
+    import zarr
+    from zarr.storage import LocalStore
+
     group = zarr.open_group(LocalStore(folder), mode="w", zarr_format=3, attributes=attrs)
     codecs = _codecs()
     sig = group.create_array(
@@ -156,7 +164,17 @@ class ObjectStore:
         return (self.path(key) / relpath).read_bytes()
 
     def open(self, key: str) -> zarr.Group:
+        import zarr
+        from zarr.storage import LocalStore
+
         return zarr.open_group(LocalStore(self.path(key), read_only=True), mode="r")
+
+    def reader(self, backend: str | None = None):
+        """A ``eegcache.reader.WindowReader`` on this store: the one way windows are read (tensorstore when the
+        ``fast`` extra is installed, zarr-python otherwise; ``$EEGCACHE_READER`` picks one by name)."""
+        from eegcache.reader import WindowReader
+
+        return WindowReader(self, backend)
 
     def read_labels(self, key: str) -> np.ndarray:
         return np.asarray(self.open(key)["labels"][...])
@@ -289,6 +307,7 @@ class RemoteObjectStore(ObjectStore):
         return self.fs.cat_file(f"{self._remote(key)}/{relpath}")
 
     def open(self, key: str) -> zarr.Group:
+        import zarr
         from zarr.storage import FsspecStore
 
         protocol = self.url.split("://", 1)[0]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
-from bench.__main__ import main
+from bench import braindecode_venv, report
+from bench.__main__ import main, parse_args
 from bench.run import BenchConfig
 
 
@@ -36,10 +38,16 @@ def test_bench_writes_every_figure(tmp_path, capsys):
         scaled = r["counts_scaled"][n]
         assert sum(scaled["eegcache"]["table"]["counts"].values()) == int(n)
         assert scaled["npz_manifest"]["load"]["median"] > 0 and "status" in scaled["epoch_draw"]
-    assert set(r["reads"]["random_reads"]) == {"eegcache", "npz", "npy"}
+    assert set(r["reads"]["random_reads"]) == {"eegcache", "eegcache-zarr", "npz", "npy"}
+    assert r["reads"]["reader"] == {"eegcache": "tensorstore", "eegcache-zarr": "zarr"}  # dev installs the fast extra
+    # braindecode was not asked for: said so, its targets pending, and nothing of its venv touched.
+    assert r["braindecode"]["installed"] is False and "--with-braindecode" in r["braindecode"]["note"]
+    pending = {t["key"]: t["status"] for t in r["targets"]}
+    assert pending["reads_vs_braindecode"] == pending["build_vs_braindecode_1"] == "PENDING"
+    assert pending["reads_per_core"] in ("PASS", "MISS")
     assert {"0", "2", w} <= set(r["reads"]["dataloader"]["workers"])
     for by_store in r["reads"]["dataloader"]["workers"].values():
-        assert all(by_store[s]["median"] > 0 for s in ("eegcache", "npz", "npy"))
+        assert all(by_store[s]["median"] > 0 for s in ("eegcache", "eegcache-zarr", "npz", "npy"))
     keys = {t["key"] for t in r["targets"]}
     assert {"ingest_vs_floor_1", "ingest_vs_npz_10s", "disk_10s", "counts_10M_table", "counts_tusz_view", "epoch_10M",
             "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reingest_unchanged", "new_stride_no_edf"} <= keys
@@ -48,3 +56,33 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     for row in ("Build, EEG-h/s", "Disk per EEG-hour", "Class counts, corpus", "Epoch draw", "Random single-window",
                 "DataLoader", "Peak resident memory", "Re-ingest", "Add a new stride"):
         assert row in table
+
+    _report_with_braindecode(r)
+
+
+def _report_with_braindecode(r: dict) -> None:
+    """The report fills braindecode's column and targets from its figures (made up here: no venv in tests)."""
+    r = copy.deepcopy(r)
+    w = str(r["config"]["workers"])
+    hours = r["floor"]["1"]["runs"][0]["eeg_hours"]
+    run = {"seconds": 10.0, "eeg_hours": hours, "bytes": 70_000_000 * hours, "windows": 1, "rss_mb": {"process": 800.0}}
+    r["braindecode"] = {"installed": True, "version": "1.8.1", "note": "braindecode 1.8.1",
+                        "build": {k: {"seconds": {"median": 10.0, "min": 10.0, "max": 10.0, "runs": [10.0]}, "runs": [run]}
+                                  for k in {"1", w}}}
+    one = {"median": 5.0, "min": 5.0, "max": 5.0, "runs": [5.0]}
+    r["reads"]["braindecode"] = {"random_reads": one, "dataloader": {k: one for k in r["reads"]["dataloader"]["workers"]},
+                                 "rss_mb": {"process": 700.0, "workers": 650.0}}
+    status = {t.key: t for t in report.targets(r)}
+    for key in ("reads_vs_braindecode", "loader_vs_braindecode", "build_vs_braindecode_1", "disk_vs_braindecode"):
+        assert status[key].status in ("PASS", "MISS") and status[key].value is not None
+    table = report.table(r)
+    assert "(n_jobs=1)" in table and "build n_jobs=1: 800 MB" in table and "5 (1 run)" in table
+
+
+def test_braindecode_venv_absent_is_reported_not_fatal(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EEGCACHE_BENCH_CACHE", str(tmp_path))
+    assert braindecode_venv.venv_dir() == tmp_path / "braindecode-venv"
+    got = braindecode_venv.status()
+    assert got["installed"] is False and "absent" in got["note"]
+    assert parse_args(["--quick", "--with-braindecode"]).with_braindecode is True
+    assert parse_args(["--quick"]).with_braindecode is False

@@ -228,7 +228,6 @@ class _Spy:
             monkeypatch.setattr(module, "read_recording", read_recording)
             monkeypatch.setattr(module, "read_header", read_header)
         monkeypatch.setattr(eegcache.keys, "file_digest", file_digest)
-        monkeypatch.setattr(eegcache.ingest, "preprocess", preprocess)
         monkeypatch.setattr(eegcache.preprocess, "preprocess", preprocess)
 
 

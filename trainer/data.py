@@ -1,23 +1,24 @@
 """Windows as torch samples: slices of the stored continuous arrays, never EDF reads, never materialised copies.
 
 One query at construction maps every window id to (object, start sample); ``__getitem__`` slices ``signal`` and
-``labels`` out of that object's Zarr group (a 60 s window touches one or two 64 s chunks). Zarr groups are opened
-lazily and per process: the dataset is pickled (spawn) or copied (fork) into DataLoader workers, and each worker
-opens its own handles on first use rather than sharing the parent's.
+``labels`` out of that object's Zarr group (a 60 s window touches one or two 64 s chunks) through the store's
+``WindowReader`` (``eegcache.reader``: tensorstore with the ``fast`` extra, zarr-python otherwise). Arrays are
+opened lazily and per process: the dataset is pickled (spawn) or copied (fork) into DataLoader workers, and each
+worker opens its own handles on first use rather than sharing the parent's. ``__getitems__`` serves a whole batch
+in one call (the DataLoader uses it), so a batch's reads are issued together.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from eegcache.reader import WindowReader
 from eegcache.store import open_store
 from trainer.sampling import connect_readonly
 
@@ -76,14 +77,14 @@ class WindowDataset(Dataset):
     ``window_ids[i]``."""
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
-                 epoch: int = 0) -> None:
+                 epoch: int = 0, reader: str | None = None) -> None:
         self.cache = Path(cache)
         self.window_ids = np.asarray(window_ids, dtype=np.int64)
         self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids)
         self.augment = augment
         self.epoch = epoch
-        self._arrays: dict[str, tuple[Any, Any]] = {}
-        self._pid = os.getpid()
+        self.reader_backend = reader
+        self._reader: WindowReader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -93,31 +94,37 @@ class WindowDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_arrays"] = {}  # handles stay in the process that opened them
+        state["_reader"] = None  # handles stay in the process that opened them
         return state
 
-    def _open(self, key: str) -> tuple[Any, Any]:
-        if self._pid != os.getpid():  # forked into a worker: drop the parent's handles
-            self._arrays, self._pid = {}, os.getpid()
-        arrays = self._arrays.get(key)
-        if arrays is None:
-            group = open_store(self.cache).open(key)
-            arrays = self._arrays[key] = (group["signal"], group["labels"])
-        return arrays
+    @property
+    def reader(self) -> WindowReader:
+        """This process's reader (a forked worker's copy of the parent's drops the parent's handles itself)."""
+        if self._reader is None:
+            self._reader = open_store(self.cache).reader(self.reader_backend)
+        return self._reader
+
+    def _item(self, i: int) -> tuple[str, int, int]:
+        start = int(self._starts[i])
+        return self.keys[self._codes[i]], start, start + self.window_samples
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored slices as numpy (signal in its stored dtype, labels uint8), before any augmentation."""
-        signal, labels = self._open(self.keys[self._codes[i]])
-        start = int(self._starts[i])
-        stop = start + self.window_samples
-        return np.asarray(signal[:, start:stop]), np.asarray(labels[start:stop])
+        return self.reader.read(*self._item(i))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        signal, labels = self.read(i)
+    def _sample(self, i: int, signal: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         signal = signal.astype(np.float32, copy=False)
         if self.augment is not None:
             signal = self.augment.apply(signal, self.epoch, int(self.window_ids[i]))
         return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A batch in one call: the reader issues every window's read before awaiting the first."""
+        got = self.reader.read_many([self._item(int(i)) for i in indices])
+        return [self._sample(int(i), s, lab) for i, (s, lab) in zip(indices, got, strict=True)]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._sample(i, *self.read(i))
 
 
 def seed_worker(worker_id: int) -> None:
