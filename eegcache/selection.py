@@ -30,6 +30,10 @@ class SelectionError(InputError):
     """The windows cannot be selected as asked; the message says why, with what exists."""
 
 
+class WhereError(SelectionError):
+    """The user's ``where`` condition was refused (it may only read ``window_labels``) or is not valid SQL."""
+
+
 @dataclass(frozen=True)
 class WindowSetInfo:
     id: int
@@ -117,7 +121,7 @@ class WindowSelection:
 
         for key in self.params:
             if key.startswith("_"):
-                raise SelectionError(f"parameter {key}: names starting with '_' are reserved")
+                raise WhereError(f"parameter {key}: names starting with '_' are reserved")
         # The user's text stands alone on its lines inside parentheses, so a trailing "--" comment ends there.
         sql = (f"SELECT window_id FROM window_labels WHERE window_s = :_w AND stride_s = :_s AND pipeline = :_p "
                f"AND (\n{where}\n)")
@@ -126,7 +130,8 @@ class WindowSelection:
             result = run_query(self.index, sql, {**self.params, "_w": ws.window_s, "_s": ws.stride_s,
                                                  "_p": ws.pipeline}, limit=2**31 - 2, timeout_s=600)
         except QueryError as exc:
-            raise SelectionError(f"where {where!r}: {exc}") from None
+            raise WhereError(f"the condition may only read window_labels, one condition, no ';' ({exc}); "
+                             "nothing was changed") from None
         return np.unique(np.fromiter((r[0] for r in result.rows), dtype=np.int64))
 
     def __len__(self) -> int:

@@ -3,6 +3,8 @@ DataLoader workers."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 import torch
@@ -10,14 +12,13 @@ from torch.utils.data import DataLoader
 from trainer_fixtures import real_cache
 
 from trainer.data import Augment, WindowDataset, seed_worker
-from trainer.sampling import connect_readonly
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("real")
     recs, ws = real_cache(folder)
-    conn = connect_readonly(folder)
+    conn = sqlite3.connect(folder / "index.sqlite")
     rows = conn.execute("SELECT w.id, r.name, w.start_sample, w.label FROM windows w JOIN recordings r "
                         "ON r.id = w.recording_id WHERE w.window_set_id = ? ORDER BY w.id", (ws,)).fetchall()
     conn.close()

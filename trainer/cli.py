@@ -23,6 +23,8 @@ def selection_options(func):
     options = [
         click.option("--cache", required=True, type=click.Path(file_okay=False, path_type=Path), envvar="EEGCACHE_CACHE",
                      help="Cache folder (index.sqlite + objects/). Env: EEGCACHE_CACHE."),
+        click.option("--db", "db", envvar="EEGCACHE_DB", metavar="URL",
+                     help="Index URL when it is not CACHE/index.sqlite (e.g. postgresql://host/db). Env: EEGCACHE_DB."),
         click.option("--pipeline", help="The cache's pipeline to read (default: the only one)."),
         click.option("--split", default="train", show_default=True, help="Split to train on ('all' for every split)."),
         click.option("--window", "window_s", type=float, default=60.0, show_default=True, help="Window length (s)."),
@@ -60,12 +62,12 @@ def main() -> None:
 @click.option("--world-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--ids", "with_ids", is_flag=True, help="Include the window ids, in training order.")
-def sample(cache, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed,
+def sample(cache, db, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed,
            max_windows_per_epoch, epoch, rank, world_size, as_json, with_ids):
     """Print what an epoch draws (counts per class, optionally the ids) without training."""
     try:
         sampler = EpochSampler(cache, _selection(pipeline, split, window_s, stride_s, where, params, allow_incomplete),
-                               Ratios.parse(ratios), seed, max_windows=max_windows_per_epoch)
+                               Ratios.parse(ratios), seed, max_windows=max_windows_per_epoch, db=db)
         if rank >= world_size:
             raise ValueError(f"--rank {rank} must be smaller than --world-size {world_size}")
         draw = sampler.draw(epoch, rank, world_size)
@@ -84,7 +86,8 @@ def sample(cache, pipeline, split, window_s, stride_s, where, params, ratios, al
 
 # CLI option name → TrainConfig field, for --resume (only options given on the command line override the run's).
 _FIT_FIELDS = {
-    "cache": "cache", "pipeline": "pipeline", "split": "split", "window_s": "window_s", "stride_s": "stride_s", "where": "where",
+    "cache": "cache", "db": "db", "pipeline": "pipeline",
+    "split": "split", "window_s": "window_s", "stride_s": "stride_s", "where": "where",
     "params": "params", "ratios": "ratios", "allow_incomplete": "allow_incomplete", "seed": "seed",
     "max_windows_per_epoch": "max_windows_per_epoch", "epochs": "epochs", "batch_size": "batch_size",
     "workers": "workers", "model": "model", "device": "device", "lr": "lr", "weight_decay": "weight_decay",
@@ -119,7 +122,7 @@ _FIT_FIELDS = {
                    "torchrun --nproc_per_node=N -m trainer fit ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def fit(ctx, cache, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
+def fit(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
         out, epochs, batch_size, workers, model, device, lr, weight_decay, grad_clip, val_split, threshold, augment,
         resume, accept_changed_selection, stop_after, nproc, quiet):
     """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch.
@@ -141,7 +144,8 @@ def fit(ctx, cache, pipeline, split, window_s, stride_s, where, params, ratios, 
     elif nproc is not None and nproc > 1:
         ctx.exit(distributed.launch(nproc, _given_args(ctx, skip=("nproc",))))
 
-    values = dict(cache=str(cache), pipeline=pipeline, split=_split(split), window_s=window_s, stride_s=stride_s, where=where,
+    values = dict(cache=str(cache), db=db, pipeline=pipeline, split=_split(split), window_s=window_s, stride_s=stride_s,
+                  where=where,
                   ratios=ratios, allow_incomplete=allow_incomplete, seed=seed,
                   max_windows_per_epoch=max_windows_per_epoch, epochs=epochs, batch_size=batch_size, workers=workers,
                   model=model, device=device, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
@@ -196,6 +200,7 @@ def _metric_lines(name: str, m: dict) -> str:
 
 @main.command()
 @click.option("--cache", required=True, type=click.Path(file_okay=False, path_type=Path), envvar="EEGCACHE_CACHE")
+@click.option("--db", "db", envvar="EEGCACHE_DB", metavar="URL", help="Index URL when it is not CACHE/index.sqlite.")
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--split", default="eval", show_default=True, help="Split to score ('all' for every split).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -205,7 +210,7 @@ def _metric_lines(name: str, m: dict) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--baselines", is_flag=True, help="Also score all-zero and all-one constant predictors.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(cache, checkpoint, split, out, plots, threshold, device, baselines, as_json):
+def evaluate(cache, db, checkpoint, split, out, plots, threshold, device, baselines, as_json):
     """Score a checkpoint on a split with the SzCORE event metrics and sample metrics."""
     from trainer.evaluate import baselines as constant_baselines
     from trainer.evaluate import checkpoint_pipeline
@@ -219,8 +224,9 @@ def evaluate(cache, checkpoint, split, out, plots, threshold, device, baselines,
             stored = load_checkpoint(checkpoint)["config"]
             post = PostProcess(threshold, stored.get("morph_samples", 5), stored.get("min_event_s", 2.0))
         result = run_evaluate(cache, checkpoint, _split(split), out=out, plot=list(plots) or None, post=post,
-                              device=device)
-        base = constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint)) if baselines else {}
+                              device=device, db=db)
+        base = (constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint), db=db)
+                if baselines else {})
     except (*_ERRORS, FitError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -10,17 +10,17 @@ in one call (the DataLoader uses it), so a batch's reads are issued together.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy import select
 from torch.utils.data import Dataset
 
 from eegcache.reader import WindowReader
 from eegcache.store import open_store
-from trainer.sampling import connect_readonly
+from trainer.sampling import open_cache
 
 
 @dataclass(frozen=True)
@@ -41,20 +41,19 @@ class Augment:
         return out
 
 
-def _lookup(cache: Path, ids: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+def _lookup(cache: Path, ids: np.ndarray, db: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """(object keys, key code per id, start sample per id, window samples) in the order of ``ids``."""
-    conn = connect_readonly(cache, authorizer=False)  # our own statement; json_each needs a virtual table
-    try:
-        rows = conn.execute(
-            """SELECT w.id, r.object_key, w.start_sample, ws.window_samples
-               FROM json_each(?) j
-               JOIN windows w ON w.id = j.value
-               JOIN recordings r ON r.id = w.recording_id
-               JOIN window_sets ws ON ws.id = w.window_set_id""",
-            (json.dumps(ids.tolist()),),
-        ).fetchall()
-    finally:
-        conn.close()
+    from eegcache.index.models import Recording, Window, WindowSet
+
+    rows = []
+    with open_cache(cache, db) as handle, handle.engine.connect() as conn:
+        unique = np.unique(ids).tolist()
+        for i in range(0, len(unique), 10_000):
+            rows.extend(tuple(r) for r in conn.execute(
+                select(Window.id, Recording.object_key, Window.start_sample, WindowSet.window_samples)
+                .join(Recording, Recording.id == Window.recording_id)
+                .join(WindowSet, WindowSet.id == Window.window_set_id)
+                .where(Window.id.in_(unique[i:i + 10_000]))))
     found = {r[0]: r for r in rows}
     missing = [int(i) for i in ids if int(i) not in found]
     if missing:
@@ -77,10 +76,10 @@ class WindowDataset(Dataset):
     ``window_ids[i]``."""
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
-                 epoch: int = 0, reader: str | None = None) -> None:
+                 epoch: int = 0, reader: str | None = None, db: str | None = None) -> None:
         self.cache = Path(cache)
         self.window_ids = np.asarray(window_ids, dtype=np.int64)
-        self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids)
+        self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids, db)
         self.augment = augment
         self.epoch = epoch
         self.reader_backend = reader

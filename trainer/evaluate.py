@@ -39,16 +39,16 @@ def load_model(checkpoint: Path | str, device: str = "cpu"):
 
 def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eval", *, out: Path | str | None = None,
              plot: list[str] | None = None, post: PostProcess | None = None, device: str = "cpu",
-             batch_size: int = 16) -> EvalResult:
+             batch_size: int = 16, db: str | None = None) -> EvalResult:
     """Score ``checkpoint`` on every ingested recording of ``split``; with ``out``, write ``<recording>.csv_bi``
     per recording, ``metrics.json``, and ``<recording>.png`` for each recording named in ``plot``."""
     cache = Path(cache)
     model, config, window = load_model(checkpoint, device)
     post = post or config.postprocess()
     pipeline = checkpoint_pipeline(checkpoint)
-    recordings = split_recordings(cache, split, pipeline=pipeline)
+    recordings = split_recordings(cache, split, pipeline=pipeline, db=db)
     if plot:
-        split_recordings(cache, split, plot, pipeline=pipeline)  # unknown names fail before any work
+        split_recordings(cache, split, plot, pipeline=pipeline, db=db)  # unknown names fail before any work
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,10 +84,10 @@ def checkpoint_pipeline(checkpoint: Path | str) -> str | None:
 
 
 def baselines(cache: Path | str, split: str | None, post: PostProcess | None = None,
-              pipeline: str | None = None) -> dict[str, dict]:
+              pipeline: str | None = None, db: str | None = None) -> dict[str, dict]:
     """Constant predictors through the same post-processing and scoring: all-zero (never alarms) and all-one
     (always alarms). A model is only useful where it beats both."""
-    recordings = split_recordings(Path(cache), split, pipeline=pipeline)
+    recordings = split_recordings(Path(cache), split, pipeline=pipeline, db=db)
     return {"all_zero": score_constant(Path(cache), recordings, 0.0, post),
             "all_one": score_constant(Path(cache), recordings, 1.0, post)}
 

@@ -20,9 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text
 
 from eegcache.index.db import INDEX_FILE
-from trainer.sampling import CLASSES, LABEL_TEXT, EpochSampler, connect_readonly
+from trainer.sampling import CLASSES, LABEL_TEXT, EpochSampler, open_cache
 
 FORMAT = 1
 
@@ -35,16 +36,13 @@ def selection_fingerprint(sampler: EpochSampler) -> dict:
     """What the sampler selects, in a form a checkpoint can hold (plain JSON types)."""
     ws = sampler.window_set
     split = sampler.selection.split
-    conn = connect_readonly(sampler.cache, authorizer=False)
-    try:
-        rows = conn.execute(
+    with open_cache(sampler.cache, sampler.db) as cache, cache.engine.connect() as conn:
+        rows = conn.execute(text(
             f"""SELECT r.id, coalesce(r.object_key, '') FROM recordings r
                 WHERE {'r.split = :split AND' if split is not None else ''}
                 EXISTS (SELECT 1 FROM windows w WHERE w.recording_id = r.id AND w.window_set_id = :ws)
-                ORDER BY r.id""", {"split": split, "ws": ws.id}).fetchall()
-        revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    finally:
-        conn.close()
+                ORDER BY r.id"""), {"split": split, "ws": ws.id}).all()
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).first()
     recordings = hashlib.sha256("\n".join(f"{i} {key}" for i, key in rows).encode()).hexdigest()
     return {
         "format": FORMAT,
@@ -53,7 +51,7 @@ def selection_fingerprint(sampler: EpochSampler) -> dict:
         "recordings": {"count": len(rows), "sha256": recordings},
         "window_set": asdict(ws),
         "epoch_windows": int(sampler.epoch_size()),
-        "index": {"location": str((Path(sampler.cache) / INDEX_FILE).resolve()),
+        "index": {"location": sampler.db or str((Path(sampler.cache) / INDEX_FILE).resolve()),
                   "revision": revision[0] if revision else None},
     }
 

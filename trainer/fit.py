@@ -88,10 +88,11 @@ class TrainConfig:
     augment: bool = False
     val_batch_size: int = 16
     pipeline: str | None = None  # None: the cache's only pipeline
+    db: str | None = None  # the index's URL when it is not CACHE/index.sqlite (e.g. PostgreSQL)
 
     # Fields that may change between a run and its resumption without changing the result (where the cache lives,
     # how many loader processes, the device; a different device changes rounding but not the run's definition).
-    NOT_RUN_DEFINING = ("cache", "out", "workers", "device", "val_batch_size")
+    NOT_RUN_DEFINING = ("cache", "db", "out", "workers", "device", "val_batch_size")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
@@ -303,14 +304,15 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
     elif last_path.exists():
         raise FitError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it, or choose another --out")
     device = resolve_device(config.device)
-    sampler = EpochSampler(config.cache, config.selection(), Ratios.parse(config.ratios), config.seed,
+    sampler = EpochSampler(config.cache, config.selection(), Ratios.parse(config.ratios), config.seed, db=config.db,
                            max_windows=config.max_windows_per_epoch)
     for line in sampler.describe():
         log(line)
     fingerprint = selection_fingerprint(sampler)
     selection_note = _check_selection(run_dir, state, fingerprint, accept_changed_selection, log) if state else None
     window = sampler.window_set.window_samples
-    val_recordings = (split_recordings(Path(config.cache), config.val_split, pipeline=sampler.window_set.pipeline)
+    val_recordings = (split_recordings(Path(config.cache), config.val_split, pipeline=sampler.window_set.pipeline,
+                                       db=config.db)
                       if config.val_split else [])
     if config.val_split and not val_recordings:
         log(f"warning: no ingested recordings in validation split {config.val_split!r}; "
@@ -406,7 +408,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         if debug_shards:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"shards-epoch{epoch}-rank{world.rank}.json").write_text(json.dumps(draw.to_dict(with_ids=True)))
-        dataset = WindowDataset(config.cache, draw.ids, augment=augment, epoch=epoch)
+        dataset = WindowDataset(config.cache, draw.ids, augment=augment, epoch=epoch, db=config.db)
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
                             generator=generator, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
         net.train()

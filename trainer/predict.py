@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy import text
 
 from eegcache.store import open_store
 from trainer.metrics import Counts, score_recording, summarize
 from trainer.postprocess import PostProcess, binarize, cover_starts, stitch
-from trainer.sampling import SamplingError, choose_pipeline, connect_readonly
+from trainer.sampling import SamplingError, open_cache
 
 
 @dataclass(frozen=True)
@@ -40,21 +41,25 @@ class RecordingResult:
 
 
 def split_recordings(cache: Path, split: str | None, recordings: list[str] | None = None,
-                     pipeline: str | None = None) -> list[RecordingRef]:
+                     pipeline: str | None = None, db: str | None = None) -> list[RecordingRef]:
     """Ingested recordings of a split (all splits when None) of a pipeline (the only one when None), in name order;
     optionally only the named ones."""
-    conn = connect_readonly(cache)
-    try:
-        pid, _ = choose_pipeline(conn, pipeline, cache)
+    from eegcache.pipelines import PipelineError, choose_pipeline
+
+    with open_cache(cache, db) as handle, handle.engine.connect() as conn:
+        try:
+            chosen = choose_pipeline(conn, pipeline)
+        except PipelineError as exc:
+            raise SamplingError(str(exc)) from None
+        if chosen is None:
+            raise SamplingError(f"{cache} holds no pipeline yet (nothing has been ingested); run eegcache ingest")
         sql = ("SELECT r.id, r.name, r.object_key, o.n_samples, o.fs FROM recordings r "
-               "JOIN objects o ON o.key = r.object_key WHERE r.status = 'ingested' AND r.pipeline_id = ?")
-        params: list = [pid]
+               "JOIN objects o ON o.key = r.object_key WHERE r.status = 'ingested' AND r.pipeline_id = :p")
+        params: dict = {"p": chosen[0]}
         if split is not None:
-            sql += " AND r.split = ?"
-            params.append(split)
-        rows = conn.execute(sql + " ORDER BY r.name, r.id", params).fetchall()
-    finally:
-        conn.close()
+            sql += " AND r.split = :split"
+            params["split"] = split
+        rows = conn.execute(text(sql + " ORDER BY r.name, r.id"), params).all()
     refs = [RecordingRef(*r) for r in rows]
     if recordings is not None:
         wanted = set(recordings)
