@@ -104,7 +104,8 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, 
     try:
         config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes,
-                                           "montage": montage, "layout": layout, "dataset": dataset, "pipeline": pipeline, "replace": replace})
+                                           "montage": montage, "layout": layout, "dataset": dataset,
+                                           "pipeline": pipeline, "replace": replace})
         summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
     except (ValueError, FileNotFoundError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eegcache.montage import ELECTRODE_SYNONYMS, MontageError, canon, electrode_index, referential_token
+from eegcache.montage import ELECTRODE_SYNONYMS, MontageError, canon, electrode_index, referential_token  # noqa: F401
 from eegcache.montage import plan as montage_plan
 
 MAX_SIGNALS = 4096

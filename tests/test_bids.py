@@ -203,7 +203,7 @@ BAD = [
 
 def test_every_malformed_sidecar_or_tsv_fails_its_recording_naming_the_file(tmp_path: Path) -> None:
     root = bids_root(tmp_path / "ds")
-    for i, (case, kwargs, _, _) in enumerate(BAD):
+    for i, (_case, kwargs, _, _) in enumerate(BAD):
         write_recording(root, f"{i:02d}", seed=i, **kwargs)
     good = write_recording(root, "99", seed=99)
     summary = ingest_json(root, tmp_path / "cache", ok=False)
