@@ -1,7 +1,10 @@
-"""Parse TUSZ seizure annotation files (.csv_bi, .csv and the legacy .tse_bi, .tse).
+"""Parse seizure annotation files: TUSZ's .csv_bi, .csv and the legacy .tse_bi, .tse, and BIDS ``_events.tsv``.
 
-Only the seizure intervals matter to the cache, so the parser reduces every format to one merged,
-sorted tuple of (start, stop) seconds. Files come from outside the project and may be damaged or
+The parser reduces every format to one merged, sorted tuple of (start, stop) seconds, plus the seizure type(s) of
+each merged event: the label as written (``seiz``, ``fnsz``... lower-cased for TUSZ files; the BIDS ``eventType``
+as written, e.g. ``sz_foc_ia``). Where overlapping or touching events of different types merge into one, the event
+keeps every type, sorted and joined by ``+`` (``cpsz+fnsz``), so ``event_type LIKE '%gnsz%'`` finds any event that
+had a generalised part. Files come from outside the project and may be damaged or
 hostile: every problem surfaces as an AnnotationError naming the file (and line), parsing is linear
 in the file size, and files over MAX_FILE_BYTES are refused before being read.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,10 @@ from eegcache.labels import merge_arrays
 
 ANNOTATION_SUFFIXES = (".csv_bi", ".csv", ".tse_bi", ".tse")  # order of preference
 MAX_FILE_BYTES = 64 * 1024 * 1024
+BIDS_EVENTS_SUFFIX = "_events.tsv"
+BIDS_REQUIRED = ("onset", "duration", "eventType")
+MAX_LABELS = 65535  # distinct labels per file (codes are uint16)
+TYPE_JOIN = "+"
 CSV_HEADER = ("channel", "start_time", "stop_time", "label", "confidence")
 CSV_REQUIRED = ("channel", "start_time", "stop_time", "label")  # found by name in the header; confidence is unused
 MAX_COLUMNS = 64
@@ -44,6 +51,29 @@ class Annotation:
     duration_s: float | None  # from "# duration = 829.00 secs" (csv formats; None for tse or without that line)
     events: tuple[tuple[float, float], ...]  # seizure intervals in seconds, sorted, merged
     warnings: tuple[str, ...] = ()  # what a person should know (e.g. no duration line: the EDF's length is used)
+    types: tuple[str, ...] = field(default=(), compare=False)  # per merged event: its label(s), joined by "+"
+    # The seizure rows before merging (starts, stops, label codes, label names), for types after clipping.
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]] | None = field(default=None, compare=False,
+                                                                                  repr=False)
+
+    def clipped_types(self, events: tuple[tuple[float, float], ...], duration_s: float) -> tuple[str, ...]:
+        """The types of ``events`` (these rows clipped to [0, duration_s] and merged, as ``clip_events`` makes
+        them): every label of a row that still overlaps the event after clipping."""
+        if not events:
+            return ()
+        if self.rows is None:
+            return ("",) * len(events)
+        starts, stops, codes, names = self.rows
+        cs, ce = np.maximum(starts, 0.0), np.minimum(stops, duration_s)
+        keep = ce > cs
+        first = np.array([a for a, _ in events])
+        which = np.searchsorted(first, cs[keep], side="right") - 1
+        ok = which >= 0
+        pairs = np.unique(np.stack([which[ok], codes[keep][ok].astype(np.int64)]), axis=1)
+        found: list[set[str]] = [set() for _ in events]
+        for i, code in pairs.T.tolist():
+            found[i].add(names[code])
+        return tuple(TYPE_JOIN.join(sorted(t)) for t in found)
 
 
 def find_annotation(edf_path: Path) -> Path | None:
@@ -54,6 +84,11 @@ def find_annotation(edf_path: Path) -> Path | None:
     edf_path = Path(edf_path)
     for suffix in ANNOTATION_SUFFIXES:
         candidate = edf_path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    stem = edf_path.stem
+    if stem.endswith("_eeg"):  # BIDS: sub-X_..._eeg.edf beside sub-X_..._events.tsv
+        candidate = edf_path.with_name(stem[: -len("_eeg")] + BIDS_EVENTS_SUFFIX)
         if candidate.is_file():
             return candidate
     return None
@@ -77,11 +112,14 @@ def _lines(text: str) -> Iterator[str]:
 class _Parser:
     """State shared by the format readers: the file name for messages and the event arrays."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_case: bool = False) -> None:
         self.name = path.name
+        self.keep_case = keep_case
         self.starts = array("d")  # 16 bytes per row instead of ~100 for a tuple of floats
         self.stops = array("d")
         self.warnings: list[str] = []
+        self.codes = array("H")
+        self.labels: dict[str, int] = {}
 
     def error(self, problem: str, lineno: int | None = None) -> AnnotationError:
         where = f"{self.name}: line {lineno}: " if lineno is not None else f"{self.name}: "
@@ -104,22 +142,39 @@ class _Parser:
         """Validate one row's times and keep it when its label is a seizure type."""
         start = self.number(start_field, names[0], lineno)
         stop = self.number(stop_field, names[1], lineno)
+        self.keep(start, stop, label, lineno, names)
+
+    def keep(self, start: float, stop: float, label: str, lineno: int, names: tuple[str, str]) -> None:
         if start < 0:
             raise self.error(f"{names[0]} {start!r} is negative", lineno)
         if stop < start:
             raise self.error(f"{names[1]} {stop!r} is before {names[0]} {start!r}", lineno)
-        label = label.strip().lower()
+        label = label.strip() if self.keep_case else label.strip().lower()
         if not label:
             raise self.error("empty label", lineno)
-        if label != BACKGROUND and stop > start:  # zero-length events carry no samples: dropped
+        if label.lower() != BACKGROUND and stop > start:  # zero-length events carry no samples: dropped
+            code = self.labels.get(label)
+            if code is None:
+                if len(self.labels) >= MAX_LABELS:
+                    raise self.error(f"more than {MAX_LABELS} distinct labels", lineno)
+                code = self.labels[label] = len(self.labels)
             self.starts.append(start)
             self.stops.append(stop)
+            self.codes.append(code)
 
     def events(self) -> tuple[tuple[float, float], ...]:
         s, e = merge_arrays(
             np.frombuffer(self.starts, dtype=np.float64), np.frombuffer(self.stops, dtype=np.float64)
         )
         return tuple(zip(s.tolist(), e.tolist(), strict=True))
+
+    def annotation(self, path: Path, fmt: str, duration: float | None) -> Annotation:
+        rows = (np.frombuffer(self.starts, dtype=np.float64).copy(), np.frombuffer(self.stops, dtype=np.float64).copy(),
+                np.frombuffer(self.codes, dtype=np.uint16).copy(), tuple(self.labels))
+        result = Annotation(path=path, format=fmt, duration_s=duration, events=self.events(), rows=rows,
+                            warnings=tuple(self.warnings))
+        object.__setattr__(result, "types", result.clipped_types(result.events, math.inf))
+        return result
 
     def duration(self, value: str, lineno: int) -> float:
         text = value.strip()
@@ -216,6 +271,49 @@ def _parse_tse(parser: _Parser, text: str) -> None:
         raise parser.error("missing 'version = tse_v1.0.0' line")
 
 
+def _parse_events_tsv(parser: _Parser, text: str) -> float | None:
+    """Read a BIDS ``_events.tsv`` (tab-separated, a header naming at least onset, duration and eventType; ``n/a``
+    for missing values) into parser; return the first row's ``recordingDuration`` (None when absent or n/a).
+    Every row other than ``bckg`` is a seizure from onset to onset + duration."""
+    header: list[str] | None = None
+    duration: float | None = None
+    rows = 0
+    for lineno, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        if header is None:
+            header = [f.strip() for f in fields]
+            absent = [c for c in BIDS_REQUIRED if c not in header]
+            if absent:
+                raise parser.error(f"the header {_show(line.strip())} lacks the column(s) {', '.join(absent)} "
+                                   "(a tab-separated header with onset, duration and eventType is required)", lineno)
+            if len(set(header)) != len(header):
+                raise parser.error(f"repeated column names in the header {_show(line.strip())}", lineno)
+            col = {name: i for i, name in enumerate(header)}
+            continue
+        if len(fields) != len(header):
+            raise parser.error(f"expected {len(header)} tab-separated fields, got {len(fields)}: {_show(line)}", lineno)
+        onset = parser.number(fields[col["onset"]], "onset", lineno)
+        length = parser.number(fields[col["duration"]], "duration", lineno)
+        if length < 0:
+            raise parser.error(f"duration {length!r} is negative", lineno)
+        label = fields[col["eventType"]].strip()
+        if label.lower() == "n/a":
+            raise parser.error("eventType is n/a", lineno)
+        parser.keep(onset, onset + length, label, lineno, ("onset", "onset + duration"))
+        if rows == 0 and "recordingDuration" in col:
+            value = fields[col["recordingDuration"]].strip()
+            if value.lower() != "n/a":
+                duration = parser.number(value, "recordingDuration", lineno)
+                if duration < 0:
+                    raise parser.error(f"recordingDuration {duration!r} is negative", lineno)
+        rows += 1
+    if header is None:  # pragma: no cover - the empty-file check runs first
+        raise parser.error("no header line")
+    return duration
+
+
 def _read(path: Path) -> str:
     """Read as UTF-8, refusing oversized files before reading and turning I/O and decoding errors
     into AnnotationError so callers handle one exception type for bad input."""
@@ -249,10 +347,11 @@ def parse_annotation(path: Path, text: str | None = None) -> Annotation:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in ANNOTATION_SUFFIXES:
+    bids = path.name.endswith(BIDS_EVENTS_SUFFIX)
+    if suffix not in ANNOTATION_SUFFIXES and not bids:
         raise AnnotationError(
             f"{path.name}: unknown annotation suffix {suffix or '(none)'!r}; expected one of "
-            f"{', '.join(ANNOTATION_SUFFIXES)}"
+            f"{', '.join(ANNOTATION_SUFFIXES)} or {BIDS_EVENTS_SUFFIX}"
         )
     if text is None:
         text = _read(path)
@@ -260,13 +359,15 @@ def parse_annotation(path: Path, text: str | None = None) -> Annotation:
         raise AnnotationError(f"{path.name}: text is larger than the {MAX_FILE_BYTES} character limit")
     if text.startswith("\ufeff"):  # a byte-order mark from Windows editors
         text = text[1:]
-    parser = _Parser(path)
+    parser = _Parser(path, keep_case=bids)
     if not text or text.isspace():
         raise parser.error("file is empty")
-    fmt = suffix[1:]
+    fmt = "bids_tsv" if bids else suffix[1:]
     duration: float | None = None
-    if fmt in ("csv_bi", "csv"):
+    if bids:
+        duration = _parse_events_tsv(parser, text)
+    elif fmt in ("csv_bi", "csv"):
         duration = _parse_csv(parser, text, binary=fmt == "csv_bi")
     else:
         _parse_tse(parser, text)
-    return Annotation(path=path, format=fmt, duration_s=duration, events=parser.events(), warnings=tuple(parser.warnings))
+    return parser.annotation(path, fmt, duration)

@@ -90,6 +90,12 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), help="Stored signal type (default float32).")
 @click.option("--missing-electrodes", type=click.Choice(["fail", "zero"]),
               help="A recording lacking a required electrode fails (default) or gets a zero-filled channel.")
+@click.option("--montage", type=click.Choice(["referential", "average", "double-banana", "tcp"]),
+              help="Stored channels: the 19 electrodes as recorded (referential, default), their common average, "
+                   "SzCORE's 18 bipolar pairs (double-banana) or TUSZ's 22 TCP pairs (tcp).")
+@click.option("--layout", type=click.Choice(["auto", "bids", "folder"]),
+              help="The source tree's layout (default auto: TUSZ, BIDS by its dataset_description.json, else a "
+                   "folder of EDFs). bids forces BIDS-EEG.")
 @click.option("--dataset", help="Name of the dataset SRC belongs to (default: recognised from the tree, else named "
                                 "after its root folder).")
 @click.option("--pipeline", help="Name of the preprocessing pipeline to build (default: default). Settings not "
@@ -99,7 +105,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, fs, dtype, missing_electrodes,
-           dataset, pipeline, replace, as_json, quiet):
+           montage, layout, dataset, pipeline, replace, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ingest import ingest as run_ingest
     from eegcache.spec import load_config
@@ -107,7 +113,8 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, 
     try:
         config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes,
-                                           "dataset": dataset, "pipeline": pipeline, "replace": replace})
+                                           "montage": montage, "layout": layout, "dataset": dataset,
+                                           "pipeline": pipeline, "replace": replace})
         summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
     except (ValueError, FileNotFoundError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
@@ -180,7 +187,7 @@ def stats(cache, db_url, pipeline, as_json):
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Row cap.")
 @click.option("--timeout", type=click.FloatRange(0.01), default=30.0, show_default=True, help="Time limit (s).")
 def sql(cache, db_url, query, fmt, params, limit, timeout):
-    """Run a read-only SQL QUERY over the index (views: window_labels, recording_status)."""
+    """Run a read-only SQL QUERY over the index (views: window_labels, recording_status, seizure_events)."""
     from eegcache.query import QueryError, run_query
 
     bound = {}

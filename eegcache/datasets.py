@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from eegcache import keys
+from eegcache import bids, keys
 from eegcache.index.db import writer
 from eegcache.index.models import Dataset, Recording
 from eegcache.index.sql import insert_ignore
@@ -42,11 +42,21 @@ class DatasetRef:
         return path_text(Path(path).relative_to(self.root))
 
 
-def layout_and_root(src: Path) -> tuple[str, Path]:
-    """The tree's layout and root for a resolved source path (a folder or one file)."""
+def layout_and_root(src: Path, layout: str | None = None) -> tuple[str, Path]:
+    """The tree's layout and root for a resolved source path (a folder or one file).
+
+    Recognised: ``tusz`` (the folder holding ``edf/{train,dev,eval}``), ``bids`` (the folder holding
+    ``dataset_description.json``, or its ``sub-*`` subfolders), else ``folder``. ``layout`` forces one: ``bids``
+    roots at the BIDS root above ``src`` when there is one, else at ``src``; ``folder`` at ``src``."""
     folder = src if src.is_dir() else src.parent
+    if layout == "bids":
+        return "bids", bids.find_root(folder) or folder
+    if layout == "folder":
+        return "folder", folder
     if (folder / "edf").is_dir() and any((folder / "edf" / s).is_dir() for s in SPLITS):
         return "tusz", folder
+    if layout != "tusz" and (root := bids.find_root(folder)) is not None:
+        return "bids", root
     parts = folder.parts
     for i in range(len(parts) - 1, -1, -1):
         if parts[i] == "edf" and (i + 1 == len(parts) or parts[i + 1] in SPLITS):
@@ -101,9 +111,18 @@ def _free_name(conn, base: str) -> str:
     return name
 
 
-def resolve_dataset(engine: Engine, src: Path, name: str | None, edfs: list[Path]) -> DatasetRef:
+def recordings_of(layout: str, root: Path, edfs: list[Path]) -> list[Path]:
+    """The EDFs that are recordings of a tree of this layout: in a BIDS tree only ``sub-*/[ses-*/]eeg/*_eeg.edf``
+    (never ``derivatives/`` or ``sourcedata/``); in the others every EDF."""
+    if layout != "bids":
+        return edfs
+    return [e for e in edfs if _is_under(e, root) and bids.is_recording(e.relative_to(root))]
+
+
+def resolve_dataset(engine: Engine, src: Path, name: str | None, edfs: list[Path],
+                    layout: str | None = None) -> DatasetRef:
     """The dataset ``src`` belongs to, created or re-rooted as needed (one write transaction)."""
-    layout, root = layout_and_root(src)
+    layout, root = layout_and_root(src, layout)
     now = datetime.now(UTC).replace(tzinfo=None)
     with writer(engine).begin() as conn:
         rows = conn.execute(select(Dataset.__table__)).all()

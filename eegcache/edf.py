@@ -7,7 +7,6 @@ pyedflib refuses a file that MNE reads (the TUSZ start date ``01:01:85``), MNE i
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from eegcache.errors import InputError
+from eegcache.montage import ELECTRODE_SYNONYMS, MontageError, canon, electrode_index, referential_token  # noqa: F401
+from eegcache.montage import plan as montage_plan
 
 MAX_SIGNALS = 4096
 MAX_SAMPLES_PER_RECORD = 1 << 20
 MIN_RATE_HZ, MAX_RATE_HZ = 10.0, 100_000.0  # EEG electrodes; the 1 Hz auxiliary channels are never picked
 MAX_AMPLITUDE_UV = 1e9  # a kilovolt: beyond any amplifier, a broken calibration
-ELECTRODE_SYNONYMS = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
-_LABEL = re.compile(r"^(?:EEG\s+)?([A-Z0-9]+)(?:-(?:REF|LE))?$")
 
 
 class EdfError(InputError):
@@ -55,6 +54,7 @@ class RawRecording:
     reader: str
     filled: tuple[str, ...]
     duration_s: float
+    names: tuple[str, ...] = ()  # the output channels (the montage's names)
 
 
 def _field(raw: bytes, what: str, path: Path) -> str:
@@ -131,49 +131,30 @@ def read_header(path: Path) -> EdfHeader:
 
 def electrode(label: str) -> str | None:
     """Electrode name of a channel label by its parsed token (``EEG T7-REF`` → ``T3``); never by substring."""
-    m = _LABEL.match(label.strip().upper())
-    if not m:
-        return None
-    token = m.group(1)
-    return ELECTRODE_SYNONYMS.get(token, token)
+    token = referential_token(label)
+    return None if token is None else canon(token)
 
 
 def pick_channels(labels: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[list[int | None], list[str]]:
     """Index of each wanted electrode among the labels (None where absent) and the missing names.
 
     An exact token match wins over a synonym (a file with both ``T3`` and ``T7`` uses ``T3``)."""
-    exact: dict[str, int] = {}
-    synonym: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        m = _LABEL.match(label.strip().upper())
-        if not m:
-            continue
-        token = m.group(1)
-        target = exact if token not in ELECTRODE_SYNONYMS else synonym
-        target.setdefault(ELECTRODE_SYNONYMS.get(token, token), i)
-    picks: list[int | None] = []
-    missing: list[str] = []
-    for name in wanted:
-        key = ELECTRODE_SYNONYMS.get(name.upper(), name.upper())
-        idx = exact.get(key, synonym.get(key))
-        picks.append(idx)
-        if idx is None:
-            missing.append(name)
-    return picks, missing
+    index = electrode_index(labels)
+    picks = [index.get(canon(name)) for name in wanted]
+    return picks, [name for name, idx in zip(wanted, picks, strict=True) if idx is None]
 
 
-def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = "fail") -> RawRecording:
-    """Read the wanted electrodes in µV. Missing electrodes fail unless the policy is ``zero``."""
+def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = "fail",
+                   montage: str = "referential") -> RawRecording:
+    """Read ``montage`` (see ``eegcache.montage``) in µV: for ``referential`` the wanted electrodes as stored.
+    Missing electrodes (or pairs) fail unless the policy is ``zero``; a file that cannot supply the montage at all
+    fails with what it lacks."""
     header = read_header(path)
-    picks, missing = pick_channels(header.labels, channels)
-    present = [i for i in picks if i is not None]
-    if not present:
-        raise EdfError(f"{path.name}: none of the required electrodes is present (labels: {', '.join(header.labels)})")
-    if missing and missing_policy != "zero":
-        raise EdfError(
-            f"{path.name}: missing required electrode(s) {', '.join(missing)} "
-            "(use --missing-electrodes zero to fill them with zeros)"
-        )
+    try:
+        recipe = montage_plan(header.labels, montage, channels, missing_policy)
+    except MontageError as exc:
+        raise EdfError(f"{path.name}: {exc}") from None
+    present = list(recipe.sources)
     rates = {header.rates[i] for i in present}
     if len(rates) != 1:
         raise EdfError(f"{path.name}: the required electrodes have different sampling rates {sorted(rates)}")
@@ -189,16 +170,19 @@ def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = 
             rows, reader = _read_mne(path, [header.labels[i] for i in present]), "mne"
         except Exception as second:  # noqa: BLE001
             raise EdfError(f"{path.name}: unreadable EDF (pyedflib: {first}; mne: {second})") from None
-    data = np.zeros((len(channels), n), dtype=np.float64)
-    row = iter(rows)
-    for out, idx in enumerate(picks):
-        if idx is not None:
-            signal = next(row)
-            data[out, : min(n, signal.shape[0])] = signal[:n]
+    sources = np.zeros((len(present), n), dtype=np.float64)
+    for j, signal in enumerate(rows):
+        sources[j, : min(n, signal.shape[0])] = signal[:n]
+    if montage == "referential":  # a plain copy of the picked rows: the stored values of every earlier release
+        data = np.zeros((len(recipe.names), n), dtype=np.float64)
+        for out, col in zip(*np.nonzero(recipe.matrix), strict=True):
+            data[out] = sources[col]
+    else:
+        data = recipe.apply(sources)
     if not np.isfinite(data).all() or (data.size and np.abs(data).max() > MAX_AMPLITUDE_UV):
         raise EdfError(f"{path.name}: the signal holds non-finite or implausible values (above {MAX_AMPLITUDE_UV:g} µV): "
                        "check the physical range of its channels")
-    return RawRecording(data, fs, reader, tuple(missing), header.duration_s)
+    return RawRecording(data, fs, reader, recipe.filled, header.duration_s, recipe.names)
 
 
 def _read_pyedflib(path: Path, indices: list[int]) -> list[np.ndarray]:

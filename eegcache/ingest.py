@@ -25,10 +25,10 @@ from sqlalchemy import Engine, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from eegcache import keys
+from eegcache import bids, keys
 from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
 from eegcache.claims import Claims, release_in
-from eegcache.datasets import DatasetRef, resolve_dataset, scanned_prefix
+from eegcache.datasets import DatasetRef, layout_and_root, recordings_of, resolve_dataset, scanned_prefix
 from eegcache.edf import EdfError, read_header, read_recording
 from eegcache.index.db import open_index, writer
 from eegcache.index.models import (
@@ -80,6 +80,8 @@ class Task:
     known_edf_sha256: str | None = None
     known_annotation_sha256: str | None = None
     store_url: str | None = None
+    layout: str = "folder"  # the dataset's layout: tusz, bids or folder
+    root: Path | None = None  # the dataset's root (BIDS: participants.tsv lives there)
 
 
 @dataclass
@@ -106,9 +108,13 @@ class Prepared:
     n_samples: int = 0
     n_channels: int = 0
     events: tuple[tuple[float, float], ...] = ()
+    event_types: tuple[str, ...] = ()  # per event: its label(s), "+"-joined where events of different types merged
+    info: dict = field(default_factory=dict)  # the recording's metadata columns (see recording_info)
+    spec: PreprocessSpec | None = None  # the spec this recording was built with (the notch resolved)
     windows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     checksums: list[FileChecksum] | None = None
     preprocessed: bool = False
+    channel_names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -142,10 +148,33 @@ def _windows_for(mask: np.ndarray, shapes: tuple[WindowShape, ...]) -> dict:
     return out
 
 
+def recording_info(layout: str, rel_path: str) -> dict:
+    """The metadata columns of a recording that its path gives: TUSZ split/subject/session/montage/token, or the
+    BIDS entities (subject, session, run; the split comes from participants.tsv in ``prepare``)."""
+    out = dict(name=None, split=None, subject=None, session=None, montage=None, token=None, run=None,
+               reference=None, power_line_hz=None)
+    path = Path(rel_path)
+    if layout == "bids":
+        meta = bids.info(path)
+        out.update(name=meta.name, subject=meta.subject, session=meta.session, run=meta.run)
+    else:
+        out.update(parse_path(path).__dict__)
+    return out
+
+
+def _resolved_spec(spec: PreprocessSpec, power_line_hz: float | None, name: str) -> PreprocessSpec:
+    try:
+        return spec.for_recording(power_line_hz)
+    except ValueError as exc:
+        raise EdfError(f"{name}: the notch for its declared power line ({power_line_hz:g} Hz) is not possible "
+                       f"with this pipeline ({exc})") from None
+
+
 def prepare(task: Task) -> Prepared:
     """Hash, parse, read, preprocess and publish one recording. Never raises for bad input."""
     src = path_text(task.edf)
-    result = Prepared(source_path=src, rel_path=task.rel_path, status="failed")
+    result = Prepared(source_path=src, rel_path=task.rel_path, status="failed",
+                      info=recording_info(task.layout, task.rel_path))
     name = task.edf.name
     try:
         if not is_utf8(task.edf):
@@ -160,8 +189,19 @@ def prepare(task: Task) -> Prepared:
             read_header(task.edf)  # a damaged EDF is named as such before its annotation is looked at
         ann_path = find_annotation(task.edf)
         if ann_path is None:
-            result.reason = f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF"
+            if task.layout == "bids":
+                result.reason = f"{name}: no {bids.recording_name(task.edf)}_events.tsv beside the EDF"
+            else:
+                result.reason = f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF"
             return result
+        spec = task.spec
+        if task.layout == "bids":
+            sidecar = bids.read_sidecar(task.edf)
+            result.info.update(reference=sidecar.reference, power_line_hz=sidecar.power_line_hz)
+            if result.info["subject"] and task.root is not None:
+                result.info["split"] = bids.participant_split(task.root, result.info["subject"])
+            spec = _resolved_spec(spec, sidecar.power_line_hz, name)
+        result.spec = spec
         ast = ann_path.stat()
         result.annotation_path = path_text(ann_path)
         result.annotation_size, result.annotation_mtime_ns = ast.st_size, ast.st_mtime_ns
@@ -169,48 +209,54 @@ def prepare(task: Task) -> Prepared:
         result.annotation_sha256 = task.known_annotation_sha256 or keys.file_digest(ann_path)
         annotation = parse_annotation(ann_path)
         result.label_key = keys.label_key(result.annotation_sha256)
-        result.object_key = keys.object_key(result.edf_sha256, task.spec, result.label_key)
+        result.object_key = keys.object_key(result.edf_sha256, spec, result.label_key)
         store = open_store(task.cache, task.store_url)
         if store.exists(result.object_key):
             group = store.open(result.object_key)
             mask = np.asarray(group["labels"][...])
             _take_attrs(result, group)
-            result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
+            result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
         else:
-            signal_key = keys.signal_key(result.edf_sha256, task.spec)
+            signal_key = keys.signal_key(result.edf_sha256, spec)
             donor = store.signal_donor(signal_key)
             if donor is not None:  # the signal is stored under other labels: reuse it, read no EDF
                 group = store.open(donor)
                 signal = np.asarray(group["signal"][...])
                 _take_attrs(result, group)
             else:
-                raw = read_recording(task.edf, task.spec.channels, task.spec.missing_electrodes)
+                raw = read_recording(task.edf, spec.channels, spec.missing_electrodes, spec.montage)
                 from eegcache.preprocess import preprocess  # scipy.signal: only when there is work
-                signal = preprocess(raw.data, raw.fs, task.spec)
+                signal = preprocess(raw.data, raw.fs, spec)
                 if not np.isfinite(signal).all():
                     raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
                 result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
+                result.channel_names = raw.names
                 result.n_channels, result.n_samples = signal.shape
                 result.preprocessed = True
-            result.events, result.warnings = _clip(annotation, result.n_samples, task.spec.fs)
-            duration = result.n_samples / task.spec.fs
+            result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
+            duration = result.n_samples / spec.fs
             if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
                 result.warnings.append(
                     f"annotation duration {annotation.duration_s:.2f} s differs from the recording's {duration:.2f} s"
                 )
-            mask = label_mask(result.events, result.n_samples, task.spec.fs)
+            mask = label_mask(result.events, result.n_samples, spec.fs)
             attrs = {
-                "key": result.object_key, "label_key": result.label_key, "spec": task.spec.to_dict(),
-                "channels": list(task.spec.channels), "fs": task.spec.fs, "reader": result.reader,
+                "key": result.object_key, "label_key": result.label_key, "spec": spec.to_dict(),
+                "channels": list(result.channel_names or spec.channels), "fs": spec.fs, "reader": result.reader,
                 "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
                 "events": [list(e) for e in result.events],
             }
+            if spec.montage != "referential":
+                attrs["montage"] = spec.montage
+            if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
+                attrs["power_line_hz"] = result.info["power_line_hz"]
+                attrs["notch_hz"] = list(spec.notch_hz)
             store.write(result.object_key, signal, mask, attrs)
             store.note_signal(signal_key, result.object_key)
             result.checksums = store.checksums(result.object_key)
         result.windows = _windows_for(mask, task.shapes)
         result.status = "ingested"
-    except (EdfError, AnnotationError) as exc:
+    except (EdfError, AnnotationError, bids.BidsError) as exc:
         result.reason = str(exc)
     except PermissionError as exc:
         result.reason = f"{name}: permission denied reading {Path(exc.filename or name).name}"
@@ -233,7 +279,7 @@ def _take_attrs(result: Prepared, group) -> None:
 
 def _clip(annotation, n_samples: int, fs: float):
     events, warnings = clip_events(annotation.events, n_samples / fs)
-    return events, [*annotation.warnings, *warnings]
+    return events, annotation.clipped_types(events, n_samples / fs), [*annotation.warnings, *warnings]
 
 
 def _json(value) -> str | None:
@@ -254,7 +300,7 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
         if status == "ingested":
             status, reason = _twin_status(conn, target, item)
         if status != "failed":
-            _ensure_object(conn, store, spec, item, now)
+            _ensure_object(conn, store, item.spec or spec, item, now)
         ann_rel = target.dataset.rel_path(Path(item.annotation_path)) if item.annotation_path else None
         values = dict(
             dataset_id=target.dataset.id, rel_path=item.rel_path, pipeline_id=target.pipeline.id, source_missing=False,
@@ -267,7 +313,7 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             spec_digest=keys.spec_digest(spec) if status != "failed" else None,
             orig_fs=item.orig_fs, duration_s=item.n_samples / spec.fs if item.n_samples else None,
             seizure_s=sum(b - a for a, b in item.events) if status != "failed" else None, updated_at=now,
-            **parse_path(Path(item.rel_path)).__dict__,
+            **(item.info or recording_info(target.dataset.layout, item.rel_path)),
         )
         if rec is None:
             rec_id = conn.execute(Recording.__table__.insert().values(**values)).inserted_primary_key[0]
@@ -282,7 +328,8 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             if item.events:
                 conn.execute(
                     SeizureEvent.__table__.insert(),
-                    [{"recording_id": rec_id, "start_s": a, "stop_s": b} for a, b in item.events],
+                    [{"recording_id": rec_id, "start_s": a, "stop_s": b, "event_type": t or None}
+                     for (a, b), t in zip(item.events, _types(item), strict=True)],
                 )
             rows = [
                 {"recording_id": rec_id, "window_set_id": ws_id, "start_sample": int(s),
@@ -293,6 +340,10 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             if rows:
                 conn.execute(insert_ignore(conn, Window.__table__), rows)
     return status
+
+
+def _types(item: Prepared) -> tuple[str, ...]:
+    return item.event_types if len(item.event_types) == len(item.events) else ("",) * len(item.events)
 
 
 def _identity(target: Target, rel_path: str) -> tuple:
@@ -486,9 +537,12 @@ def plan(
         Recording.rel_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
         Recording.edf_sha256, Recording.annotation_path, Recording.annotation_size,
         Recording.annotation_mtime_ns, Recording.annotation_sha256, Recording.spec_digest,
-        Recording.object_key, StoredObject.n_samples,
+        Recording.object_key, StoredObject.n_samples, Recording.updated_at,
     ).outerjoin(StoredObject, StoredObject.key == Recording.object_key).where(*mine)
     have = select(Window.recording_id).where(Window.window_set_id == requested.id).distinct()
+    # Events registered before their types were stored (schema < 0006): re-read the annotation (no EDF) to type them.
+    untyped_q = (select(SeizureEvent.recording_id).join(Recording, Recording.id == SeizureEvent.recording_id)
+                 .where(*mine, SeizureEvent.event_type.is_(None)).distinct())
     if len(edfs) <= 100:  # re-planning a few files (claims): look up only those, not the whole index
         query = query.where(Recording.rel_path.in_(list(rels.values())))
         have = have.where(Window.recording_id.in_(select(Recording.id).where(
@@ -496,6 +550,7 @@ def plan(
     with engine.connect() as conn:
         known = {r.rel_path: r for r in conn.execute(query)}
         have_set = set(conn.execute(have).scalars())
+        untyped = set(conn.execute(untyped_q).scalars())
     tasks, unchanged = [], 0
     for edf in edfs:
         row = known.get(rels[edf])
@@ -519,11 +574,29 @@ def plan(
                     row.status == "skipped" or row.id in have_set
                     or (row.n_samples or 0) < requested.window
                 )
-                if same_spec and covered and store.exists(row.object_key):
+                fresh = row.id not in untyped and not (
+                    target.dataset.layout == "bids" and _bids_sidecars_newer(edf, target.dataset.root, row.updated_at))
+                if same_spec and covered and fresh and store.exists(row.object_key):
                     unchanged += 1
                     continue
-        tasks.append(Task(edf, rels[edf], store.root, spec, shapes, store_url=store.url, **reuse))
+        tasks.append(Task(edf, rels[edf], store.root, spec, shapes, store_url=store.url,
+                          layout=target.dataset.layout, root=target.dataset.root, **reuse))
     return tasks, unchanged
+
+
+def _bids_sidecars_newer(edf: Path, root: Path, registered: datetime | None) -> bool:
+    """Whether the recording's ``_eeg.json`` or the dataset's ``participants.tsv`` changed after it was registered
+    (they set its notch and its split; their bytes are not part of the annotation digest)."""
+    if registered is None:
+        return True
+    since = registered.replace(tzinfo=UTC).timestamp()
+    for path in (bids.sidecar_path(edf), root / bids.PARTICIPANTS):
+        try:
+            if path.stat().st_mtime > since:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def ingest(
@@ -544,12 +617,12 @@ def ingest(
     t0 = time.perf_counter()
     cache = Path(cache)
     src = Path(os.path.realpath(src))  # the folder the user named, as the kernel resolves it
-    edfs = discover(src)
+    edfs = recordings_of(*layout_and_root(src, config.layout), discover(src))
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
         pipeline = resolve_pipeline(engine, config)
-        target = Target(resolve_dataset(engine, src, config.dataset, edfs), pipeline)
+        target = Target(resolve_dataset(engine, src, config.dataset, edfs, config.layout), pipeline)
         requested = window_shape(engine, pipeline.id, config.window_s, config.stride_s, pipeline.spec.fs)
         tasks, unchanged = plan(engine, store, target, edfs, requested)
         summary = IngestSummary(unchanged=unchanged, dataset=target.dataset.name, pipeline=pipeline.name,
@@ -718,7 +791,8 @@ def reingest_recordings(engine: Engine, store: ObjectStore, recording_ids: list[
         target = Target(DatasetRef(row.dataset_id, row.dataset, row.layout, Path(row.root)),
                         PipelineRef(row.pipeline_id, row.pipeline, spec))
         task = Task(target.dataset.root / row.rel_path, row.rel_path, store.root, spec,
-                    _all_shapes(engine, row.pipeline_id), store_url=store.url)
+                    _all_shapes(engine, row.pipeline_id), store_url=store.url, layout=row.layout,
+                    root=target.dataset.root)
         item = prepare(task)
         if register(engine, store, target, item) == "failed":
             failures.append(item.reason or str(task.edf))

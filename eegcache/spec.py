@@ -22,6 +22,8 @@ SZCORE_CHANNELS = (
 )
 MISSING_POLICIES = ("fail", "zero")
 DTYPES = ("float32", "float16")
+MONTAGES = ("referential", "average", "double-banana", "tcp")
+DEFAULT_MONTAGE = "referential"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class PreprocessSpec:
     zscore: bool = True
     dtype: str = "float32"
     missing_electrodes: str = "fail"
+    # Fields added after the first release: written into the canonical JSON only when they differ from their
+    # defaults, so that every spec (and so every key) of an existing cache stays what it was.
+    montage: str = DEFAULT_MONTAGE  # referential | average | double-banana | tcp (eegcache.montage)
+    mains_notch: bool = True  # notch_hz follows the recording's declared power line (BIDS PowerLineFrequency)
 
     def __post_init__(self) -> None:
         # Numbers are normalised so that equal specs serialise (and so key) equally: fs=256 and fs=256.0 are one.
@@ -58,13 +64,30 @@ class PreprocessSpec:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.missing_electrodes not in MISSING_POLICIES:
             raise ValueError(f"missing_electrodes must be one of {MISSING_POLICIES}, got {self.missing_electrodes!r}")
+        if self.montage not in MONTAGES:
+            raise ValueError(f"montage must be one of {MONTAGES}, got {self.montage!r}")
+        if not isinstance(self.mains_notch, bool):
+            raise ValueError(f"mains_notch must be true or false, got {self.mains_notch!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["channels"] = list(self.channels)
         data["bandpass_hz"] = list(self.bandpass_hz) if self.bandpass_hz is not None else None
         data["notch_hz"] = list(self.notch_hz)
+        for name, default in _LATER_DEFAULTS.items():  # absent when default: existing keys never change
+            if data[name] == default:
+                del data[name]
         return data
+
+    def for_recording(self, power_line_hz: float | None) -> PreprocessSpec:
+        """The spec one recording is built with: with ``mains_notch`` and a declared power-line frequency L (BIDS
+        ``PowerLineFrequency``), the notch frequencies are scaled so that the first becomes L (``[60]`` -> ``[50]``,
+        ``[60, 120]`` -> ``[50, 100]``). A recording that declares nothing (TUSZ trees) keeps ``notch_hz``, so its
+        spec, and its key, are the pipeline's. This resolved spec is what the object's key hashes and records."""
+        if not self.mains_notch or power_line_hz is None or not self.notch_hz or power_line_hz == self.notch_hz[0]:
+            return self
+        scale = float(power_line_hz) / self.notch_hz[0]
+        return dataclasses.replace(self, notch_hz=tuple(round(f * scale, 6) for f in self.notch_hz))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
@@ -83,6 +106,9 @@ class PreprocessSpec:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
+_LATER_DEFAULTS = {"montage": DEFAULT_MONTAGE, "mains_notch": True}
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Everything an ingest run takes besides the source tree and the cache.
@@ -98,10 +124,12 @@ class IngestConfig:
     pipeline: str = "default"
     dataset: str | None = None  # None: recognised from the tree (see eegcache.datasets)
     replace: bool = False  # rebuild the pipeline with a changed spec instead of refusing
+    layout: str | None = None  # None: recognised from the tree; "bids" or "folder" forces it (eegcache.datasets)
     explicit: frozenset[str] | None = None
 
 
-TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace")
+TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace", "layout")
+LAYOUTS = ("auto", "tusz", "bids", "folder")
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> IngestConfig:
@@ -132,8 +160,12 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> I
     dataset = top.get("dataset")
     if dataset is not None and (not str(dataset).strip() or len(str(dataset)) > 128):
         raise ValueError(f"dataset name {dataset!r} must be 1 to 128 characters")
+    layout = top.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     return IngestConfig(
         spec=spec,
+        layout=None if layout in (None, "auto") else str(layout),
         window_s=float(top.get("window", 60.0)),
         stride_s=float(top.get("stride", 60.0)),
         workers=int(top.get("workers", 1)),

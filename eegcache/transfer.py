@@ -258,7 +258,8 @@ def _merge_recording(src_conn, dst: Side, rec: dict, maps: Maps, overwrite: bool
                 conn.execute(SeizureEvent.__table__.delete().where(SeizureEvent.recording_id == rec_id))
                 conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
         if not conn.execute(select(SeizureEvent.id).where(SeizureEvent.recording_id == rec_id).limit(1)).first():
-            events = [{"recording_id": rec_id, "start_s": e["start_s"], "stop_s": e["stop_s"]}
+            events = [{"recording_id": rec_id, "start_s": e["start_s"], "stop_s": e["stop_s"],
+                       "event_type": e.get("event_type")}
                       for e in _rows(src_conn, SeizureEvent, SeizureEvent.recording_id == rec["id"])]
             if events:
                 conn.execute(SeizureEvent.__table__.insert(), events)

@@ -15,14 +15,16 @@ from edf_factory import cli, query, run_cli
 
 from eegcache.index import db
 from eegcache.index.models import Base
-from eegcache.index.views import RECORDING_STATUS_COLUMNS, WINDOW_LABELS_COLUMNS
+from eegcache.index.views import RECORDING_STATUS_COLUMNS, SEIZURE_EVENTS_COLUMNS, WINDOW_LABELS_COLUMNS
 
 # The public SQL API as issue 2 documents it, with the columns index v2 appended (written out here, not imported,
 # so the test pins the contract: earlier columns keep their names and positions).
 WINDOW_LABELS = ("window_id", "recording", "subject", "session", "split", "montage", "window_s", "stride_s",
                  "start_s", "duration_s", "label", "seizure_fraction", "dataset", "pipeline")  # fmt: skip
 RECORDING_STATUS = ("recording", "source_path", "status", "reason", "n_windows", "dataset", "pipeline", "rel_path",
-                    "source")  # fmt: skip
+                    "source")  # issue 10 (schema 0004) added the last columns of both
+# Issue 11 (schema 0006): seizure events with their types; pipeline last (a recording has a row per pipeline).
+SEIZURE_EVENTS = ("recording", "dataset", "subject", "session", "split", "start_s", "stop_s", "event_type", "pipeline")
 
 
 def _columns(conn: sqlite3.Connection, view: str) -> tuple[str, ...]:
@@ -38,11 +40,12 @@ def fresh(tmp_path: Path) -> Path:
 
 
 def test_views_are_exactly_the_documented_ones(fresh: Path) -> None:
-    """Two views, with exactly the documented columns in the documented order."""
+    """Three views, with exactly the documented columns in the documented order."""
     conn = sqlite3.connect(fresh / "index.sqlite")
     try:
         views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
-        assert views == {"window_labels", "recording_status"}
+        assert views == {"window_labels", "recording_status", "seizure_events"}
+        assert _columns(conn, "seizure_events") == SEIZURE_EVENTS == SEIZURE_EVENTS_COLUMNS
         assert _columns(conn, "window_labels") == WINDOW_LABELS == WINDOW_LABELS_COLUMNS
         assert _columns(conn, "recording_status") == RECORDING_STATUS == RECORDING_STATUS_COLUMNS
     finally:
@@ -77,7 +80,7 @@ def test_downgrade_to_base_and_back(fresh: Path) -> None:
     finally:
         engine.dispose()
     views = {r[0] for r in query(fresh, "SELECT name FROM sqlite_master WHERE type = 'view'")}
-    assert views == {"window_labels", "recording_status"}
+    assert views == {"window_labels", "recording_status", "seizure_events"}
 
 
 def test_db_upgrade_command_creates_an_index(tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ def specs(draw) -> PreprocessSpec:
         fs=fs, channels=channels, bandpass_hz=bandpass, notch_hz=notch, zscore=draw(st.booleans()),
         dtype=draw(st.sampled_from(["float32", "float16"])),
         missing_electrodes=draw(st.sampled_from(["fail", "zero"])),
+        montage=draw(st.sampled_from(["referential", "average", "double-banana", "tcp"])),
+        mains_notch=draw(st.booleans()),
     )
 
 
@@ -58,6 +60,11 @@ def _changed(spec: PreprocessSpec, field: str, data: st.DataObject) -> Preproces
         return dataclasses.replace(spec, zscore=not spec.zscore)
     if field == "dtype":
         return dataclasses.replace(spec, dtype="float16" if spec.dtype == "float32" else "float32")
+    if field == "montage":
+        others = [m for m in ("referential", "average", "double-banana", "tcp") if m != spec.montage]
+        return dataclasses.replace(spec, montage=data.draw(st.sampled_from(others)))
+    if field == "mains_notch":
+        return dataclasses.replace(spec, mains_notch=not spec.mains_notch)
     assert field == "missing_electrodes"
     return dataclasses.replace(spec, missing_electrodes="zero" if spec.missing_electrodes == "fail" else "fail")
 
@@ -187,3 +194,31 @@ def test_load_config_refuses_unknown_top_level_settings(tmp_path: Path) -> None:
     path.write_text("windows = 30\n")
     with pytest.raises(ValueError, match="unknown setting"):
         load_config(path)
+
+
+# The default spec's canonical JSON as every release before issue 11 wrote it (migration 0004 holds the same text):
+# fields added later (montage, mains_notch) must not enter it at their defaults, or every existing key would change.
+PRE_ISSUE_11_DEFAULT_JSON = (
+    '{"bandpass_hz":[0.5,120.0],"channels":["Fp1","F3","C3","P3","O1","F7","T3","T5","Fz","Cz","Pz","Fp2","F4",'
+    '"C4","P4","O2","F8","T4","T6"],"dtype":"float32","fs":256.0,"missing_electrodes":"fail","notch_hz":[60.0],'
+    '"zscore":true}'
+)
+
+
+def test_fields_added_later_keep_existing_keys() -> None:
+    assert PreprocessSpec().canonical_json() == PRE_ISSUE_11_DEFAULT_JSON
+    old = PreprocessSpec.from_dict(json.loads(PRE_ISSUE_11_DEFAULT_JSON))
+    assert old == PreprocessSpec() and keys.spec_digest(old) == keys.spec_digest(PreprocessSpec())
+    tcp = PreprocessSpec(montage="tcp", mains_notch=False)
+    assert json.loads(tcp.canonical_json())["montage"] == "tcp" and '"mains_notch":false' in tcp.canonical_json()
+    assert PreprocessSpec.from_dict(json.loads(tcp.canonical_json())) == tcp
+
+
+def test_the_notch_follows_the_declared_power_line() -> None:
+    spec = PreprocessSpec(notch_hz=(60.0, 120.0))
+    assert spec.for_recording(None) is spec and spec.for_recording(60.0) is spec  # TUSZ trees, TUH conversions
+    assert spec.for_recording(50.0).notch_hz == (50.0, 100.0)  # Siena, SeizeIT
+    assert keys.signal_key("0" * 64, spec.for_recording(50.0)) != keys.signal_key("0" * 64, spec)
+    fixed = dataclasses.replace(spec, mains_notch=False)
+    assert fixed.for_recording(50.0) is fixed
+    assert PreprocessSpec(notch_hz=()).for_recording(50.0).notch_hz == ()

@@ -195,7 +195,12 @@ def _metric_lines(name: str, m: dict) -> str:
 
     return (f"{name:<10} events: sensitivity {f('event_sensitivity')}  precision {f('event_precision')}  "
             f"F1 {f('event_f1')}  FP/24h {f('event_fp_per_24h', '.1f')}   samples: sensitivity "
-            f"{f('sample_sensitivity')}  precision {f('sample_precision')}  F1 {f('sample_f1')}")
+            f"{f('sample_sensitivity')}  precision {f('sample_precision')}  F1 {f('sample_f1')}\n"
+            f"{'':<10} SzCORE, mean ± std over {m.get('szcore_subjects', 0)} subjects: sensitivity "
+            f"{f('szcore_event_sensitivity')} ± {f('szcore_event_sensitivity_std')}  precision "
+            f"{f('szcore_event_precision')} ± {f('szcore_event_precision_std')}  F1 {f('szcore_event_f1')} ± "
+            f"{f('szcore_event_f1_std')}  FP/24h {f('szcore_event_fp_per_24h', '.1f')} ± "
+            f"{f('szcore_event_fp_per_24h_std', '.1f')}")
 
 
 @main.command()
@@ -204,13 +209,16 @@ def _metric_lines(name: str, m: dict) -> str:
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--split", default="eval", show_default=True, help="Split to score ('all' for every split).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Write <recording>.csv_bi predictions and metrics.json here.")
+              help="Write the predictions (see --format) and metrics.json here.")
+@click.option("--format", "fmt", type=click.Choice(["csv_bi", "szcore"]), default="csv_bi", show_default=True,
+              help="Predictions as <recording>.csv_bi, or as SzCORE: one sub-.../eeg/..._events.tsv per recording at "
+                   "its BIDS relative path (TUSZ trees: sub-<patient>/ses-<NNN>/eeg/..._run-<TTT>_events.tsv).")
 @click.option("--plot", "plots", multiple=True, metavar="RECORDING", help="Write RECORDING.png (probability vs truth).")
 @click.option("--threshold", type=float, help="Override the run's threshold.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--baselines", is_flag=True, help="Also score all-zero and all-one constant predictors.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(cache, db, checkpoint, split, out, plots, threshold, device, baselines, as_json):
+def evaluate(cache, db, checkpoint, split, out, fmt, plots, threshold, device, baselines, as_json):
     """Score a checkpoint on a split with the SzCORE event metrics and sample metrics."""
     from trainer.evaluate import baselines as constant_baselines
     from trainer.evaluate import checkpoint_pipeline
@@ -224,7 +232,7 @@ def evaluate(cache, db, checkpoint, split, out, plots, threshold, device, baseli
             stored = load_checkpoint(checkpoint)["config"]
             post = PostProcess(threshold, stored.get("morph_samples", 5), stored.get("min_event_s", 2.0))
         result = run_evaluate(cache, checkpoint, _split(split), out=out, plot=list(plots) or None, post=post,
-                              device=device, db=db)
+                              device=device, fmt=fmt, db=db)
         base = (constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint), db=db)
                 if baselines else {})
     except (*_ERRORS, FitError) as exc:

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from eegcache.errors import StateError
 from trainer.metrics import Counts, summarize
 from trainer.postprocess import PostProcess
-from trainer.predict import RecordingRef, iter_predictions
+from trainer.predict import RecordingRef, iter_predictions, with_szcore
 
 # Environment variable that makes each rank write the window ids it trained on per epoch (for tests and debugging).
 DEBUG_SHARDS_ENV = "TRAINER_DEBUG_SHARDS"
@@ -170,7 +170,7 @@ def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef]
     Call :func:`sync_buffers` first after training steps, so that every rank scores rank 0's weights."""
     share = assign(recordings, world.world_size)[world.rank]
     mine = [recordings[i] for i in sorted(share)]
-    local = {result.recording.id: result.counts for result in
+    local = {result.recording.id: (result.counts, result.szcore) for result in
              iter_predictions(model, cache, mine, window, post=post, batch_size=batch_size, device=device)}
     if world.distributed:
         gathered: list[dict | None] = [None] * world.world_size
@@ -182,8 +182,8 @@ def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef]
         counts = local
     total = Counts()
     for rec in recordings:
-        total = total + counts[rec.id]
-    return summarize(total)
+        total = total + counts[rec.id][0]
+    return with_szcore(summarize(total), [(rec.subject_key, counts[rec.id][1]) for rec in recordings])
 
 
 # ----------------------------------------------------------------------------------------------------------------

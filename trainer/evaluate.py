@@ -1,20 +1,24 @@
-"""Scoring a checkpoint on a split: the validation metrics, predicted events as ``.csv_bi`` files, and a plot.
+"""Scoring a checkpoint on a split: the validation metrics, predicted events per recording, and a plot.
 
-Predictions are written in TUSZ's own annotation format so they can be compared with the reference annotations by
-NEDC's tools, by eye, or by ``eegcache``'s annotation parser.
+Predictions are written in TUSZ's own annotation format (``.csv_bi``: NEDC's tools, ``eegcache``'s parser) or, with
+``fmt="szcore"``, as one SzCORE ``_events.tsv`` per recording at its BIDS relative path (``trainer.szcore``), so the
+folder can be handed to the SzCORE scorer beside the reference dataset.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from trainer import szcore
 from trainer.metrics import Counts, summarize
 from trainer.postprocess import PostProcess, csv_bi, mask_events
-from trainer.predict import RecordingResult, iter_predictions, score_constant, split_recordings
+from trainer.predict import RecordingResult, iter_predictions, score_constant, split_recordings, with_szcore
+
+FORMATS = ("csv_bi", "szcore")
 
 
 @dataclass
@@ -39,9 +43,13 @@ def load_model(checkpoint: Path | str, device: str = "cpu"):
 
 def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eval", *, out: Path | str | None = None,
              plot: list[str] | None = None, post: PostProcess | None = None, device: str = "cpu",
-             batch_size: int = 16, db: str | None = None) -> EvalResult:
-    """Score ``checkpoint`` on every ingested recording of ``split``; with ``out``, write ``<recording>.csv_bi``
-    per recording, ``metrics.json``, and ``<recording>.png`` for each recording named in ``plot``."""
+             batch_size: int = 16, fmt: str = "csv_bi", db: str | None = None) -> EvalResult:
+    """Score ``checkpoint`` on every ingested recording of ``split``; with ``out``, write the predictions (``fmt``
+    ``csv_bi``: ``<recording>.csv_bi``; ``szcore``: ``sub-.../eeg/..._events.tsv`` per recording, under
+    ``<dataset>/`` when the split spans several datasets), ``metrics.json``, and ``<recording>.png`` for each
+    recording named in ``plot``. The metrics are the dataset-wide ones and the SzCORE per-subject ones."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     cache = Path(cache)
     model, config, window = load_model(checkpoint, device)
     post = post or config.postprocess()
@@ -54,19 +62,33 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
         out_dir.mkdir(parents=True, exist_ok=True)
     result = EvalResult(split, {})
     total = Counts()
+    subjects = []
+    several = len({r.dataset for r in recordings}) > 1
+    written: dict[PurePosixPath, str] = {}
     for rec_result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size,
                                        device=device):
         rec = rec_result.recording
         total = total + rec_result.counts
+        subjects.append((rec.subject_key, rec_result.szcore))
         events = mask_events(rec_result.hypothesis, rec.fs, rec_result.probs)
         result.per_recording[rec.name] = {**summarize(rec_result.counts), "events": len(events)}
-        if out_dir is not None:
+        if out_dir is not None and fmt == "szcore":
+            rel = szcore.tsv_path(rec.layout, rec.rel_path, rec.name, rec.subject, rec.session, rec.token)
+            rel = PurePosixPath(rec.dataset or "dataset") / rel if several else rel
+            if rel in written:
+                raise ValueError(f"recordings {written[rel]} and {rec.name} would both be written to {rel}")
+            written[rel] = rec.name
+            path = out_dir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(szcore.events_tsv(events, rec.n_samples / rec.fs))
+            result.files.append(path)
+        elif out_dir is not None:
             path = out_dir / f"{rec.name}.csv_bi"
             path.write_text(csv_bi(rec.name, rec.n_samples / rec.fs, events))
             result.files.append(path)
         if plot and rec.name in plot:
             result.files.append(plot_recording(rec_result, (out_dir or Path(".")) / f"{rec.name}.png", post))
-    result.metrics = summarize(total)
+    result.metrics = with_szcore(summarize(total), subjects, per_subject=True)
     if out_dir is not None:
         path = out_dir / "metrics.json"
         path.write_text(json.dumps({"split": split, "checkpoint": str(checkpoint), "metrics": result.metrics,

@@ -518,5 +518,6 @@ def _epoch_line(r: dict, profile: dict | None = None) -> str:
     if val:
         text += (f"; {r['val_split']} events: sensitivity {_fmt(val['event_sensitivity'])}, precision "
                  f"{_fmt(val['event_precision'])}, F1 {_fmt(val['event_f1'])}, "
-                 f"{_fmt(val['event_fp_per_24h'], '.1f')} FP/24h")
+                 f"{_fmt(val['event_fp_per_24h'], '.1f')} FP/24h; per-subject (SzCORE) F1 "
+                 f"{_fmt(val.get('szcore_event_f1'))} ± {_fmt(val.get('szcore_event_f1_std'))}")
     return text + (" (best)" if r["best"] else "")

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+from eegcache.index.models import SeizureEvent
 from eegcache.store import open_store
+from trainer import szcore
 from trainer.metrics import Counts, score_recording, summarize
-from trainer.postprocess import PostProcess, binarize, cover_starts, stitch
+from trainer.postprocess import PostProcess, binarize, cover_starts, mask_events, stitch
 from trainer.sampling import SamplingError, open_cache
+from trainer.szcore import SzCounts, subject_key
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,17 @@ class RecordingRef:
     object_key: str
     n_samples: int
     fs: float
+    dataset: str | None = None
+    layout: str | None = None
+    rel_path: str | None = None
+    subject: str | None = None
+    session: str | None = None
+    token: str | None = None
+    events: tuple[tuple[float, float], ...] = ()  # the stored seizure events (the reference of SzCORE scoring)
+
+    @property
+    def subject_key(self) -> str:
+        return subject_key(self.dataset, self.subject, self.name)
 
 
 @dataclass
@@ -38,6 +52,7 @@ class RecordingResult:
     reference: np.ndarray  # bool per sample (stored labels)
     hypothesis: np.ndarray  # bool per sample after post-processing
     counts: Counts
+    szcore: SzCounts | None = None  # the SzCORE counts (1 Hz masks from the events as TSVs hold them)
 
 
 def split_recordings(cache: Path, split: str | None, recordings: list[str] | None = None,
@@ -53,14 +68,23 @@ def split_recordings(cache: Path, split: str | None, recordings: list[str] | Non
             raise SamplingError(str(exc)) from None
         if chosen is None:
             raise SamplingError(f"{cache} holds no pipeline yet (nothing has been ingested); run eegcache ingest")
-        sql = ("SELECT r.id, r.name, r.object_key, o.n_samples, o.fs FROM recordings r "
-               "JOIN objects o ON o.key = r.object_key WHERE r.status = 'ingested' AND r.pipeline_id = :p")
+        sql = ("SELECT r.id, r.name, r.object_key, o.n_samples, o.fs, d.name, d.layout, r.rel_path, r.subject, "
+               "r.session, r.token FROM recordings r JOIN objects o ON o.key = r.object_key "
+               "JOIN datasets d ON d.id = r.dataset_id WHERE r.status = 'ingested' AND r.pipeline_id = :p")
         params: dict = {"p": chosen[0]}
         if split is not None:
             sql += " AND r.split = :split"
             params["split"] = split
         rows = conn.execute(text(sql + " ORDER BY r.name, r.id"), params).all()
-    refs = [RecordingRef(*r) for r in rows]
+        events: dict[int, list] = {}
+        ids = [r[0] for r in rows]
+        for i in range(0, len(ids), 500):
+            for rec_id, a, b in conn.execute(
+                    select(SeizureEvent.recording_id, SeizureEvent.start_s, SeizureEvent.stop_s)
+                    .where(SeizureEvent.recording_id.in_(ids[i:i + 500]))
+                    .order_by(SeizureEvent.recording_id, SeizureEvent.start_s)):
+                events.setdefault(rec_id, []).append((a, b))
+    refs = [RecordingRef(*r, events=tuple(events.get(r[0], ()))) for r in rows]
     if recordings is not None:
         wanted = set(recordings)
         refs = [r for r in refs if r.name in wanted]
@@ -108,7 +132,13 @@ def iter_predictions(model: torch.nn.Module, cache: Path, recordings: list[Recor
         reference = np.asarray(group["labels"][...]).astype(bool)
         probs = predict_signal(model, signal, window, batch_size=batch_size, device=device)
         hyp = binarize(probs, rec.fs, post)
-        yield RecordingResult(rec, probs, reference, hyp, score_recording(reference, hyp, rec.fs))
+        yield RecordingResult(rec, probs, reference, hyp, score_recording(reference, hyp, rec.fs),
+                              szcore_counts(rec, hyp))
+
+
+def szcore_counts(rec: RecordingRef, hypothesis: np.ndarray) -> SzCounts:
+    """SzCORE counts of one recording: its stored events against the detections of a post-processed mask."""
+    return szcore.score_recording(list(rec.events), mask_events(hypothesis, rec.fs), rec.n_samples / rec.fs)
 
 
 def score_constant(cache: Path, recordings: list[RecordingRef], value: float,
@@ -117,11 +147,24 @@ def score_constant(cache: Path, recordings: list[RecordingRef], value: float,
     baselines a trained model must beat (0: never alarms; 1: always alarms)."""
     store = open_store(cache)
     total = Counts()
+    subjects = []
     for rec in recordings:
         reference = np.asarray(store.open(rec.object_key)["labels"][...]).astype(bool)
         hyp = binarize(np.full(rec.n_samples, value, dtype=np.float32), rec.fs, post)
         total = total + score_recording(reference, hyp, rec.fs)
-    return summarize(total)
+        subjects.append((rec.subject_key, szcore_counts(rec, hyp)))
+    return with_szcore(summarize(total), subjects, per_subject=True)
+
+
+def with_szcore(metrics: dict, subjects: list[tuple[str, SzCounts]], per_subject: bool = False) -> dict:
+    """The dataset-wide metrics plus the SzCORE per-subject figures as flat ``szcore_*`` keys (the mean over
+    subjects; ``_std``: their standard deviation; ``szcore_subjects``: how many); with ``per_subject``, each
+    subject's counts and scores under ``szcore_per_subject``."""
+    table = szcore.summarize_subjects(subjects)
+    out = {**metrics, **szcore.flat(table)}
+    if per_subject:
+        out["szcore_per_subject"] = table["per_subject"]
+    return out
 
 
 def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
@@ -129,8 +172,10 @@ def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef]
              on_result: Callable[[RecordingResult], None] | None = None) -> dict:
     """Aggregate scores over recordings (counts summed, then ratios)."""
     total = Counts()
+    subjects = []
     for result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size, device=device):
         total = total + result.counts
+        subjects.append((result.recording.subject_key, result.szcore))
         if on_result is not None:
             on_result(result)
-    return summarize(total)
+    return with_szcore(summarize(total), subjects)

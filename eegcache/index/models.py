@@ -115,6 +115,9 @@ class Recording(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     seizure_s: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+    run: Mapped[str | None] = mapped_column(String(64))  # BIDS run entity
+    reference: Mapped[str | None] = mapped_column(String(128))  # BIDS EEGReference (the _eeg.json sidecar)
+    power_line_hz: Mapped[float | None] = mapped_column(Float)  # BIDS PowerLineFrequency, as declared
 
     __table_args__ = (
         UniqueConstraint("dataset_id", "rel_path", "pipeline_id", name="uq_recordings_identity"),
@@ -123,7 +126,9 @@ class Recording(Base):
 
 
 class SeizureEvent(Base):
-    """Seizure intervals after clipping and merging, as the mask encodes them."""
+    """Seizure intervals after clipping and merging, as the mask encodes them, with their seizure type(s): the
+    annotation's labels (``seiz``, ``fnsz``, BIDS ``sz_foc_ia``...), joined by ``+`` where events of different
+    types merged; NULL for events registered before schema 0006."""
 
     __tablename__ = "events"
 
@@ -131,6 +136,7 @@ class SeizureEvent(Base):
     recording_id: Mapped[int] = mapped_column(ForeignKey("recordings.id", ondelete="CASCADE"), index=True)
     start_s: Mapped[float] = mapped_column(Float)
     stop_s: Mapped[float] = mapped_column(Float)
+    event_type: Mapped[str | None] = mapped_column(Text)
 
 
 class WindowSet(Base):

@@ -1,4 +1,4 @@
-"""The public SQL API: two views whose columns stay stable while the tables behind them evolve.
+"""The public SQL API: three views whose columns stay stable while the tables behind them evolve.
 
 The migrations create them (``migrations/versions``); these column lists are the contract the tests pin.
 """
@@ -11,4 +11,7 @@ WINDOW_LABELS_COLUMNS = (
 )
 RECORDING_STATUS_COLUMNS = (
     "recording", "source_path", "status", "reason", "n_windows", "dataset", "pipeline", "rel_path", "source",
+)
+SEIZURE_EVENTS_COLUMNS = (
+    "recording", "dataset", "subject", "session", "split", "start_s", "stop_s", "event_type", "pipeline",
 )
