@@ -355,7 +355,7 @@ class RemoteObjectStore(ObjectStore):
 
 def open_store(cache: Path, url: str | None = None) -> ObjectStore:
     """The object store of a cache: its own folder by default, or ``url`` / ``$EEGCACHE_STORE``."""
-    url = url or os.environ.get("EEGCACHE_STORE") or None
+    url = url or None
     if url is None or url.startswith("file://"):
         return ObjectStore(Path(url.removeprefix("file://")) if url else cache)
     return RemoteObjectStore(cache, url)

@@ -166,7 +166,7 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
 
     ``url`` (or ``$EEGCACHE_DB``) is a SQLAlchemy URL; by default the index is ``CACHE/index.sqlite``."""
     cache = Path(cache)
-    url = url or os.environ.get("EEGCACHE_DB") or None
+    url = url or None
     if url is None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def open_index_for_reading(cache: Path, url: str | None = None) -> Engine:
     as :func:`open_index` does; a SQLite index this user cannot write (a read-only mount, another user's cache) is
     opened read-only, and refused with a message when its schema is not the newest (it cannot be upgraded here)."""
     cache = Path(cache)
-    url = url or os.environ.get("EEGCACHE_DB") or None
+    url = url or None
     if url is not None or not (cache / INDEX_FILE).is_file() or _not_writable(cache) is None:
         return open_index(cache, url)
     from eegcache.query import QueryError
