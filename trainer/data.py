@@ -76,10 +76,17 @@ class WindowDataset(Dataset):
     ``window_ids[i]``."""
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
-                 epoch: int = 0, reader: str | None = None, db: str | None = None) -> None:
+                 epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None) -> None:
+        """``selection`` (an ``eegcache.WindowSelection`` whose ids are ``window_ids``) supplies the locations from
+        its one streaming query instead of a lookup by id."""
         self.cache = Path(cache)
         self.window_ids = np.asarray(window_ids, dtype=np.int64)
-        self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids, db)
+        if selection is not None:
+            keys, key_of, starts = selection.locations()
+            self.keys, self._codes, self._starts = keys, key_of, starts
+            self.window_samples = selection.window_set.window_samples
+        else:
+            self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids, db)
         self.augment = augment
         self.epoch = epoch
         self.reader_backend = reader

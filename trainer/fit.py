@@ -402,14 +402,17 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
     augment = Augment(seed=config.seed) if config.augment else None
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     done_here = 0
+    # One dataset over the whole selection, its windows located once; each epoch indexes into it.
+    dataset = WindowDataset(config.cache, sampler.windows.ids, augment=augment, db=config.db, selection=sampler.windows)
     for epoch in range(start, config.epochs):
         generator = seed_epoch(config.seed, epoch, world.rank)
         draw = sampler.draw(epoch, world.rank, world.world_size)
         if debug_shards:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"shards-epoch{epoch}-rank{world.rank}.json").write_text(json.dumps(draw.to_dict(with_ids=True)))
-        dataset = WindowDataset(config.cache, draw.ids, augment=augment, epoch=epoch, db=config.db)
-        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.workers,
+        dataset.set_epoch(epoch)
+        order = np.searchsorted(sampler.windows.ids, draw.ids).tolist()  # the draw's windows, in training order
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=order, num_workers=config.workers,
                             generator=generator, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
         net.train()
         loss_sum, seen, data_wait, step_time, t0 = 0.0, 0, 0.0, 0.0, time.perf_counter()
