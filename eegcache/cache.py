@@ -62,7 +62,8 @@ class Cache:
 
     def ingest(self, src: str | Path, *, window_s: float | None = None, stride_s: float | None = None,
                workers: int | None = None, pipeline: str | None = None, dataset: str | None = None,
-               replace: bool = False, config: str | Path | None = None, progress: bool = False, **preprocess: Any):
+               replace: bool = False, retry_failed: bool = False, config: str | Path | None = None,
+               progress: bool = False, **preprocess: Any):
         """``eegcache ingest``. ``preprocess`` settings (``fs=200.0``, ``dtype="float16"``...) and ``config`` (a TOML
         file) mean what the flags and ``--config`` mean: settings not given are the pipeline's stored ones."""
         from eegcache.ingest import ingest
@@ -70,7 +71,7 @@ class Cache:
 
         settings = load_config(Path(config) if config else None, {
             "window": window_s, "stride": stride_s, "workers": workers, "pipeline": pipeline, "dataset": dataset,
-            "replace": replace or None, **preprocess})
+            "replace": replace or None, "retry_failed": retry_failed or None, **preprocess})
         self.close()  # ingest opens (and may create or migrate) the index itself
         return ingest(Path(src), self.path, settings, db_url=self.db, store_url=self.store, progress=progress)
 

@@ -102,10 +102,12 @@ def main() -> None:
                                  "given are the pipeline's stored ones.")
 @click.option("--replace", is_flag=True, default=None,
               help="Rebuild the pipeline with changed settings instead of refusing them.")
+@click.option("--retry-failed", is_flag=True, default=None,
+              help="Read again files that failed before and have not changed since (by default they are not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, fs, dtype, missing_electrodes,
-           montage, layout, dataset, pipeline, replace, as_json, quiet):
+           montage, layout, dataset, pipeline, replace, retry_failed, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ingest import ingest as run_ingest
     from eegcache.spec import load_config
@@ -114,7 +116,7 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, 
         config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes,
                                            "montage": montage, "layout": layout, "dataset": dataset,
-                                           "pipeline": pipeline, "replace": replace})
+                                           "pipeline": pipeline, "replace": replace, "retry_failed": retry_failed})
         summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
     except (ValueError, FileNotFoundError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
@@ -130,6 +132,9 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, 
             f"skipped {summary.skipped} in {summary.seconds:.1f} s; EDF files read: {summary.edf_read} "
             f"(dataset {summary.dataset!r}, pipeline {summary.pipeline!r})"
         )
+        if summary.failed_unchanged:
+            click.echo(f"{summary.failed_unchanged} file(s) failed before and have not changed since: not read again "
+                       "(--retry-failed reads them)")
         if summary.sources_missing:
             click.echo(f"{summary.sources_missing} recording(s) of the dataset have no source file under {src} any "
                        "more: their data and windows are kept (eegcache remove --missing drops them)")

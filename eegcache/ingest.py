@@ -132,6 +132,7 @@ class IngestSummary:
     pipeline: str = ""
     moved_from: str | None = None  # the dataset's previous root, when this run found the tree at a new one
     sources_missing: int = 0  # recordings under the scanned folder whose source file is gone (data kept)
+    failed_unchanged: int = 0  # of ``failed``: failed before, unchanged since, not read again (retry_failed reads them)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -310,7 +311,7 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             annotation_size=item.annotation_size, annotation_mtime_ns=item.annotation_mtime_ns,
             annotation_sha256=item.annotation_sha256,
             object_key=item.object_key if status != "failed" else None,
-            spec_digest=keys.spec_digest(spec) if status != "failed" else None,
+            spec_digest=keys.spec_digest(spec),  # for a failed file too: it is retried when the spec changes
             orig_fs=item.orig_fs, duration_s=item.n_samples / spec.fs if item.n_samples else None,
             seizure_s=sum(b - a for a, b in item.events) if status != "failed" else None, updated_at=now,
             **(item.info or recording_info(target.dataset.layout, item.rel_path)),
@@ -524,10 +525,13 @@ def _all_shapes(engine: Engine, pipeline_id: int) -> tuple[WindowShape, ...]:
 
 
 def plan(
-    engine: Engine, store: ObjectStore, target: Target, edfs: list[Path], requested: WindowShape
-) -> tuple[list[Task], int]:
-    """Tasks for the files that need work, and the number that need none. Unchanged files (same relative path,
-    size, mtime, annotation and spec) get a windows-only task when the requested window set is new to them."""
+    engine: Engine, store: ObjectStore, target: Target, edfs: list[Path], requested: WindowShape,
+    retry_failed: bool = False,
+) -> tuple[list[Task], int, list[tuple[str, str]]]:
+    """Tasks for the files that need work, the number that need none, and the files that failed before and have
+    not changed since (not read again unless ``retry_failed``: (path, the recorded reason)). Unchanged files (same
+    relative path, size, mtime, annotation and spec) get a windows-only task when the requested window set is new
+    to them."""
     spec = target.pipeline.spec
     sdigest = keys.spec_digest(spec)
     shapes = _all_shapes(engine, target.pipeline.id)
@@ -537,7 +541,7 @@ def plan(
         Recording.rel_path, Recording.id, Recording.status, Recording.edf_size, Recording.edf_mtime_ns,
         Recording.edf_sha256, Recording.annotation_path, Recording.annotation_size,
         Recording.annotation_mtime_ns, Recording.annotation_sha256, Recording.spec_digest,
-        Recording.object_key, StoredObject.n_samples, Recording.updated_at,
+        Recording.object_key, StoredObject.n_samples, Recording.updated_at, Recording.reason,
     ).outerjoin(StoredObject, StoredObject.key == Recording.object_key).where(*mine)
     have = select(Window.recording_id).where(Window.window_set_id == requested.id).distinct()
     # Events registered before their types were stored (schema < 0006): re-read the annotation (no EDF) to type them.
@@ -551,10 +555,14 @@ def plan(
         known = {r.rel_path: r for r in conn.execute(query)}
         have_set = set(conn.execute(have).scalars())
         untyped = set(conn.execute(untyped_q).scalars())
-    tasks, unchanged = [], 0
+    tasks, unchanged, failed_before = [], 0, []
     for edf in edfs:
         row = known.get(rels[edf])
         reuse: dict = {}
+        if (row is not None and row.status == "failed" and not retry_failed
+                and _failed_unchanged(target, edf, row, sdigest)):
+            failed_before.append((path_text(edf), row.reason or "failed before"))
+            continue
         if row is not None and row.status in ("ingested", "skipped") and row.edf_sha256:
             try:
                 st = edf.stat()
@@ -581,7 +589,29 @@ def plan(
                     continue
         tasks.append(Task(edf, rels[edf], store.root, spec, shapes, store_url=store.url,
                           layout=target.dataset.layout, root=target.dataset.root, **reuse))
-    return tasks, unchanged
+    return tasks, unchanged, failed_before
+
+
+def _failed_unchanged(target: Target, edf: Path, row, sdigest: str) -> bool:
+    """A file that failed with this spec and whose EDF and annotation are as they were then: reading it again
+    would fail again. Failures the next run must retry (a worker died, the index was not writable) are recorded
+    without the file's size, so they never match."""
+    if row.edf_size is None or row.spec_digest != sdigest:
+        return False
+    try:
+        st = edf.stat()
+        ann = find_annotation(edf)
+        ast = ann.stat() if ann else None
+    except OSError:
+        return False
+    if (st.st_size, st.st_mtime_ns) != (row.edf_size, row.edf_mtime_ns):
+        return False
+    if target.dataset.layout == "bids" and _bids_sidecars_newer(edf, target.dataset.root, row.updated_at):
+        return False  # a sidecar (participants.tsv, _eeg.json) was fixed since
+    if ann is None:
+        return row.annotation_path is None
+    return target.dataset.rel_path(ann) == row.annotation_path and \
+        (ast.st_size, ast.st_mtime_ns) == (row.annotation_size, row.annotation_mtime_ns)
 
 
 def _bids_sidecars_newer(edf: Path, root: Path, registered: datetime | None) -> bool:
@@ -624,12 +654,14 @@ def ingest(
         pipeline = resolve_pipeline(engine, config)
         target = Target(resolve_dataset(engine, src, config.dataset, edfs, config.layout), pipeline)
         requested = window_shape(engine, pipeline.id, config.window_s, config.stride_s, pipeline.spec.fs)
-        tasks, unchanged = plan(engine, store, target, edfs, requested)
+        tasks, unchanged, failed_before = plan(engine, store, target, edfs, requested, config.retry_failed)
         summary = IngestSummary(unchanged=unchanged, dataset=target.dataset.name, pipeline=pipeline.name,
-                                moved_from=target.dataset.moved_from)
-        bar = tqdm(total=len(edfs), initial=unchanged, unit="file", disable=not progress, desc="ingest")
+                                moved_from=target.dataset.moved_from, failed=len(failed_before),
+                                failed_unchanged=len(failed_before), failures=list(failed_before))
+        bar = tqdm(total=len(edfs), initial=unchanged + len(failed_before), unit="file", disable=not progress,
+                   desc="ingest")
         with Claims(engine) as claims:
-            replan = lambda task: plan(engine, store, target, [task.edf], requested)[0]  # noqa: E731
+            replan = lambda task: plan(engine, store, target, [task.edf], requested, True)[0]  # noqa: E731
             for task, item in _schedule(tasks, config.workers, claims, replan, target):
                 if item is None:  # another process ingested it meanwhile
                     summary.unchanged += 1

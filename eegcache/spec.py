@@ -126,9 +126,10 @@ class IngestConfig:
     replace: bool = False  # rebuild the pipeline with a changed spec instead of refusing
     layout: str | None = None  # None: recognised from the tree; "bids" or "folder" forces it (eegcache.datasets)
     explicit: frozenset[str] | None = None
+    retry_failed: bool = False  # read files again that failed before and have not changed since
 
 
-TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace", "layout")
+TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace", "layout", "retry_failed")
 LAYOUTS = ("auto", "tusz", "bids", "folder")
 
 
@@ -172,5 +173,6 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> I
         pipeline=pipeline,
         dataset=None if dataset is None else str(dataset),
         replace=bool(top.get("replace", False)),
+        retry_failed=bool(top.get("retry_failed", False)),
         explicit=frozenset(preprocess),
     )

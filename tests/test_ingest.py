@@ -465,3 +465,25 @@ def test_changed_edf_bytes_are_preprocessed_again(tree, tmp_path: Path) -> None:
     assert new != old and object_dirs(cache) == {old, new}
     signal = np.asarray(_object_group(cache, SHORT.stem)["signal"][...])
     assert dominant_hz(signal[SZCORE.index("FP1")]) == pytest.approx(ELECTRODE_HZ["FP2"], abs=0.2)
+
+
+def test_an_unchanged_failed_file_is_not_read_again_unless_asked(tree, tmp_path: Path, monkeypatch) -> None:
+    """A file that failed (missing Fz/Pz) and has not changed is not read on the next run (the summary counts and
+    names it, exit 1 as before); --retry-failed reads it; touching it makes it a candidate again."""
+    root, edfs = tree(SHORT, MISSING)
+    cache = tmp_path / "cache"
+    first = run_cli("ingest", root, "--cache", cache, "--quiet", "--json")
+    assert first.returncode == 1 and json.loads(first.stdout)["failed"] == 1
+    reads: list[Path] = []
+    original = eegcache.ingest.read_recording
+    monkeypatch.setattr(eegcache.ingest, "read_recording", lambda path, *a, **k: reads.append(path) or original(path, *a, **k))
+    again = ingest(root, cache, IngestConfig(), progress=False)
+    assert (again.failed, again.failed_unchanged, again.unchanged) == (1, 1, 1) and reads == []
+    assert again.failures[0][0] == str(edfs[MISSING]) and "missing required electrode" in again.failures[0][1]
+    retried = ingest(root, cache, IngestConfig(retry_failed=True), progress=False)
+    assert (retried.failed, retried.failed_unchanged) == (1, 0) and reads == [edfs[MISSING]]
+    os.utime(edfs[MISSING])
+    touched = ingest(root, cache, IngestConfig(), progress=False)
+    assert (touched.failed, touched.failed_unchanged) == (1, 0) and reads == [edfs[MISSING]] * 2
+    done = run_cli("ingest", root, "--cache", cache, "--quiet")
+    assert done.returncode == 1 and "failed before and have not changed since: not read again" in done.stdout
