@@ -36,12 +36,20 @@ class WindowDataset(Dataset):
 
     def __init__(self, selection: WindowSelection, *, transform: Transform | None = None,
                  reader: str | None = None) -> None:
-        self.ids = selection.ids
-        self.window_samples = selection.window_set.window_samples
-        self.keys, self._key_of, self._starts = selection.locations()
         if selection.store_location is None:
             raise SelectionError("this selection does not know its store; make it with eegcache.open(...).windows()")
-        self._store = selection.store_location
+        keys, key_of, starts = selection.locations()
+        self._setup(selection.ids, keys, key_of, starts, selection.window_set.window_samples,
+                    selection.store_location, transform, reader)
+
+    def _setup(self, ids: np.ndarray, keys: list[str], key_of: np.ndarray, starts: np.ndarray, window_samples: int,
+               store: tuple, transform: Transform | None, reader: str | None) -> None:
+        """Item i reads ``window_samples`` from ``starts[i]`` of object ``keys[key_of[i]]`` in ``store``
+        ((cache folder, store URL))."""
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.keys, self._key_of, self._starts = keys, key_of, starts
+        self.window_samples = int(window_samples)
+        self._store = store
         self.transform = transform
         self.epoch = 0
         self.reader_backend = reader

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from sqlalchemy import select
-from torch.utils.data import Dataset
 
-from eegcache.reader import WindowReader
-from eegcache.store import open_store
+import eegcache.torch as eegcache_torch
 from trainer.sampling import open_cache
 
 
@@ -71,8 +69,9 @@ def _lookup(cache: Path, ids: np.ndarray, db: str | None = None) -> tuple[list[s
     return keys, codes, starts, (lengths.pop() if lengths else 0)
 
 
-class WindowDataset(Dataset):
-    """Item i = (signal float32 [channels, window_samples], seizure mask float32 [window_samples]) of window
+class WindowDataset(eegcache_torch.WindowDataset):
+    """``eegcache.torch.WindowDataset`` over given window ids (an epoch's draw, a validation set), with the
+    trainer's augmentation: item i = (signal float32 [channels, window_samples], seizure mask float32) of window
     ``window_ids[i]``."""
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
@@ -80,57 +79,24 @@ class WindowDataset(Dataset):
         """``selection`` (an ``eegcache.WindowSelection`` whose ids are ``window_ids``) supplies the locations from
         its one streaming query instead of a lookup by id."""
         self.cache = Path(cache)
-        self.window_ids = np.asarray(window_ids, dtype=np.int64)
+        ids = np.asarray(window_ids, dtype=np.int64)
         if selection is not None:
             keys, key_of, starts = selection.locations()
-            self.keys, self._codes, self._starts = keys, key_of, starts
-            self.window_samples = selection.window_set.window_samples
+            window_samples = selection.window_set.window_samples
         else:
-            self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids, db)
+            keys, key_of, starts, window_samples = _lookup(self.cache, ids, db)
         self.augment = augment
+        self._setup(ids, keys, key_of, starts, window_samples, (self.cache, None),
+                    augment.apply if augment is not None else None, reader)
         self.epoch = epoch
-        self.reader_backend = reader
-        self._reader: WindowReader | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return int(self.window_ids.size)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_reader"] = None  # handles stay in the process that opened them
-        return state
 
     @property
-    def reader(self) -> WindowReader:
-        """This process's reader (a forked worker's copy of the parent's drops the parent's handles itself)."""
-        if self._reader is None:
-            self._reader = open_store(self.cache).reader(self.reader_backend)
-        return self._reader
+    def window_ids(self) -> np.ndarray:
+        return self.ids
 
-    def _item(self, i: int) -> tuple[str, int, int]:
-        start = int(self._starts[i])
-        return self.keys[self._codes[i]], start, start + self.window_samples
-
-    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stored slices as numpy (signal in its stored dtype, labels uint8), before any augmentation."""
-        return self.reader.read(*self._item(i))
-
-    def _sample(self, i: int, signal: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        signal = signal.astype(np.float32, copy=False)
-        if self.augment is not None:
-            signal = self.augment.apply(signal, self.epoch, int(self.window_ids[i]))
-        return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """A batch in one call: the reader issues every window's read before awaiting the first."""
-        got = self.reader.read_many([self._item(int(i)) for i in indices])
-        return [self._sample(int(i), s, lab) for i, (s, lab) in zip(indices, got, strict=True)]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._sample(i, *self.read(i))
+    @window_ids.setter
+    def window_ids(self, ids: np.ndarray) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
 
 
 def seed_worker(worker_id: int) -> None:
