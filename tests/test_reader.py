@@ -120,13 +120,10 @@ def test_trainer_dataset_reads_through_the_reader_with_and_without_fast(store, m
 
     st, written = store
     key = next(iter(written))
-    ds = WindowDataset.__new__(WindowDataset)  # no index needed: fill the lookup by hand
+    ds = WindowDataset.__new__(WindowDataset)  # no index needed: give the locations by hand
     starts = np.array([0, SIGNAL_CHUNK - 100, N - WINDOW], np.int64)
-    ds.cache, ds.window_ids, ds.keys = st.root, np.arange(3), [key]
-    ds._codes, ds._starts, ds.window_samples = np.zeros(3, np.int32), starts, WINDOW
-    ds.augment, ds.epoch = None, 0
     for backend in available_backends():
-        ds.reader_backend, ds._reader = backend, None
+        ds._setup(np.arange(3), [key], np.zeros(3, np.int32), starts, WINDOW, (st.root, None), None, backend)
         batch = ds.__getitems__([0, 1, 2])
         for i, start in enumerate(starts.tolist()):
             want = _truth(st, key, start, start + WINDOW)
