@@ -44,11 +44,13 @@ from eegcache.index.models import (
     Recording,
     SeizureEvent,
     StoredObject,
+    UnreferencedObject,
     Window,
     WindowSet,
 )
 from eegcache.index.sql import insert_ignore
 from eegcache.labels import clip_events, label_mask
+from eegcache.owner import NotOwner, require_owner
 from eegcache.pipelines import PipelineRef, resolve_pipeline
 from eegcache.preprocess import preprocess
 from eegcache.spec import IngestConfig, PreprocessSpec
@@ -343,6 +345,8 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             status, reason = _twin_status(conn, target, item)
         if status != "failed":
             _ensure_object(conn, store, spec, item, now)
+            # referenced again: gc's grace period for it starts afresh when it is next unreferenced
+            conn.execute(delete(UnreferencedObject).where(UnreferencedObject.object_key == item.object_key))
         ann_rel = target.dataset.rel_path(Path(item.annotation_path)) if item.annotation_path else None
         values = dict(
             dataset_id=target.dataset.id, rel_path=item.rel_path, pipeline_id=target.pipeline.id, source_missing=False,
@@ -637,6 +641,10 @@ def ingest(
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
+        try:  # a store without identity is bound to the index that first ingests into it (eegcache.owner)
+            require_owner(engine, store, "ingest")
+        except NotOwner:  # ingest only adds objects: it does not need to own the store
+            pass
         pipeline = resolve_pipeline(engine, config)
         target = Target(resolve_dataset(engine, src, config.dataset, edfs), pipeline)
         requested = window_shape(engine, pipeline.id, config.window_s, config.stride_s, pipeline.spec.fs)
