@@ -314,9 +314,9 @@ def _parse_events_tsv(parser: _Parser, text: str) -> float | None:
     return duration
 
 
-def _read(path: Path) -> str:
-    """Read as UTF-8, refusing oversized files before reading and turning I/O and decoding errors
-    into AnnotationError so callers handle one exception type for bad input."""
+def read_bytes(path: Path) -> bytes:
+    """An annotation file's bytes, read once (the caller hashes and parses these same bytes), refusing oversized
+    files before reading and turning I/O errors into AnnotationError."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -332,12 +332,21 @@ def _read(path: Path) -> str:
         raise AnnotationError(
             f"{path.name}: file is larger than the {MAX_FILE_BYTES} byte limit; refusing it"
         )
+    return data
+
+
+def decode(path: Path, data: bytes) -> str:
+    """Annotation bytes as text (UTF-8), or AnnotationError naming the file."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise AnnotationError(
             f"{path.name}: not valid UTF-8 text (byte offset {exc.start}: {exc.reason})"
         ) from None
+
+
+def _read(path: Path) -> str:
+    return decode(path, read_bytes(path))
 
 
 def parse_annotation(path: Path, text: str | None = None) -> Annotation:

@@ -246,7 +246,10 @@ def verify(cache, db_url, store_url, repair, as_json):
         click.echo(f"checked {report.objects} objects, {report.files} files, {report.bytes / 1e6:.1f} MB: "
                    f"{len(report.problems)} problem(s)")
     if report.problems and repair:
-        outcome = run_repair(engine, cache, report, store_url)
+        try:
+            outcome = run_repair(engine, cache, report, store_url)
+        except IndexError_ as exc:  # this index does not own the store (eegcache.owner)
+            raise click.ClickException(str(exc)) from None
         for line in outcome.messages:
             click.echo(line)
         report = run_verify(engine, cache, store_url)
@@ -260,12 +263,16 @@ def verify(cache, db_url, store_url, repair, as_json):
 @store_option
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--grace", type=click.FloatRange(0), default=3600.0, show_default=True,
-              help="Only remove things older than this many seconds (protects concurrent writers).")
+              help="Only remove objects that an earlier gc found unreferenced at least this many seconds ago, and "
+                   "staging folders older than this (protects concurrent writers and readers of older snapshots).")
 def gc(cache, db_url, store_url, dry_run, grace):
-    """Remove staging leftovers and objects that no recording references."""
+    """Remove staging leftovers and objects that no recording references (only with the store's own index)."""
     from eegcache.gc import gc as run_gc
 
-    report = run_gc(_open(cache, db_url), cache, grace_s=grace, dry_run=dry_run, store_url=store_url)
+    try:
+        report = run_gc(_open(cache, db_url), cache, grace_s=grace, dry_run=dry_run, store_url=store_url)
+    except IndexError_ as exc:  # e.g. this index does not own the store (a snapshot): eegcache.owner
+        raise click.ClickException(str(exc)) from None
     verb = "would remove" if dry_run else "removed"
     for name in report.staging:
         click.echo(f"{verb} staging/{name}")
@@ -392,6 +399,37 @@ def index_copy(source, target):
     for name, n in report.counts.items():
         click.echo(f"{name}: {n} rows")
     click.echo("copied; row counts match")
+
+
+@main.group("store")
+def store_group() -> None:
+    """Which index owns the object store (gc, push, pull and repair need the owner)."""
+
+
+@store_group.command("adopt")
+@cache_option
+@db_option
+@store_option
+def store_adopt(cache, db_url, store_url):
+    """Make this index the store's owner, whatever owned it (e.g. after moving the index to PostgreSQL with
+    eegcache index copy). Never adopt with a snapshot that the real owner keeps writing past: gc with it would
+    delete what the owner registered after the snapshot."""
+    from eegcache.owner import adopt
+    from eegcache.store import open_store
+
+    engine = _open(cache, db_url)
+    store = open_store(cache, store_url)
+    before, after = adopt(engine, store)
+    where = store.url or str(store.root)
+    if before is None:
+        click.echo(f"store {where} (id {after.store_id[:8]}) now owned by index {after.index_id[:8]}")
+    elif before.index_id == after.index_id:
+        click.echo(f"store {where} (id {after.store_id[:8]}) was already owned by index {after.index_id[:8]}; "
+                   f"its location is now {after.index_location}")
+    else:
+        click.echo(f"store {where} (id {after.store_id[:8]}): owner was index {before.index_id[:8]}"
+                   f"{' at ' + before.index_location if before.index_location else ''}, now index "
+                   f"{after.index_id[:8]}{' at ' + after.index_location if after.index_location else ''}")
 
 
 @main.group()

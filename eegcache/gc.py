@@ -1,10 +1,18 @@
 """Garbage collection: staging leftovers and objects no recording references, after a grace period.
 
-The grace period protects a concurrent writer: its staging folder, and an object it has published but not yet
-registered, are younger than the grace period. Unreferenced rows are deleted and their objects withdrawn
-(moved to ``trash/``, or their ``COMPLETE`` marker removed on an object store) inside one write transaction, so
-an ingest that registers an object (also under the write lock) sees either the object or its absence, never a
-row without its data. The files are purged after the commit.
+gc runs only with the index that owns the store (``eegcache.owner``): with a snapshot of it, objects registered
+after the snapshot would look unreferenced.
+
+The grace period of an object counts from when gc first found it unreferenced (``unreferenced_objects``; the row
+goes when the object is referenced again), not from its folder's age: an object built long ago and dropped a
+minute ago by a re-ingest or ``eegcache remove`` is kept for the whole grace period, for the readers of an older
+snapshot of the index. An object therefore goes at the earliest in the first gc run at least the grace period after
+an earlier run found it unreferenced (``--grace 0``: in the first run). Staging folders still go by their age. The
+grace period also protects a concurrent writer: its staging folder, and an object it has published but not yet
+registered (which is, in addition, never collected while a writer holds live claims). Unreferenced rows are
+deleted and their objects withdrawn (moved to ``trash/``, or their ``COMPLETE`` marker removed on an object store)
+inside one write transaction, so an ingest that registers an object (also under the write lock) sees either the
+object or its absence, never a row without its data. The files are purged after the commit.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from sqlalchemy import Engine, delete, select
 
 from eegcache.claims import dead_here
 from eegcache.index.db import writer
-from eegcache.index.models import Claim, ObjectFile, Recording, StoredObject
+from eegcache.index.models import Claim, ObjectFile, Recording, StoredObject, UnreferencedObject
+from eegcache.owner import require_owner
 from eegcache.store import age, open_store, writer_alive
 
 DEFAULT_GRACE_S = 3600.0
@@ -40,6 +49,7 @@ def gc(
 ) -> GcReport:
     cache = Path(cache)
     store = open_store(cache, store_url)
+    require_owner(engine, store, "gc", bind_unowned="own-folder")
     report = GcReport()
     now = time.time()
     staging = store.staging_root
@@ -64,22 +74,35 @@ def gc(
             registered = set(conn.execute(select(StoredObject.key)).scalars())
             if not dry_run:
                 store.recover_withdrawn(registered)
-            ages = store.object_ages(now)
-            # While an ingest holds live claims, an unregistered folder may be its object between publish and
-            # register: leave those for a later gc, whatever the grace period.
-            ingest_running = any(
+            on_disk = set(store.object_ages(now))
+            # While an ingest or a pull holds live claims, an unregistered folder may be its object between publish
+            # and register: leave those for a later gc, whatever the grace period.
+            writer_running = any(
                 expires > now and not dead_here(owner)
                 for owner, expires in conn.execute(select(Claim.owner, Claim.expires_at)))
+            unreferenced = (registered | on_disk) - referenced
+            seen = dict(conn.execute(select(UnreferencedObject.object_key, UnreferencedObject.since_s)).all())
+            if not dry_run:
+                gone = sorted(set(seen) - unreferenced)  # referenced again, or removed: their clocks stop
+                for i in range(0, len(gone), 500):
+                    conn.execute(delete(UnreferencedObject).where(UnreferencedObject.object_key.in_(gone[i:i + 500])))
+                new = sorted(unreferenced - set(seen))
+                if new:
+                    conn.execute(UnreferencedObject.__table__.insert(),
+                                 [{"object_key": key, "since_s": now} for key in new])
             doomed = sorted(
-                key for key in (registered | set(ages)) - referenced
-                if (key not in ages or ages[key] >= grace_s) and (key in registered or not ingest_running)
+                key for key in unreferenced
+                # rows without a folder protect nothing; a folder waits the grace period from its first sighting
+                if (key not in on_disk or now - seen.get(key, now) >= grace_s)
+                and (key in registered or not writer_running)
             )
             report.objects.extend(doomed)
             if not dry_run and doomed:
                 conn.execute(delete(ObjectFile).where(ObjectFile.object_key.in_(doomed)))
                 conn.execute(delete(StoredObject).where(StoredObject.key.in_(doomed)))
+                conn.execute(delete(UnreferencedObject).where(UnreferencedObject.object_key.in_(doomed)))
                 for key in doomed:
-                    if key in ages:
+                    if key in on_disk:
                         withdrawn.append((key, store.withdraw(key)))
     except BaseException:
         for key, token in withdrawn:  # the transaction rolled back: put the objects back

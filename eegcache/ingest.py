@@ -7,15 +7,19 @@ at most an unreferenced object or staging folder, which the next run reuses or `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import stat
 import sys
+import tempfile
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,6 +31,8 @@ from tqdm import tqdm
 
 from eegcache import bids, keys
 from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
+from eegcache.annotations import decode as decode_annotation
+from eegcache.annotations import read_bytes as read_annotation_bytes
 from eegcache.claims import Claims, release_in
 from eegcache.datasets import DatasetRef, layout_and_root, recordings_of, resolve_dataset, scanned_prefix
 from eegcache.edf import EdfError, read_header, read_recording
@@ -38,11 +44,13 @@ from eegcache.index.models import (
     Recording,
     SeizureEvent,
     StoredObject,
+    UnreferencedObject,
     Window,
     WindowSet,
 )
 from eegcache.index.sql import insert_ignore
 from eegcache.labels import clip_events, label_mask
+from eegcache.owner import NotOwner, require_owner
 from eegcache.pipelines import PipelineRef, resolve_pipeline
 from eegcache.spec import IngestConfig, PreprocessSpec
 from eegcache.store import FileChecksum, ObjectStore, object_digest, open_store
@@ -70,7 +78,9 @@ class Target:
 
 @dataclass(frozen=True)
 class Task:
-    """What a worker needs; ``known_*`` are digests reused from the index when size and mtime are unchanged."""
+    """What a worker needs; ``known_*`` are digests reused from the index when size and mtime are unchanged. The
+    EDF's is reused only while the file still has ``known_edf_stat`` when it is prepared; the annotation is always
+    hashed from the bytes that are parsed (its known digest only says the annotation was unchanged at plan time)."""
 
     edf: Path
     rel_path: str  # relative to the dataset root: the recording's identity with the dataset and pipeline
@@ -79,6 +89,7 @@ class Task:
     shapes: tuple[WindowShape, ...]
     known_edf_sha256: str | None = None
     known_annotation_sha256: str | None = None
+    known_edf_stat: tuple[int, int] | None = None  # (size, mtime_ns) the known EDF digest was recorded with
     store_url: str | None = None
     layout: str = "folder"  # the dataset's layout: tusz, bids or folder
     root: Path | None = None  # the dataset's root (BIDS: participants.tsv lives there)
@@ -171,103 +182,182 @@ def _resolved_spec(spec: PreprocessSpec, power_line_hz: float | None, name: str)
                        f"with this pipeline ({exc})") from None
 
 
-def prepare(task: Task) -> Prepared:
-    """Hash, parse, read, preprocess and publish one recording. Never raises for bad input."""
-    src = path_text(task.edf)
-    result = Prepared(source_path=src, rel_path=task.rel_path, status="failed",
-                      info=recording_info(task.layout, task.rel_path))
-    name = task.edf.name
+CHANGE_ATTEMPTS = 3  # a source that changes while it is prepared is prepared again, then failed with a reason
+
+
+class SourceChanged(Exception):
+    """A source file changed while it was being hashed or read, so its bytes, its key and its recorded size and
+    mtime may disagree: nothing prepared from it may be registered."""
+
+    def __init__(self, path: Path, annotation_of: str | None = None) -> None:
+        super().__init__(path)
+        self.path, self.annotation_of = path, annotation_of
+
+    def reason(self, attempts: int) -> str:
+        what = (f"{self.annotation_of}: its annotation {self.path.name}" if self.annotation_of else self.path.name)
+        return (f"{what} changed while it was being read ({attempts} attempts); nothing of it was registered "
+                "and the next run retries it")
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is the same file with the same bytes: inode (an atomic replace), size, mtime and ctime
+    (an edit in place; ctime cannot be set back by the user)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _checkpoint(step: str, path: Path) -> None:
+    """Between two steps of ``prepare`` (``prepare``, ``annotation-read``, ``edf-hashed``, ``edf-read``): a no-op
+    that the tests replace to change a source file at that moment."""
+
+
+@contextmanager
+def _private_copy(path: Path):
+    """A copy of ``path`` that nobody else writes (in $TMPDIR, same file name for messages) and the sha256 of its
+    bytes, hashed while copying: what the readers parse is exactly what is hashed."""
+    folder = Path(tempfile.mkdtemp(prefix="eegcache-read-"))
     try:
-        if not is_utf8(task.edf):
-            result.reason = f"{src}: the file name is not valid UTF-8; rename the file"
+        copy = folder / path.name
+        digest = hashlib.sha256()
+        with open(path, "rb") as src, open(copy, "wb") as dst:
+            while block := src.read(1 << 20):
+                digest.update(block)
+                dst.write(block)
+        yield copy, digest.hexdigest()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def prepare(task: Task) -> Prepared:
+    """Hash, parse, read, preprocess and publish one recording. Never raises for bad input.
+
+    The key is always the digest of the bytes that were parsed: the annotation is read once and its bytes are both
+    hashed and parsed; the EDF is parsed from a private copy hashed while it was made. A source whose inode, size,
+    mtime or ctime changed while it was prepared is prepared again (``CHANGE_ATTEMPTS`` in all), then failed."""
+    changed: SourceChanged | None = None
+    for _attempt in range(CHANGE_ATTEMPTS):
+        result = Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed",
+                          info=recording_info(task.layout, task.rel_path))
+        try:
+            _prepare(task, result)
+            result.status = "ingested"
             return result
-        st = task.edf.stat()
-        if not stat.S_ISREG(st.st_mode):  # a FIFO or device named .edf would block or never end
-            result.reason = f"{name}: not a regular file"
-            return result
-        result.edf_size, result.edf_mtime_ns = st.st_size, st.st_mtime_ns
-        if task.known_edf_sha256 is None:
-            read_header(task.edf)  # a damaged EDF is named as such before its annotation is looked at
-        ann_path = find_annotation(task.edf)
-        if ann_path is None:
-            if task.layout == "bids":
-                result.reason = f"{name}: no {bids.recording_name(task.edf)}_events.tsv beside the EDF"
-            else:
-                result.reason = f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF"
-            return result
-        spec = task.spec
-        if task.layout == "bids":
-            sidecar = bids.read_sidecar(task.edf)
-            result.info.update(reference=sidecar.reference, power_line_hz=sidecar.power_line_hz)
-            if result.info["subject"] and task.root is not None:
-                result.info["split"] = bids.participant_split(task.root, result.info["subject"])
-            spec = _resolved_spec(spec, sidecar.power_line_hz, name)
-        result.spec = spec
-        ast = ann_path.stat()
-        result.annotation_path = path_text(ann_path)
-        result.annotation_size, result.annotation_mtime_ns = ast.st_size, ast.st_mtime_ns
-        result.edf_sha256 = task.known_edf_sha256 or keys.file_digest(task.edf)
-        result.annotation_sha256 = task.known_annotation_sha256 or keys.file_digest(ann_path)
-        annotation = parse_annotation(ann_path)
-        result.label_key = keys.label_key(result.annotation_sha256)
-        result.object_key = keys.object_key(result.edf_sha256, spec, result.label_key)
-        store = open_store(task.cache, task.store_url)
-        if store.exists(result.object_key):
-            group = store.open(result.object_key)
-            mask = np.asarray(group["labels"][...])
-            _take_attrs(result, group)
-            result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
-        else:
-            signal_key = keys.signal_key(result.edf_sha256, spec)
-            donor = store.signal_donor(signal_key)
-            if donor is not None:  # the signal is stored under other labels: reuse it, read no EDF
-                group = store.open(donor)
-                signal = np.asarray(group["signal"][...])
-                _take_attrs(result, group)
-            else:
-                raw = read_recording(task.edf, spec.channels, spec.missing_electrodes, spec.montage)
-                from eegcache.preprocess import preprocess  # scipy.signal: only when there is work
-                signal = preprocess(raw.data, raw.fs, spec)
-                if not np.isfinite(signal).all():
-                    raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
-                result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
-                result.channel_names = raw.names
-                result.n_channels, result.n_samples = signal.shape
-                result.preprocessed = True
-            result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
-            duration = result.n_samples / spec.fs
-            if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
-                result.warnings.append(
-                    f"annotation duration {annotation.duration_s:.2f} s differs from the recording's {duration:.2f} s"
-                )
-            mask = label_mask(result.events, result.n_samples, spec.fs)
-            attrs = {
-                "key": result.object_key, "label_key": result.label_key, "spec": spec.to_dict(),
-                "channels": list(result.channel_names or spec.channels), "fs": spec.fs, "reader": result.reader,
-                "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
-                "events": [list(e) for e in result.events],
-            }
-            if spec.montage != "referential":
-                attrs["montage"] = spec.montage
-            if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
-                attrs["power_line_hz"] = result.info["power_line_hz"]
-                attrs["notch_hz"] = list(spec.notch_hz)
-            store.write(result.object_key, signal, mask, attrs)
-            store.note_signal(signal_key, result.object_key)
-            result.checksums = store.checksums(result.object_key)
-        result.windows = _windows_for(mask, task.shapes)
-        result.status = "ingested"
-    except (EdfError, AnnotationError, bids.BidsError) as exc:
-        result.reason = str(exc)
-    except PermissionError as exc:
-        result.reason = f"{name}: permission denied reading {Path(exc.filename or name).name}"
-    except OSError as exc:
-        result.reason = f"{name}: {exc.strerror or exc}"
-    except MemoryError:
-        result.reason = f"{name}: out of memory while reading or preprocessing"
-    except Exception as exc:  # noqa: BLE001 - a file nobody foresaw must fail alone, never end the run
-        result.reason = f"{name}: unexpected error while preparing it ({type(exc).__name__}: {exc})"
+        except SourceChanged as exc:
+            changed = exc
+            # What the index knew of the file no longer holds: hash everything again.
+            task = replace(task, known_edf_sha256=None, known_edf_stat=None)
+            continue
+        except (EdfError, AnnotationError, bids.BidsError) as exc:
+            result.reason = str(exc)
+        except PermissionError as exc:
+            result.reason = f"{task.edf.name}: permission denied reading {Path(exc.filename or task.edf.name).name}"
+        except OSError as exc:
+            result.reason = f"{task.edf.name}: {exc.strerror or exc}"
+        except MemoryError:
+            result.reason = f"{task.edf.name}: out of memory while reading or preprocessing"
+        except Exception as exc:  # noqa: BLE001 - a file nobody foresaw must fail alone, never end the run
+            result.reason = f"{task.edf.name}: unexpected error while preparing it ({type(exc).__name__}: {exc})"
+        return result
+    assert changed is not None
+    result = Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed",
+                      info=recording_info(task.layout, task.rel_path))
+    result.reason = changed.reason(CHANGE_ATTEMPTS)
     return result
+
+
+def _prepare(task: Task, result: Prepared) -> None:
+    src = result.source_path
+    name = task.edf.name
+    _checkpoint("prepare", task.edf)
+    if not is_utf8(task.edf):
+        raise EdfError(f"{src}: the file name is not valid UTF-8; rename the file")
+    st = task.edf.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device named .edf would block or never end
+        raise EdfError(f"{name}: not a regular file")
+    result.edf_size, result.edf_mtime_ns = st.st_size, st.st_mtime_ns
+    # The digest the index holds is only the file's while size and mtime are those it was recorded with: a file
+    # changed between plan and prepare is hashed again, never recorded with its new stat and its old digest.
+    known = task.known_edf_sha256 if task.known_edf_stat == (st.st_size, st.st_mtime_ns) else None
+    if known is None:
+        read_header(task.edf)  # a damaged EDF is named as such before its annotation is looked at
+    ann_path = find_annotation(task.edf)
+    if ann_path is None:
+        if task.layout == "bids":
+            raise EdfError(f"{name}: no {bids.recording_name(task.edf)}_events.tsv beside the EDF")
+        raise EdfError(f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF")
+    spec = task.spec
+    if task.layout == "bids":
+        sidecar = bids.read_sidecar(task.edf)
+        result.info.update(reference=sidecar.reference, power_line_hz=sidecar.power_line_hz)
+        if result.info["subject"] and task.root is not None:
+            result.info["split"] = bids.participant_split(task.root, result.info["subject"])
+        spec = _resolved_spec(spec, sidecar.power_line_hz, name)
+    result.spec = spec
+    ast = ann_path.stat()
+    result.annotation_path = path_text(ann_path)
+    result.annotation_size, result.annotation_mtime_ns = ast.st_size, ast.st_mtime_ns
+    ann_bytes = read_annotation_bytes(ann_path)  # read once: these bytes are hashed and parsed
+    result.annotation_sha256 = hashlib.sha256(ann_bytes).hexdigest()
+    annotation = parse_annotation(ann_path, decode_annotation(ann_path, ann_bytes))
+    _checkpoint("annotation-read", ann_path)
+    result.edf_sha256 = known or keys.file_digest(task.edf)
+    _checkpoint("edf-hashed", task.edf)
+    result.label_key = keys.label_key(result.annotation_sha256)
+    result.object_key = keys.object_key(result.edf_sha256, spec, result.label_key)
+    store = open_store(task.cache, task.store_url)
+    if store.exists(result.object_key):
+        group = store.open(result.object_key)
+        mask = np.asarray(group["labels"][...])
+        _take_attrs(result, group)
+        result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
+    else:
+        signal_key = keys.signal_key(result.edf_sha256, spec)
+        donor = store.signal_donor(signal_key)
+        if donor is not None:  # the signal is stored under other labels: reuse it, read no EDF
+            group = store.open(donor)
+            signal = np.asarray(group["signal"][...])
+            _take_attrs(result, group)
+        else:
+            with _private_copy(task.edf) as (copy, digest):
+                if digest != result.edf_sha256 or _stamp(task.edf.stat()) != _stamp(st):
+                    raise SourceChanged(task.edf)  # the bytes about to be parsed are not those hashed
+                raw = read_recording(copy, spec.channels, spec.missing_electrodes, spec.montage)
+            _checkpoint("edf-read", task.edf)
+            from eegcache.preprocess import preprocess  # scipy.signal: only when there is work
+            signal = preprocess(raw.data, raw.fs, spec)
+            if not np.isfinite(signal).all():
+                raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
+            result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
+            result.channel_names = raw.names
+            result.n_channels, result.n_samples = signal.shape
+            result.preprocessed = True
+        result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
+        duration = result.n_samples / spec.fs
+        if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
+            result.warnings.append(
+                f"annotation duration {annotation.duration_s:.2f} s differs from the recording's {duration:.2f} s"
+            )
+        mask = label_mask(result.events, result.n_samples, spec.fs)
+        attrs = {
+            "key": result.object_key, "label_key": result.label_key, "spec": spec.to_dict(),
+            "channels": list(result.channel_names or spec.channels), "fs": spec.fs, "reader": result.reader,
+            "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
+            "events": [list(e) for e in result.events],
+        }
+        if spec.montage != "referential":
+            attrs["montage"] = spec.montage
+        if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
+            attrs["power_line_hz"] = result.info["power_line_hz"]
+            attrs["notch_hz"] = list(spec.notch_hz)
+        store.write(result.object_key, signal, mask, attrs)
+        store.note_signal(signal_key, result.object_key)
+        result.checksums = store.checksums(result.object_key)
+    # The object (new or reused) is the bytes' own, whatever happens now; but the size and mtime recorded beside
+    # the digests must be those of the bytes that were hashed, or a later run would call a changed file unchanged.
+    if _stamp(task.edf.stat()) != _stamp(st):
+        raise SourceChanged(task.edf)
+    if _stamp(ann_path.stat()) != _stamp(ast):
+        raise SourceChanged(ann_path, annotation_of=name)
+    result.windows = _windows_for(mask, task.shapes)
 
 
 def _take_attrs(result: Prepared, group) -> None:
@@ -302,6 +392,8 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             status, reason = _twin_status(conn, target, item)
         if status != "failed":
             _ensure_object(conn, store, item.spec or spec, item, now)
+            # referenced again: gc's grace period for it starts afresh when it is next unreferenced
+            conn.execute(delete(UnreferencedObject).where(UnreferencedObject.object_key == item.object_key))
         ann_rel = target.dataset.rel_path(Path(item.annotation_path)) if item.annotation_path else None
         values = dict(
             dataset_id=target.dataset.id, rel_path=item.rel_path, pipeline_id=target.pipeline.id, source_missing=False,
@@ -576,6 +668,7 @@ def plan(
             same_spec = row.spec_digest == sdigest
             if edf_same:
                 reuse["known_edf_sha256"] = row.edf_sha256
+                reuse["known_edf_stat"] = (row.edf_size, row.edf_mtime_ns)
             if edf_same and ann_same:
                 reuse["known_annotation_sha256"] = row.annotation_sha256
                 covered = (
@@ -651,6 +744,10 @@ def ingest(
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
+        try:  # a store without identity is bound to the index that first ingests into it (eegcache.owner)
+            require_owner(engine, store, "ingest")
+        except NotOwner:  # ingest only adds objects: it does not need to own the store
+            pass
         pipeline = resolve_pipeline(engine, config)
         target = Target(resolve_dataset(engine, src, config.dataset, edfs, config.layout), pipeline)
         requested = window_shape(engine, pipeline.id, config.window_s, config.stride_s, pipeline.spec.fs)

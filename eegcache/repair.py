@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from eegcache.owner import require_owner
 from eegcache.store import open_store
 from eegcache.verify import VerifyReport, damaged_sources
 
@@ -23,6 +24,7 @@ def repair(engine: Engine, cache: Path, report: VerifyReport, store_url: str | N
 
     outcome = RepairOutcome()
     store = open_store(cache, store_url)
+    require_owner(engine, store, "repair")  # it removes and rebuilds objects: only with the store's own index
     for key, users in sorted(damaged_sources(engine, report).items()):
         present = [(rec_id, path) for rec_id, path in users if path.is_file()]
         if not present:

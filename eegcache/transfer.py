@@ -6,6 +6,12 @@ only ever names objects it already holds: every object is copied into staging, c
 the sender's sha256s, published, and only then are the rows that refer to it inserted. Objects the receiver
 already has are never sent again, and rows merge without duplicates, so an interrupted transfer is resumed by
 running it again, and a second run transfers nothing.
+
+The receiving side runs only with the index that owns its store (``eegcache.owner``). While a transfer runs it
+holds a claim in the receiver's index, so the receiver's gc leaves its copied-but-unregistered objects alone (as it
+does an ingest's); and each recording's rows are merged in a transaction that first checks that its object is
+still there (gc withdraws objects under the same write lock), copying it again if it is not, so no row ever names
+an object the receiver lacks.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from tqdm import tqdm
 
+from eegcache.claims import Claims
 from eegcache.errors import StateError
 from eegcache.index.db import INDEX_FILE, IndexError_, open_index, writer
 from eegcache.index.models import (
@@ -30,24 +37,36 @@ from eegcache.index.models import (
     Recording,
     SeizureEvent,
     StoredObject,
+    UnreferencedObject,
     Window,
     WindowSet,
 )
 from eegcache.index.sql import insert_ignore
+from eegcache.owner import require_owner
 from eegcache.query import QueryError, run_query
 from eegcache.store import ObjectStore, fsync_tree, open_store
 
 RETRIES = 2
+MERGE_ATTEMPTS = 5  # an object collected before its rows could be merged is copied again, this many times in all
 
 
 class TransferError(StateError):
     pass
 
 
+class ObjectGone(RuntimeError):
+    """The receiver's object of a recording vanished (collected by a gc) before its rows were merged."""
+
+
+def _checkpoint(step: str) -> None:
+    """Between the copies and the merges (``copied``): a no-op the tests replace to run a gc at that moment."""
+
+
 @dataclass
 class Side:
     engine: Engine
     store: ObjectStore
+    travelling: bool = False  # an object-store remote's index, fetched into a temporary folder: the store's own
 
 
 @dataclass
@@ -88,7 +107,7 @@ def open_remote(remote: str, *, create: bool):
             raise TransferError(f"{remote} holds no eegcache index ({INDEX_FILE})")
         engine = _open_remote_index(remote, Path(tmp))
         try:
-            yield Side(engine, store)
+            yield Side(engine, store, travelling=True)
             engine.dispose()
             if create:
                 snapshot = Path(tmp) / "upload.sqlite"
@@ -243,6 +262,10 @@ def _merge_recording(src_conn, dst: Side, rec: dict, maps: Maps, overwrite: bool
             return "conflict"
         key = rec["object_key"]
         if key is not None:
+            # Under the write lock, as gc withdraws objects: the object is there now and stays until this commits.
+            if not dst.store.exists(key):
+                raise ObjectGone(key)
+            conn.execute(UnreferencedObject.__table__.delete().where(UnreferencedObject.object_key == key))
             for row in _rows(src_conn, StoredObject, StoredObject.key == key):
                 conn.execute(insert_ignore(conn, StoredObject.__table__).values(**row))
             files = _rows(src_conn, ObjectFile, ObjectFile.object_key == key)
@@ -272,9 +295,17 @@ def _merge_recording(src_conn, dst: Side, rec: dict, maps: Maps, overwrite: bool
 
 
 def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
-             progress: bool = True) -> TransferSummary:
+             progress: bool = True, command: str = "transfer") -> TransferSummary:
     """Copy the selected recordings' objects the receiver lacks, then their rows, merged by (dataset, relative
     path, pipeline): the same recording built at another path merges, never doubles."""
+    require_owner(dst.engine, dst.store, command, travelling=dst.travelling)
+    with Claims(dst.engine) as claims:  # the receiver's gc leaves unregistered objects alone while this is live
+        claims.try_claim(f"transfer:{claims.owner}")
+        return _transfer(src, dst, split=split, where=where, overwrite=overwrite, progress=progress)
+
+
+def _transfer(src: Side, dst: Side, *, split: str | None, where: str | None, overwrite: bool,
+              progress: bool) -> TransferSummary:
     from eegcache.ingest import settle_twins
 
     t0 = time.perf_counter()
@@ -294,24 +325,46 @@ def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | Non
         total = sum(f.size for k in todo for f in files.get(k, []))
         bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"objects 0/{len(todo)}")
         broken: set[str] = set()
-        for i, key in enumerate(todo, 1):
+
+        def copy(key: str) -> bool:
             try:
                 summary.bytes_sent += _copy_object(src, dst, key, files.get(key, []), bar)
                 summary.objects_sent += 1
+                return True
             except (TransferError, OSError) as exc:
                 broken.add(key)
                 summary.failed.append(str(exc))
+                return False
+
+        for i, key in enumerate(todo, 1):
+            copy(key)
             bar.set_description(f"objects {i}/{len(todo)}")
         bar.close()
+        _checkpoint("copied")
         for rec in recs:
             if rec["object_key"] in broken:
                 continue
-            if _merge_recording(conn, dst, rec, maps, overwrite) == "conflict":
+            for _attempt in range(MERGE_ATTEMPTS):
+                try:
+                    outcome = _merge_recording(conn, dst, rec, maps, overwrite)
+                    break
+                except ObjectGone:  # collected meanwhile (a gc that ignores claims, an expired lease): copy again
+                    if not copy(rec["object_key"]):
+                        outcome = "broken"
+                        break
+            else:
+                outcome = "gone"
+                summary.failed.append(
+                    f"{maps.dataset_names[rec['dataset_id']]}/{rec['rel_path']}: its object {rec['object_key'][:12]} "
+                    f"was collected by a gc {MERGE_ATTEMPTS} times before its rows could be merged; not merged (run "
+                    "the transfer again)")
+            if outcome == "conflict":
                 summary.conflicts.append(
                     f"{maps.dataset_names[rec['dataset_id']]}/{rec['rel_path']}: the receiver holds other bytes under "
                     "this recording; kept (pass --overwrite to replace it)")
                 continue
-            summary.recordings += 1
+            if outcome == "merged":
+                summary.recordings += 1
     for pipeline_id in set(maps.pipelines.values()):
         settle_twins(dst.engine, dst.store, pipeline_id)
     summary.seconds = time.perf_counter() - t0
@@ -323,7 +376,8 @@ def push(cache: Path, remote: str, *, overwrite: bool = False, db_url: str | Non
     engine = open_index(cache, db_url)
     try:
         with open_remote(remote, create=True) as dst:
-            return transfer(Side(engine, open_store(cache, store_url)), dst, overwrite=overwrite, progress=progress)
+            return transfer(Side(engine, open_store(cache, store_url)), dst, overwrite=overwrite, progress=progress,
+                            command="push")
     finally:
         engine.dispose()
 
@@ -334,6 +388,6 @@ def pull(cache: Path, remote: str, *, split: str | None = None, where: str | Non
     try:
         with open_remote(remote, create=False) as src:
             return transfer(src, Side(engine, open_store(cache, store_url)), split=split, where=where,
-                            overwrite=overwrite, progress=progress)
+                            overwrite=overwrite, progress=progress, command="pull")
     finally:
         engine.dispose()

@@ -30,6 +30,8 @@ from edf_factory import (
     write_tree,
 )
 
+from eegcache.index.db import head_revision
+
 FIXTURES = Path(__file__).parent / "fixtures"
 RECS = (
     Rec("train", "aaaaaaja", 1, 2003, "01_tcp_ar", 0, fs=250, duration_s=150, events=((10.0, 40.0),), seed=91),
@@ -311,8 +313,6 @@ def test_migration_0004_upgrades_a_cache_built_by_the_previous_release(tmp_path:
     old_status = query(cache, "SELECT recording, status, reason, n_windows FROM recording_status ORDER BY recording")
     assert query(cache, "SELECT version_num FROM alembic_version") == [("0003",)] and len(old) > 0
     done = run_cli("db", "upgrade", "--cache", cache)
-    from eegcache.index.db import head_revision  # 0004, or a later revision that keeps its rows
-
     assert done.returncode == 0 and f"index at revision {head_revision()}" in done.stdout, done.stderr
     new = query(cache, "SELECT window_id, recording, window_s, stride_s, start_s, label, seizure_fraction, dataset, "
                        "pipeline FROM window_labels ORDER BY window_id")

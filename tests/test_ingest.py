@@ -199,7 +199,8 @@ def test_clipped_events_warned_and_overlaps_merged(standard: Standard) -> None:
 
 
 class _Spy:
-    """Wraps library functions to record which files they were called on."""
+    """Wraps library functions to record which files they were called on. The EDF readers parse a private copy
+    of the source (hashed while it is made: eegcache.ingest._private_copy); making it counts as reading the source."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.edfs: list[str] = []
@@ -207,13 +208,23 @@ class _Spy:
         real_read, real_header, real_digest = eegcache.edf.read_recording, eegcache.edf.read_header, eegcache.keys.file_digest
         real_pre = eegcache.preprocess.preprocess
 
+        real_copy = eegcache.ingest._private_copy
+
+        def source(path) -> None:
+            if "eegcache-read-" not in str(path):  # the copy of a source already recorded
+                self.edfs.append(str(path))
+
         def read_recording(path, *a, **k):
-            self.edfs.append(str(path))
+            source(path)
             return real_read(path, *a, **k)
 
         def read_header(path, *a, **k):
-            self.edfs.append(str(path))
+            source(path)
             return real_header(path, *a, **k)
+
+        def private_copy(path):
+            self.edfs.append(str(path))
+            return real_copy(path)
 
         def file_digest(path):
             if str(path).endswith(".edf"):
@@ -228,6 +239,7 @@ class _Spy:
             monkeypatch.setattr(module, "read_recording", read_recording)
             monkeypatch.setattr(module, "read_header", read_header)
         monkeypatch.setattr(eegcache.keys, "file_digest", file_digest)
+        monkeypatch.setattr(eegcache.ingest, "_private_copy", private_copy)
         monkeypatch.setattr(eegcache.preprocess, "preprocess", preprocess)
 
 

@@ -11,9 +11,11 @@ from sqlalchemy.exc import ArgumentError
 
 from eegcache.errors import StateError
 from eegcache.index.db import current_revision, head_revision, make_engine, upgrade, writer
-from eegcache.index.models import Base
+from eegcache.index.models import Base, IndexIdentity
 
 # Parents before children, so foreign keys hold at every insert. Claims are leases of running processes: not copied.
+# Neither are index_identity (the copy has its own, marked as a snapshot of the source: it owns no store) and
+# unreferenced_objects (gc's clocks belong to the store's owner).
 TABLES = ("datasets", "pipelines", "objects", "object_files", "recordings", "events", "window_sets", "windows")
 BATCH = 50_000
 
@@ -83,6 +85,10 @@ def _copy(source_url: str, target_url: str) -> CopyReport:
                 copied = dst.execute(select(func.count()).select_from(table)).scalar_one()
                 if copied != counts[name]:
                     raise CopyError(f"table {name}: {copied} rows arrived of {counts[name]}; the copy was rolled back")
+            from eegcache.owner import mark_snapshot
+
+            source_identity = src.execute(select(IndexIdentity.index_id, IndexIdentity.store_id)).first()
+            mark_snapshot(dst, *(source_identity or (None, None)))  # a copy owns no store (eegcache.owner)
             if dst.dialect.name == "postgresql":  # explicit ids do not advance the id sequences
                 for name in ("datasets", "pipelines", "recordings", "events", "window_sets", "windows"):
                     dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "

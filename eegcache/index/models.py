@@ -182,3 +182,27 @@ class Claim(Base):
     source_path: Mapped[str] = mapped_column(Text, primary_key=True)  # the claimed item: see eegcache.claims
     owner: Mapped[str] = mapped_column(String(128), index=True)
     expires_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
+
+
+class IndexIdentity(Base):
+    """This index's identity (one row, made by migration 0007): a random id, the id of the store it owns (the
+    store's ``store.json`` names this index back), and, for a copy made by ``eegcache index copy``, the index it is
+    a snapshot of. See ``eegcache.owner``."""
+
+    __tablename__ = "index_identity"
+
+    index_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    store_id: Mapped[str | None] = mapped_column(String(36))
+    snapshot_of: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class UnreferencedObject(Base):
+    """An object gc found unreferenced, and since when (seconds since the epoch): gc's grace counts from here, not
+    from the object folder's age. The row goes when the object is referenced again (registration, pull) or
+    collected."""
+
+    __tablename__ = "unreferenced_objects"
+
+    object_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    since_s: Mapped[float] = mapped_column(Float)
