@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import PurePosixPath
 
 import numpy as np
-from timescoring import scoring
-from timescoring.annotations import Annotation
 
-from trainer.metrics import EVENT_PARAMS
+from trainer.metrics import Counts
+from trainer.metrics import score_recording as score_masks
 
 COLUMNS = ("onset", "duration", "eventType", "confidence", "channels", "dateTime", "recordingDuration")
 SZCORE_FS = 1
@@ -96,36 +95,16 @@ def mask_1hz(events, duration_s: float) -> np.ndarray:
     return mask
 
 
-@dataclass
-class SzCounts:
-    """timescoring's counts for one recording (or a subject's sum): events and samples at 1 Hz."""
-
-    event_tp: int = 0
-    event_fp: int = 0
-    event_ref: int = 0
-    sample_tp: int = 0
-    sample_fp: int = 0
-    sample_ref: int = 0
-    duration_s: float = 0.0  # seconds of the 1 Hz masks
-    recordings: int = 0
-
-    def __add__(self, other: SzCounts) -> SzCounts:
-        return SzCounts(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(), strict=True)))
+SzCounts = Counts  # timescoring's counts for one recording (or a subject's sum), events and samples at 1 Hz
 
 
 def score_recording(reference: list[tuple[float, float]], hypothesis, duration_s: float) -> SzCounts:
     """Counts of one recording. ``reference``: stored (start, stop) seizure events; ``hypothesis``: detections
-    (Event objects or (start, stop) pairs), scored as their TSV rows."""
+    (Event objects or (start, stop) pairs), scored as their TSV rows, on 1 Hz masks as szcore-evaluation does."""
     d = _r2(duration_s)
     ref = mask_1hz([(a, b - a) for a, b in reference], d)
     hyp = mask_1hz(tsv_events(hypothesis), d)
-    if ref.size == 0:
-        return SzCounts(recordings=1)
-    r, h = Annotation(ref, SZCORE_FS), Annotation(hyp, SZCORE_FS)
-    event = scoring.EventScoring(r, h, scoring.EventScoring.Parameters(**EVENT_PARAMS))
-    sample = scoring.SampleScoring(r, h)
-    return SzCounts(int(event.tp), int(event.fp), int(event.refTrue), int(sample.tp), int(sample.fp),
-                    int(sample.refTrue), float(ref.size / SZCORE_FS), 1)
+    return score_masks(ref, hyp, SZCORE_FS)
 
 
 def _nan_ratio(num: float, den: float) -> float:
