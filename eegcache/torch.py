@@ -32,7 +32,8 @@ Transform = Callable[[np.ndarray, int, int], np.ndarray]  # (signal, epoch, wind
 
 class WindowDataset(Dataset):
     """Item i = (signal float32 [channels, window_samples], seizure mask float32 [window_samples]) of window
-    ``selection.ids[i]``. ``transform(signal, epoch, window_id)`` (optional) runs on the float32 numpy signal."""
+    ``selection.ids[i]``. A pipeline's declared read-time steps (``window_filter``) run first; then
+    ``transform(signal, epoch, window_id)`` (optional) on the float32 numpy signal."""
 
     def __init__(self, selection: WindowSelection, *, transform: Transform | None = None,
                  reader: str | None = None) -> None:
@@ -42,6 +43,10 @@ class WindowDataset(Dataset):
         if selection.store_location is None:
             raise SelectionError("this selection does not know its store; make it with eegcache.open(...).windows()")
         self._store = selection.store_location
+        # The pipeline's read-time steps (a declared window_filter), applied to every window before ``transform``.
+        from eegcache.preprocess import window_transform
+
+        self.read_transform = window_transform(selection.pipeline_spec())
         self.transform = transform
         self.epoch = 0
         self.reader_backend = reader
@@ -76,6 +81,8 @@ class WindowDataset(Dataset):
 
     def _sample(self, i: int, signal: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         signal = signal.astype(np.float32, copy=False)
+        if self.read_transform is not None:
+            signal = self.read_transform(signal)
         if self.transform is not None:
             signal = self.transform(signal, self.epoch, int(self.ids[i]))
         return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))

@@ -76,9 +76,11 @@ class WindowDataset(Dataset):
     ``window_ids[i]``."""
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
-                 epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None) -> None:
+                 epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None,
+                 read_transform=None) -> None:
         """``selection`` (an ``eegcache.WindowSelection`` whose ids are ``window_ids``) supplies the locations from
-        its one streaming query instead of a lookup by id."""
+        its one streaming query instead of a lookup by id. ``read_transform`` (``eegcache.preprocess.
+        WindowTransform``, the pipeline's declared read-time steps) runs on every window before augmentation."""
         self.cache = Path(cache)
         self.window_ids = np.asarray(window_ids, dtype=np.int64)
         if selection is not None:
@@ -88,6 +90,7 @@ class WindowDataset(Dataset):
         else:
             self.keys, self._codes, self._starts, self.window_samples = _lookup(self.cache, self.window_ids, db)
         self.augment = augment
+        self.read_transform = read_transform
         self.epoch = epoch
         self.reader_backend = reader
         self._reader: WindowReader | None = None
@@ -120,6 +123,8 @@ class WindowDataset(Dataset):
 
     def _sample(self, i: int, signal: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         signal = signal.astype(np.float32, copy=False)
+        if self.read_transform is not None:
+            signal = self.read_transform(signal)
         if self.augment is not None:
             signal = self.augment.apply(signal, self.epoch, int(self.window_ids[i]))
         return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))
@@ -131,6 +136,23 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self._sample(i, *self.read(i))
+
+
+def pipeline_transform(cache: Path | str, pipeline: str | None, db: str | None = None):
+    """The read-time transform a pipeline declares (``window_filter``), or None."""
+    import json
+
+    from eegcache.index.models import Pipeline
+    from eegcache.pipelines import choose_pipeline
+    from eegcache.preprocess import window_transform
+    from eegcache.spec import PreprocessSpec
+
+    with open_cache(Path(cache), db) as handle, handle.engine.connect() as conn:
+        chosen = choose_pipeline(conn, pipeline)
+        if chosen is None:
+            return None
+        raw = conn.execute(select(Pipeline.spec_json).where(Pipeline.id == chosen[0])).scalar_one()
+    return window_transform(PreprocessSpec.from_dict(json.loads(raw)))
 
 
 def seed_worker(worker_id: int) -> None:
