@@ -174,6 +174,8 @@ class PreprocessSpec:
         if unknown:
             raise ValueError(f"unknown preprocessing setting(s): {', '.join(sorted(unknown))}")
         values = dict(data)
+        if values.get("bandpass_hz") == []:  # TOML has no null: an empty list is "no band-pass"
+            values["bandpass_hz"] = None
         if "notch_hz" in values:
             notch = values["notch_hz"]
             values["notch_hz"] = [] if notch is None else notch if isinstance(notch, list | tuple) else [notch]
@@ -212,16 +214,21 @@ TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace", "l
 LAYOUTS = ("auto", "tusz", "bids", "folder")
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> IngestConfig:
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None, recipe=None) -> IngestConfig:
     """Read a TOML config (``[preprocess]`` table plus top-level ``window``/``stride``/``workers``/``pipeline``/
     ``dataset``) and apply
-    command-line overrides on top. Unknown keys are errors, not silently ignored settings."""
+    command-line overrides on top. Unknown keys are errors, not silently ignored settings. ``recipe``
+    (``eegcache.recipes.Recipe``) supplies the pipeline's name, window set and spec beneath the file and flags."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"config file {path}: {exc}") from exc
+    if recipe is not None:
+        base = recipe.ingest_settings()
+        data = {**{k: v for k, v in base.items() if k != "preprocess"}, **data,
+                "preprocess": {**base["preprocess"], **data.get("preprocess", {})}}
     preprocess = dict(data.pop("preprocess", {}))
     top = {k: data.pop(k) for k in TOP_LEVEL if k in data}
     if data:

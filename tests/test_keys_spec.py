@@ -142,7 +142,7 @@ def test_new_fields_at_defaults_leave_the_canonical_json_as_before():
     with pytest.raises(ValueError, match="needs zscore"):
         PreprocessSpec(chain="zscore-first", zscore=False)
     with pytest.raises(ValueError, match="window_filter"):
-        PreprocessSpec(fs=200.0, window_filter={"bandpass_hz": [0.5, 120.0]})
+        PreprocessSpec(fs=200.0, bandpass_hz=None, window_filter={"bandpass_hz": [0.5, 120.0]})
 
 
 @given(specs(), HEX, HEX, HEX)
