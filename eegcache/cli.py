@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from eegcache.errors import InputError
 from eegcache.index.db import (
     INDEX_FILE,
     IndexError_,
@@ -84,6 +85,9 @@ def main() -> None:
 @click.option("--window", type=float, help="Window length in seconds (default 60).")
 @click.option("--stride", type=float, help="Stride between window starts in seconds (default 60).")
 @click.option("--workers", type=click.IntRange(1, 256), help="Preprocessing worker processes (default 1).")
+@click.option("--recipe", metavar="NAME|FILE",
+              help="A recipe (shipped: default, seizure-transformer; or a recipe file): the pipeline's name, montage, "
+                   "preprocessing and window set. --config and flags override its fields.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML file: [preprocess] settings and window/stride/workers.")
 @click.option("--fs", type=float, help="Target sampling rate in Hz (default 256).")
@@ -106,19 +110,22 @@ def main() -> None:
               help="Read again files that failed before and have not changed since (by default they are not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ingest(src, cache, db_url, store_url, window, stride, workers, config_file, fs, dtype, missing_electrodes,
+def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, config_file, fs, dtype, missing_electrodes,
            montage, layout, dataset, pipeline, replace, retry_failed, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ingest import ingest as run_ingest
+    from eegcache.recipes import load_recipe
     from eegcache.spec import load_config
 
     try:
-        config = load_config(config_file, {"window": window, "stride": stride, "workers": workers, "fs": fs,
+        chosen = load_recipe(recipe) if recipe else None
+        config = load_config(config_file, recipe=chosen, overrides={
+                                           "window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes,
                                            "montage": montage, "layout": layout, "dataset": dataset,
                                            "pipeline": pipeline, "replace": replace, "retry_failed": retry_failed})
         summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
-    except (ValueError, FileNotFoundError, IndexError_) as exc:
+    except (ValueError, FileNotFoundError, IndexError_, InputError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         _print_json(summary.to_dict())

@@ -338,7 +338,7 @@ def _prepare(task: Task, result: Prepared) -> None:
             )
         mask = label_mask(result.events, result.n_samples, spec.fs)
         attrs = {
-            "key": result.object_key, "label_key": result.label_key, "spec": spec.to_dict(),
+            "key": result.object_key, "label_key": result.label_key, "spec": spec.stored().to_dict(),
             "channels": list(result.channel_names or spec.channels), "fs": spec.fs, "reader": result.reader,
             "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
             "events": [list(e) for e in result.events],
@@ -578,7 +578,7 @@ def _ensure_object(conn, store: ObjectStore, spec: PreprocessSpec, item: Prepare
         raise ObjectVanished(item.object_key)
     checksums = item.checksums or store.checksums(item.object_key)
     values = dict(
-        label_key=item.label_key, spec_digest=keys.spec_digest(spec), spec_json=spec.canonical_json(),
+        label_key=item.label_key, spec_digest=keys.spec_digest(spec.stored()), spec_json=spec.stored().canonical_json(),
         n_channels=item.n_channels, n_samples=item.n_samples, fs=spec.fs, dtype=spec.dtype,
         nbytes=sum(c.size for c in checksums), digest=object_digest(checksums), created_at=now,
     )

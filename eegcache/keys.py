@@ -31,8 +31,9 @@ def label_key(annotation_digest: str | None) -> str:
 
 def signal_key(edf_digest: str, spec: PreprocessSpec) -> str:
     """Key of the preprocessed signal alone: EDF bytes, canonical spec, pipeline version. Objects that share it
-    hold the same signal, so a new label mask for known EDF bytes never needs the EDF again."""
-    return _digest({"edf": edf_digest, "spec": json.loads(spec.canonical_json()), "pipeline": PIPELINE_VERSION})
+    hold the same signal, so a new label mask for known EDF bytes never needs the EDF again. Read-time steps
+    (``window_filter``) are not hashed: they do not change what is stored."""
+    return _digest({"edf": edf_digest, "spec": json.loads(spec.stored().canonical_json()), "pipeline": PIPELINE_VERSION})
 
 
 def object_key(edf_digest: str, spec: PreprocessSpec, labels: str) -> str:

@@ -96,13 +96,30 @@ def shard(ids: np.ndarray, rank: int, world_size: int, *, pad: bool = True) -> n
     return ids[rank::world_size]
 
 
+REDRAWS = ("epoch", "once")
+
+
 def draw_epoch(pools: Mapping[str, np.ndarray], targets: Mapping[str, int], seed: int, epoch: int,
                max_windows: int | None = None, rank: int = 0, world_size: int = 1, *,
-               pad: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+               pad: bool = True, redraw: str = "epoch") -> tuple[np.ndarray, np.ndarray, int]:
     """One epoch: ``targets[name]`` entries of each class's pool (without replacement), shuffled together, capped at
-    ``max_windows``, then rank's shard. Returns (entries, class code per entry, epoch size before sharding)."""
+    ``max_windows``, then rank's shard. Returns (entries, class code per entry, epoch size before sharding).
+
+    ``redraw`` ``epoch`` (default): a new draw every epoch. ``once`` (the reference, which draws its training set
+    once and shuffles it every epoch): epoch 0's windows in every epoch, in a new order from (seed, epoch)."""
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if redraw not in REDRAWS:
+        raise ValueError(f"redraw must be one of {', '.join(REDRAWS)}, got {redraw!r}")
+    if redraw == "once":
+        ids, code, size = draw_epoch(pools, targets, seed, 0, max_windows)
+        if epoch:
+            order = np.random.default_rng([int(seed), int(epoch), 0x0CE]).permutation(size)
+            ids, code = ids[order], code[order]
+        if world_size != 1 or rank != 0:
+            positions = shard(np.arange(size), rank, world_size, pad=pad)
+            ids, code = ids[positions], code[positions]
+        return ids, code, size
     rng = np.random.default_rng([int(seed), int(epoch)])
     parts, codes = [], []
     for name in CLASSES:

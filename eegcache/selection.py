@@ -146,6 +146,17 @@ class WindowSelection:
         """Indices into this selection of the windows with one label code, ascending."""
         return np.flatnonzero(self.codes == code)
 
+    def pipeline_spec(self):
+        """The selection's pipeline's spec (``eegcache.spec.PreprocessSpec``), read-time steps included."""
+        import json
+
+        from eegcache.index.models import Pipeline
+        from eegcache.spec import PreprocessSpec
+
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(Pipeline.spec_json).where(Pipeline.id == self.window_set.pipeline_id)).scalar_one()
+        return PreprocessSpec.from_dict(json.loads(raw))
+
     def locations(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(object keys, key index per window, start sample per window), in the selection's order: what a reader
         needs, fetched once."""

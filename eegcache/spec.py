@@ -24,6 +24,58 @@ MISSING_POLICIES = ("fail", "zero")
 DTYPES = ("float32", "float16")
 MONTAGES = ("referential", "average", "double-banana", "tcp")
 DEFAULT_MONTAGE = "referential"
+CHAINS = ("filter-first", "zscore-first")
+RESAMPLERS = ("poly", "fft")
+
+
+@dataclass(frozen=True)
+class WindowFilter:
+    """A per-window, read-time filter a pipeline may declare (SeizureTransformer filters each 60 s window): a causal
+    Butterworth band-pass of ``order`` (``scipy.signal.lfilter``, transfer-function form), then causal notches
+    (``iirnotch``, quality ``notch_q``) in the order given. Applied by the datasets and the evaluator to every window
+    as it is read (after zero-padding a short tail), never to the stored signal: it is part of the pipeline's spec
+    (and so of its digest) but not of the objects' keys, so pipelines differing only here share their objects.
+    The notch frequencies are used as declared (not scaled to a recording's power line)."""
+
+    bandpass_hz: tuple[float, float] | None = (0.5, 120.0)
+    order: int = 3
+    notch_hz: tuple[float, ...] = ()
+    notch_q: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.bandpass_hz is not None:
+            object.__setattr__(self, "bandpass_hz", tuple(float(x) for x in self.bandpass_hz))
+            if len(self.bandpass_hz) != 2 or not 0 < self.bandpass_hz[0] < self.bandpass_hz[1]:
+                raise ValueError(f"window_filter bandpass_hz {self.bandpass_hz} must be [low, high] with 0 < low < high")
+        object.__setattr__(self, "notch_hz", tuple(float(x) for x in self.notch_hz))
+        object.__setattr__(self, "order", int(self.order))
+        object.__setattr__(self, "notch_q", float(self.notch_q))
+        if not 1 <= self.order <= 8:
+            raise ValueError(f"window_filter order must lie in 1..8, got {self.order}")
+        if any(f <= 0 for f in self.notch_hz) or self.notch_q <= 0:
+            raise ValueError("window_filter notch frequencies and notch_q must be > 0")
+
+    def check(self, fs: float) -> None:
+        if self.bandpass_hz is not None and not self.bandpass_hz[1] < fs / 2:
+            raise ValueError(f"window_filter bandpass_hz {self.bandpass_hz} must end below fs/2 ({fs / 2})")
+        for f0 in self.notch_hz:
+            if not f0 < fs / 2:
+                raise ValueError(f"window_filter notch {f0} Hz must lie below fs/2 ({fs / 2})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bandpass_hz": list(self.bandpass_hz) if self.bandpass_hz is not None else None, "order": self.order,
+                "notch_hz": list(self.notch_hz), "notch_q": self.notch_q}
+
+    @classmethod
+    def from_value(cls, value: Any) -> WindowFilter | None:
+        if value is None or isinstance(value, WindowFilter):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"window_filter must be a table (bandpass_hz, order, notch_hz, notch_q), got {value!r}")
+        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown window_filter setting(s): {', '.join(sorted(unknown))}")
+        return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -41,6 +93,12 @@ class PreprocessSpec:
     # defaults, so that every spec (and so every key) of an existing cache stays what it was.
     montage: str = DEFAULT_MONTAGE  # referential | average | double-banana | tcp (eegcache.montage)
     mains_notch: bool = True  # notch_hz follows the recording's declared power line (BIDS PowerLineFrequency)
+    # The reference's chain (keruiwu/SeizureTransformer): z-score of the raw signal first, then FFT resampling
+    # (scipy.signal.resample), then the filters; its 1 Hz notch is not a mains frequency, so it is never scaled.
+    chain: str = "filter-first"  # filter-first: resample, filter, z-score last | zscore-first: z-score, resample, filter
+    resample: str = "poly"  # poly: scipy.signal.resample_poly by the exact ratio | fft: scipy.signal.resample
+    fixed_notch_hz: tuple[float, ...] = ()  # notches applied as given (after notch_hz), whatever the power line
+    window_filter: WindowFilter | None = None  # applied per window on read (not stored; see WindowFilter)
 
     def __post_init__(self) -> None:
         # Numbers are normalised so that equal specs serialise (and so key) equally: fs=256 and fs=256.0 are one.
@@ -49,6 +107,8 @@ class PreprocessSpec:
         if self.bandpass_hz is not None:
             object.__setattr__(self, "bandpass_hz", tuple(float(x) for x in self.bandpass_hz))
         object.__setattr__(self, "notch_hz", tuple(float(x) for x in self.notch_hz))
+        object.__setattr__(self, "fixed_notch_hz", tuple(float(x) for x in self.fixed_notch_hz))
+        object.__setattr__(self, "window_filter", WindowFilter.from_value(self.window_filter))
         if not self.fs > 0:
             raise ValueError(f"fs must be positive, got {self.fs}")
         if not self.channels:
@@ -68,12 +128,25 @@ class PreprocessSpec:
             raise ValueError(f"montage must be one of {MONTAGES}, got {self.montage!r}")
         if not isinstance(self.mains_notch, bool):
             raise ValueError(f"mains_notch must be true or false, got {self.mains_notch!r}")
+        for f0 in self.fixed_notch_hz:
+            if not 0 < f0 < self.fs / 2:
+                raise ValueError(f"fixed notch frequency {f0} Hz must lie between 0 and fs/2 ({self.fs / 2})")
+        if self.chain not in CHAINS:
+            raise ValueError(f"chain must be one of {CHAINS}, got {self.chain!r}")
+        if self.chain == "zscore-first" and not self.zscore:
+            raise ValueError("chain 'zscore-first' z-scores first: it needs zscore = true")
+        if self.resample not in RESAMPLERS:
+            raise ValueError(f"resample must be one of {RESAMPLERS}, got {self.resample!r}")
+        if self.window_filter is not None:
+            self.window_filter.check(self.fs)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["channels"] = list(self.channels)
         data["bandpass_hz"] = list(self.bandpass_hz) if self.bandpass_hz is not None else None
         data["notch_hz"] = list(self.notch_hz)
+        data["fixed_notch_hz"] = list(self.fixed_notch_hz)
+        data["window_filter"] = self.window_filter.to_dict() if self.window_filter is not None else None
         for name, default in _LATER_DEFAULTS.items():  # absent when default: existing keys never change
             if data[name] == default:
                 del data[name]
@@ -89,6 +162,11 @@ class PreprocessSpec:
         scale = float(power_line_hz) / self.notch_hz[0]
         return dataclasses.replace(self, notch_hz=tuple(round(f * scale, 6) for f in self.notch_hz))
 
+    def stored(self) -> PreprocessSpec:
+        """The part of the spec that makes the stored signal (without the read-time ``window_filter``): what the
+        objects' keys hash, so pipelines that differ only in read-time steps share their objects."""
+        return self if self.window_filter is None else dataclasses.replace(self, window_filter=None)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -96,6 +174,8 @@ class PreprocessSpec:
         if unknown:
             raise ValueError(f"unknown preprocessing setting(s): {', '.join(sorted(unknown))}")
         values = dict(data)
+        if values.get("bandpass_hz") == []:  # TOML has no null: an empty list is "no band-pass"
+            values["bandpass_hz"] = None
         if "notch_hz" in values:
             notch = values["notch_hz"]
             values["notch_hz"] = [] if notch is None else notch if isinstance(notch, list | tuple) else [notch]
@@ -106,7 +186,8 @@ class PreprocessSpec:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
-_LATER_DEFAULTS = {"montage": DEFAULT_MONTAGE, "mains_notch": True}
+_LATER_DEFAULTS = {"montage": DEFAULT_MONTAGE, "mains_notch": True, "chain": "filter-first", "resample": "poly",
+                   "fixed_notch_hz": [], "window_filter": None}
 
 
 @dataclass(frozen=True)
@@ -133,16 +214,21 @@ TOP_LEVEL = ("window", "stride", "workers", "pipeline", "dataset", "replace", "l
 LAYOUTS = ("auto", "tusz", "bids", "folder")
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> IngestConfig:
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None, recipe=None) -> IngestConfig:
     """Read a TOML config (``[preprocess]`` table plus top-level ``window``/``stride``/``workers``/``pipeline``/
     ``dataset``) and apply
-    command-line overrides on top. Unknown keys are errors, not silently ignored settings."""
+    command-line overrides on top. Unknown keys are errors, not silently ignored settings. ``recipe``
+    (``eegcache.recipes.Recipe``) supplies the pipeline's name, window set and spec beneath the file and flags."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"config file {path}: {exc}") from exc
+    if recipe is not None:
+        base = recipe.ingest_settings()
+        data = {**{k: v for k, v in base.items() if k != "preprocess"}, **data,
+                "preprocess": {**base["preprocess"], **data.get("preprocess", {})}}
     preprocess = dict(data.pop("preprocess", {}))
     top = {k: data.pop(k) for k in TOP_LEVEL if k in data}
     if data:

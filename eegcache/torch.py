@@ -32,24 +32,28 @@ Transform = Callable[[np.ndarray, int, int], np.ndarray]  # (signal, epoch, wind
 
 class WindowDataset(Dataset):
     """Item i = (signal float32 [channels, window_samples], seizure mask float32 [window_samples]) of window
-    ``selection.ids[i]``. ``transform(signal, epoch, window_id)`` (optional) runs on the float32 numpy signal."""
+    ``selection.ids[i]``. A pipeline's declared read-time steps (``window_filter``) run first; then
+    ``transform(signal, epoch, window_id)`` (optional) on the float32 numpy signal."""
 
     def __init__(self, selection: WindowSelection, *, transform: Transform | None = None,
                  reader: str | None = None) -> None:
         if selection.store_location is None:
             raise SelectionError("this selection does not know its store; make it with eegcache.open(...).windows()")
+        from eegcache.preprocess import window_transform
+
         keys, key_of, starts = selection.locations()
         self._setup(selection.ids, keys, key_of, starts, selection.window_set.window_samples,
-                    selection.store_location, transform, reader)
+                    selection.store_location, transform, reader, window_transform(selection.pipeline_spec()))
 
     def _setup(self, ids: np.ndarray, keys: list[str], key_of: np.ndarray, starts: np.ndarray, window_samples: int,
-               store: tuple, transform: Transform | None, reader: str | None) -> None:
+               store: tuple, transform: Transform | None, reader: str | None, read_transform=None) -> None:
         """Item i reads ``window_samples`` from ``starts[i]`` of object ``keys[key_of[i]]`` in ``store``
-        ((cache folder, store URL))."""
+        ((cache folder, store URL)); ``read_transform`` is the pipeline's declared read-time steps."""
         self.ids = np.asarray(ids, dtype=np.int64)
         self.keys, self._key_of, self._starts = keys, key_of, starts
         self.window_samples = int(window_samples)
         self._store = store
+        self.read_transform = read_transform  # a pipeline's window_filter, applied to every window first
         self.transform = transform
         self.epoch = 0
         self.reader_backend = reader
@@ -84,6 +88,8 @@ class WindowDataset(Dataset):
 
     def _sample(self, i: int, signal: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         signal = signal.astype(np.float32, copy=False)
+        if self.read_transform is not None:
+            signal = self.read_transform(signal)
         if self.transform is not None:
             signal = self.transform(signal, self.epoch, int(self.ids[i]))
         return torch.from_numpy(np.ascontiguousarray(signal)), torch.from_numpy(labels.astype(np.float32))

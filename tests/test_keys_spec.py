@@ -30,12 +30,17 @@ def specs(draw) -> PreprocessSpec:
     notch = tuple(draw(st.lists(st.sampled_from([50.0, 60.0, 1.0, 100.0]).filter(lambda f: f < fs / 2),
                                 max_size=3, unique=True)))
     channels = tuple(draw(st.lists(st.sampled_from(ELECTRODES), min_size=1, max_size=19, unique=True)))
+    zscore = draw(st.booleans())
     return PreprocessSpec(
-        fs=fs, channels=channels, bandpass_hz=bandpass, notch_hz=notch, zscore=draw(st.booleans()),
+        fs=fs, channels=channels, bandpass_hz=bandpass, notch_hz=notch, zscore=zscore,
         dtype=draw(st.sampled_from(["float32", "float16"])),
         missing_electrodes=draw(st.sampled_from(["fail", "zero"])),
         montage=draw(st.sampled_from(["referential", "average", "double-banana", "tcp"])),
         mains_notch=draw(st.booleans()),
+        resample=draw(st.sampled_from(["poly", "fft"])),
+        fixed_notch_hz=draw(st.sampled_from([(), (1.0,)])),
+        chain=draw(st.sampled_from(["filter-first", "zscore-first"] if zscore else ["filter-first"])),
+        window_filter=draw(st.sampled_from([None, {"bandpass_hz": [0.5, fs / 4], "order": 3, "notch_hz": [1.0]}])),
     )
 
 
@@ -57,7 +62,7 @@ def _changed(spec: PreprocessSpec, field: str, data: st.DataObject) -> Preproces
     if field == "notch_hz":
         return dataclasses.replace(spec, notch_hz=(*spec.notch_hz, 37.5) if 37.5 not in spec.notch_hz else ())
     if field == "zscore":
-        return dataclasses.replace(spec, zscore=not spec.zscore)
+        return dataclasses.replace(spec, zscore=not spec.zscore, chain="filter-first")
     if field == "dtype":
         return dataclasses.replace(spec, dtype="float16" if spec.dtype == "float32" else "float32")
     if field == "montage":
@@ -65,6 +70,16 @@ def _changed(spec: PreprocessSpec, field: str, data: st.DataObject) -> Preproces
         return dataclasses.replace(spec, montage=data.draw(st.sampled_from(others)))
     if field == "mains_notch":
         return dataclasses.replace(spec, mains_notch=not spec.mains_notch)
+    if field == "chain":
+        if spec.chain == "zscore-first":
+            return dataclasses.replace(spec, chain="filter-first")
+        return dataclasses.replace(spec, chain="zscore-first", zscore=True)
+    if field == "resample":
+        return dataclasses.replace(spec, resample="fft" if spec.resample == "poly" else "poly")
+    if field == "fixed_notch_hz":
+        return dataclasses.replace(spec, fixed_notch_hz=() if spec.fixed_notch_hz else (1.0,))
+    if field == "window_filter":
+        return dataclasses.replace(spec, window_filter=None if spec.window_filter else {"bandpass_hz": [0.5, 30.0]})
     assert field == "missing_electrodes"
     return dataclasses.replace(spec, missing_electrodes="zero" if spec.missing_electrodes == "fail" else "fail")
 
@@ -98,13 +113,36 @@ def test_canonical_json_ignores_dict_order(spec: PreprocessSpec, rnd) -> None:
 @settings(max_examples=200)
 @given(specs(), st.sampled_from(FIELDS), HEX, st.data())
 def test_any_field_change_changes_the_key(spec: PreprocessSpec, field: str, edf: str, data: st.DataObject) -> None:
-    """Every field is part of the key: change one and the canonical text, the digest and the key all change."""
+    """Every field is part of the key: change one and the canonical text, the digest and the key all change. The
+    read-time ``window_filter`` changes the pipeline's spec and digest but not the stored object's key (the stored
+    signal is the same)."""
     other = _changed(spec, field, data)
     assert other != spec
     label = keys.label_key(None)
     assert other.canonical_json() != spec.canonical_json()
     assert keys.spec_digest(other) != keys.spec_digest(spec)
-    assert keys.object_key(edf, other, label) != keys.object_key(edf, spec, label)
+    if field == "window_filter":
+        assert keys.object_key(edf, other, label) == keys.object_key(edf, spec, label)
+    else:
+        assert keys.object_key(edf, other, label) != keys.object_key(edf, spec, label)
+
+
+def test_new_fields_at_defaults_leave_the_canonical_json_as_before():
+    """Fields added later are absent from the canonical JSON at their defaults: existing keys never change."""
+    assert PreprocessSpec().canonical_json() == (
+        '{"bandpass_hz":[0.5,120.0],"channels":["Fp1","F3","C3","P3","O1","F7","T3","T5","Fz","Cz","Pz","Fp2","F4",'
+        '"C4","P4","O2","F8","T4","T6"],"dtype":"float32","fs":256.0,"missing_electrodes":"fail","notch_hz":[60.0],'
+        '"zscore":true}')
+    spec = PreprocessSpec(chain="zscore-first", resample="fft", fixed_notch_hz=(1.0,),
+                          window_filter={"bandpass_hz": [0.5, 120.0], "order": 3, "notch_hz": [1.0, 60.0]})
+    data = json.loads(spec.canonical_json())
+    assert data["chain"] == "zscore-first" and data["resample"] == "fft" and data["fixed_notch_hz"] == [1.0]
+    assert data["window_filter"] == {"bandpass_hz": [0.5, 120.0], "order": 3, "notch_hz": [1.0, 60.0], "notch_q": 30.0}
+    assert PreprocessSpec.from_dict(data) == spec
+    with pytest.raises(ValueError, match="needs zscore"):
+        PreprocessSpec(chain="zscore-first", zscore=False)
+    with pytest.raises(ValueError, match="window_filter"):
+        PreprocessSpec(fs=200.0, bandpass_hz=None, window_filter={"bandpass_hz": [0.5, 120.0]})
 
 
 @given(specs(), HEX, HEX, HEX)

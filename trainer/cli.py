@@ -9,9 +9,10 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from eegcache.errors import InputError
 from trainer.sampling import EpochSampler, Ratios, SamplingError, Selection, parse_params
 
-_ERRORS: tuple[type[Exception], ...] = (SamplingError, ValueError, KeyError)
+_ERRORS: tuple[type[Exception], ...] = (SamplingError, ValueError, KeyError, InputError)
 
 
 def _split(value: str | None) -> str | None:
@@ -32,8 +33,14 @@ def selection_options(func):
         click.option("--where", help="SQL condition over window_labels columns (subject, montage, session...), "
                                      "run read-only; use :name placeholders with --param."),
         click.option("--param", "params", multiple=True, metavar="NAME=VALUE", help="Bound value for :NAME in --where."),
+        click.option("--recipe", metavar="NAME|FILE",
+                     help="A recipe (shipped: default, seizure-transformer; or a recipe file): its pipeline, window "
+                          "set, ratios, redraw policy and training settings. Flags override its fields; the run "
+                          "records the recipe and the overridden fields."),
         click.option("--ratios", default=Ratios().text(), show_default=True,
                      help="Windows per class relative to the partial-seizure count."),
+        click.option("--redraw", type=click.Choice(["epoch", "once"]), default="epoch", show_default=True,
+                     help="epoch: a new balanced draw every epoch; once: epoch 0's windows every epoch, reshuffled."),
         click.option("--allow-incomplete", is_flag=True,
                      help="Train although recordings of the split failed or are not windowed yet."),
         click.option("--seed", type=click.IntRange(0), default=0, show_default=True),
@@ -46,6 +53,46 @@ def selection_options(func):
 
 def _selection(pipeline, split, window_s, stride_s, where, params, allow_incomplete) -> Selection:
     return Selection(window_s, stride_s, _split(split), where, parse_params(params), allow_incomplete, pipeline)
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def apply_recipe(ctx: click.Context, recipe: str | None, values: dict, fields: dict[str, str],
+                 only: set[str] | None = None) -> tuple[dict, list[str], object]:
+    """``values`` (TrainConfig field -> value from the flags) with the recipe's fields put in where the flag was not
+    given. Returns (values, the recipe fields that a given flag overrode with another value, the recipe). Recipe
+    fields without a flag here go in as they are (only those in ``only`` when given)."""
+    from eegcache.recipes import load_recipe
+
+    if not recipe:
+        return values, [], None
+    chosen = load_recipe(recipe)
+    settings = chosen.train_settings()
+    if only is None:
+        from trainer.fit import TrainConfig
+
+        known = set(TrainConfig.__dataclass_fields__) - {"cache", "out", "db", "recipe", "recipe_file", "overrides"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ValueError(f"recipe {chosen.source}: unknown training setting(s): {', '.join(unknown)}")
+    by_field = {f: name for name, f in fields.items()}
+    out, overridden = dict(values), []
+    for key, value in settings.items():
+        if only is not None and key not in only:
+            continue
+        if key in ("split", "val_split"):
+            value = _split(value)
+        if key == "ratios":
+            value = Ratios.parse(value).text()
+        name = by_field.get(key)
+        if name is not None and _given(ctx, name):
+            if out[key] != value:
+                overridden.append(key)
+            continue
+        out[key] = value
+    return out, sorted(overridden), chosen
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,19 +109,25 @@ def main() -> None:
 @click.option("--world-size", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--ids", "with_ids", is_flag=True, help="Include the window ids, in training order.")
-def sample(cache, db, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed,
-           max_windows_per_epoch, epoch, rank, world_size, as_json, with_ids):
+@click.pass_context
+def sample(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, recipe, ratios, redraw, allow_incomplete,
+           seed, max_windows_per_epoch, epoch, rank, world_size, as_json, with_ids):
     """Print what an epoch draws (counts per class, optionally the ids) without training."""
     try:
-        sampler = EpochSampler(cache, _selection(pipeline, split, window_s, stride_s, where, params, allow_incomplete),
-                               Ratios.parse(ratios), seed, max_windows=max_windows_per_epoch, db=db)
+        values = dict(pipeline=pipeline, split=_split(split), window_s=window_s, stride_s=stride_s, ratios=ratios,
+                      redraw=redraw, seed=seed)
+        values, _, _ = apply_recipe(ctx, recipe, values, {k: k for k in values}, only=set(values))
+        sampler = EpochSampler(cache, Selection(values["window_s"], values["stride_s"], values["split"], where,
+                                                parse_params(params), allow_incomplete, values["pipeline"]),
+                               Ratios.parse(values["ratios"]), values["seed"], max_windows=max_windows_per_epoch, db=db)
         if rank >= world_size:
             raise ValueError(f"--rank {rank} must be smaller than --world-size {world_size}")
-        draw = sampler.draw(epoch, rank, world_size)
+        draw = sampler.draw(epoch, rank, world_size, redraw=values["redraw"])
     except _ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
-        click.echo(json.dumps({**sampler.summary(), "draw": draw.to_dict(with_ids=with_ids)}, indent=2))
+        click.echo(json.dumps({**sampler.summary(), "redraw": values["redraw"], "recipe": recipe,
+                               "draw": draw.to_dict(with_ids=with_ids)}, indent=2))
         return
     for line in sampler.describe():
         click.echo(line)
@@ -92,6 +145,8 @@ _FIT_FIELDS = {
     "max_windows_per_epoch": "max_windows_per_epoch", "epochs": "epochs", "batch_size": "batch_size",
     "workers": "workers", "model": "model", "device": "device", "lr": "lr", "weight_decay": "weight_decay",
     "grad_clip": "grad_clip", "val_split": "val_split", "threshold": "threshold", "augment": "augment",
+    "redraw": "redraw", "optimizer": "optimizer", "schedule": "schedule", "precision": "precision",
+    "init_from": "init_from", "tail": "eval_tail", "strict_threshold": "strict_threshold", "skip_short": "skip_short",
 }
 
 
@@ -102,13 +157,27 @@ _FIT_FIELDS = {
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes.")
-@click.option("--model", type=click.Choice(["tiny", "base"]), default="tiny", show_default=True)
+@click.option("--model", type=click.Choice(["tiny", "base", "seizure-transformer"]), default="tiny", show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW, cosine).")
+@click.option("--optimizer", type=click.Choice(["adamw", "radam"]), default="adamw", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True,
+              help="cosine: linear warm-up then cosine decay per step; constant: the learning rate never changes.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="Max gradient norm (0: off).")
+@click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+              help="On CUDA: bf16 autocast, or fp32 throughout (CPU is always fp32).")
+@click.option("--init-from", "init_from", metavar="CHECKPOINT",
+              help="Initial weights: a trainer checkpoint, or the authors' released SeizureTransformer state dict "
+                   "(reference parameter names, mapped; see trainer/reference.py).")
 @click.option("--val-split", default="dev", show_default=True, help="Validation split ('none' to skip).")
 @click.option("--threshold", type=float, default=0.8, show_default=True, help="Probability threshold for events.")
+@click.option("--strict-threshold/--no-strict-threshold", default=False, show_default=True,
+              help="Events where probability > threshold (the reference) instead of >=.")
+@click.option("--tail", type=click.Choice(["end-aligned", "zero-pad"]), default="end-aligned", show_default=True,
+              help="Validation windows: the tail by one end-aligned window, or zero-padded (the reference).")
+@click.option("--skip-short/--no-skip-short", default=False, show_default=True,
+              help="Skip validation recordings shorter than one window (the reference) instead of zero-padding them.")
 @click.option("--augment", is_flag=True, help="Random gain and channel dropout (seeded per window).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out to the same result as an uninterrupted run.")
 @click.option("--accept-changed-selection", is_flag=True,
@@ -122,8 +191,9 @@ _FIT_FIELDS = {
                    "torchrun --nproc_per_node=N -m trainer fit ...")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def fit(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, ratios, allow_incomplete, seed, max_windows_per_epoch,
-        out, epochs, batch_size, workers, model, device, lr, weight_decay, grad_clip, val_split, threshold, augment,
+def fit(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, recipe, ratios, redraw, allow_incomplete, seed,
+        max_windows_per_epoch, out, epochs, batch_size, workers, model, device, optimizer, schedule, lr, weight_decay,
+        grad_clip, precision, init_from, val_split, threshold, strict_threshold, tail, skip_short, augment,
         resume, accept_changed_selection, stop_after, nproc, quiet):
     """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch.
 
@@ -149,15 +219,21 @@ def fit(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, rati
                   ratios=ratios, allow_incomplete=allow_incomplete, seed=seed,
                   max_windows_per_epoch=max_windows_per_epoch, epochs=epochs, batch_size=batch_size, workers=workers,
                   model=model, device=device, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
-                  val_split=_split(val_split), threshold=threshold, augment=augment)
+                  val_split=_split(val_split), threshold=threshold, augment=augment, redraw=redraw,
+                  optimizer=optimizer, schedule=schedule, precision=precision, init_from=init_from,
+                  strict_threshold=strict_threshold, eval_tail=tail, skip_short=skip_short)
     try:
         values["params"] = parse_params(params)
         Ratios.parse(ratios)
         if resume:
-            given = {_FIT_FIELDS[name]: values[_FIT_FIELDS[name]] for name in _FIT_FIELDS
-                     if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)}
+            given = {_FIT_FIELDS[name]: values[_FIT_FIELDS[name]] for name in _FIT_FIELDS if _given(ctx, name)}
             config = resume_config(out, {**given, "out": str(out)})
         else:
+            values, overridden, chosen = apply_recipe(ctx, recipe, values, _FIT_FIELDS)
+            if chosen is not None:
+                values.update(recipe=chosen.ident, recipe_file=chosen.source, overrides=tuple(overridden))
+                click.echo(f"recipe {chosen.ident} ({chosen.source})"
+                           + (f"; overridden by flags: {', '.join(overridden)}" if overridden else ""))
             config = TrainConfig(out=str(out), **values)
         result = run_fit(config, resume=resume, stop_after=stop_after, log=click.echo, progress=not quiet,
                          accept_changed_selection=accept_changed_selection)
@@ -214,25 +290,43 @@ def _metric_lines(name: str, m: dict) -> str:
               help="Predictions as <recording>.csv_bi, or as SzCORE: one sub-.../eeg/..._events.tsv per recording at "
                    "its BIDS relative path (TUSZ trees: sub-<patient>/ses-<NNN>/eeg/..._run-<TTT>_events.tsv).")
 @click.option("--plot", "plots", multiple=True, metavar="RECORDING", help="Write RECORDING.png (probability vs truth).")
+@click.option("--recipe", metavar="NAME|FILE",
+              help="Post-processing and window cover from a recipe's [evaluate] table instead of the run's.")
 @click.option("--threshold", type=float, help="Override the run's threshold.")
+@click.option("--strict-threshold/--no-strict-threshold", default=None, help="Events where probability > threshold.")
+@click.option("--tail", type=click.Choice(["end-aligned", "zero-pad"]), help="Override the run's window cover.")
+@click.option("--skip-short/--no-skip-short", default=None, help="Skip recordings shorter than one window.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--baselines", is_flag=True, help="Also score all-zero and all-one constant predictors.")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(cache, db, checkpoint, split, out, fmt, plots, threshold, device, baselines, as_json):
-    """Score a checkpoint on a split with the SzCORE event metrics and sample metrics."""
+def evaluate(cache, db, checkpoint, split, out, fmt, plots, recipe, threshold, strict_threshold, tail, skip_short,
+             device, baselines, as_json):
+    """Score a checkpoint on a split with the SzCORE event metrics and sample metrics; the report counts the
+    split's recordings that were not scored, and why."""
+    from eegcache.recipes import load_recipe
     from trainer.evaluate import baselines as constant_baselines
     from trainer.evaluate import checkpoint_pipeline
     from trainer.evaluate import evaluate as run_evaluate
     from trainer.fit import FitError, load_checkpoint
-    from trainer.postprocess import PostProcess
+    from trainer.postprocess import Cover, PostProcess
 
     try:
-        post = None
-        if threshold is not None:
-            stored = load_checkpoint(checkpoint)["config"]
-            post = PostProcess(threshold, stored.get("morph_samples", 5), stored.get("min_event_s", 2.0))
+        stored = load_checkpoint(checkpoint)["config"]
+        settings = {"threshold": stored.get("threshold", 0.8), "morph_samples": stored.get("morph_samples", 5),
+                    "min_event_s": stored.get("min_event_s", 2.0),
+                    "strict_threshold": stored.get("strict_threshold", False),
+                    "eval_tail": stored.get("eval_tail", "end-aligned"), "skip_short": stored.get("skip_short", False)}
+        if recipe:
+            settings.update({k: v for k, v in load_recipe(recipe).evaluate.items() if k in settings})
+        for key, value in (("threshold", threshold), ("strict_threshold", strict_threshold), ("eval_tail", tail),
+                           ("skip_short", skip_short)):
+            if value is not None:
+                settings[key] = value
+        post = PostProcess(settings["threshold"], settings["morph_samples"], settings["min_event_s"],
+                           strict=settings["strict_threshold"])
+        cover = Cover(settings["eval_tail"], settings["skip_short"])
         result = run_evaluate(cache, checkpoint, _split(split), out=out, plot=list(plots) or None, post=post,
-                              device=device, fmt=fmt, db=db)
+                              device=device, fmt=fmt, db=db, cover=cover)
         base = (constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint), db=db)
                 if baselines else {})
     except (*_ERRORS, FitError) as exc:
@@ -243,6 +337,9 @@ def evaluate(cache, db, checkpoint, split, out, fmt, plots, threshold, device, b
         return
     m = result.metrics
     click.echo(f"{split}: {m['recordings']} recordings, {m['hours']:.2f} h, {m['event_ref']} seizures")
+    unscored = m.get("unscored", {})
+    reasons = ", ".join(f"{n} {why}" for why, n in unscored.get("by_reason", {}).items())
+    click.echo(f"not scored: {unscored.get('count', 0)} recording(s) of the split" + (f" ({reasons})" if reasons else ""))
     click.echo(_metric_lines("model", m))
     for name, scores in base.items():
         click.echo(_metric_lines(name, scores))

@@ -75,9 +75,11 @@ class WindowDataset(eegcache_torch.WindowDataset):
     ``window_ids[i]``."""
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
-                 epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None) -> None:
+                 epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None,
+                 read_transform=None) -> None:
         """``selection`` (an ``eegcache.WindowSelection`` whose ids are ``window_ids``) supplies the locations from
-        its one streaming query instead of a lookup by id."""
+        its one streaming query instead of a lookup by id. ``read_transform`` (``eegcache.preprocess.
+        WindowTransform``, the pipeline's declared read-time steps) runs on every window before augmentation."""
         self.cache = Path(cache)
         ids = np.asarray(window_ids, dtype=np.int64)
         if selection is not None:
@@ -87,7 +89,7 @@ class WindowDataset(eegcache_torch.WindowDataset):
             keys, key_of, starts, window_samples = _lookup(self.cache, ids, db)
         self.augment = augment
         self._setup(ids, keys, key_of, starts, window_samples, (self.cache, None),
-                    augment.apply if augment is not None else None, reader)
+                    augment.apply if augment is not None else None, reader, read_transform)
         self.epoch = epoch
 
     @property
@@ -97,6 +99,23 @@ class WindowDataset(eegcache_torch.WindowDataset):
     @window_ids.setter
     def window_ids(self, ids: np.ndarray) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
+
+
+def pipeline_transform(cache: Path | str, pipeline: str | None, db: str | None = None):
+    """The read-time transform a pipeline declares (``window_filter``), or None."""
+    import json
+
+    from eegcache.index.models import Pipeline
+    from eegcache.pipelines import choose_pipeline
+    from eegcache.preprocess import window_transform
+    from eegcache.spec import PreprocessSpec
+
+    with open_cache(Path(cache), db) as handle, handle.engine.connect() as conn:
+        chosen = choose_pipeline(conn, pipeline)
+        if chosen is None:
+            return None
+        raw = conn.execute(select(Pipeline.spec_json).where(Pipeline.id == chosen[0])).scalar_one()
+    return window_transform(PreprocessSpec.from_dict(json.loads(raw)))
 
 
 def seed_worker(worker_id: int) -> None:

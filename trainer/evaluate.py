@@ -14,9 +14,18 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from trainer import szcore
+from trainer.data import pipeline_transform
 from trainer.metrics import Counts, summarize
-from trainer.postprocess import PostProcess, csv_bi, mask_events
-from trainer.predict import RecordingResult, iter_predictions, score_constant, split_recordings, with_szcore
+from trainer.postprocess import Cover, PostProcess, csv_bi, mask_events
+from trainer.predict import (
+    RecordingResult,
+    is_short,
+    iter_predictions,
+    score_constant,
+    split_recordings,
+    unscored_recordings,
+    with_szcore,
+)
 
 FORMATS = ("csv_bi", "szcore")
 
@@ -43,7 +52,8 @@ def load_model(checkpoint: Path | str, device: str = "cpu"):
 
 def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eval", *, out: Path | str | None = None,
              plot: list[str] | None = None, post: PostProcess | None = None, device: str = "cpu",
-             batch_size: int = 16, fmt: str = "csv_bi", db: str | None = None) -> EvalResult:
+             batch_size: int = 16, fmt: str = "csv_bi", db: str | None = None,
+             cover: Cover | None = None) -> EvalResult:
     """Score ``checkpoint`` on every ingested recording of ``split``; with ``out``, write the predictions (``fmt``
     ``csv_bi``: ``<recording>.csv_bi``; ``szcore``: ``sub-.../eeg/..._events.tsv`` per recording, under
     ``<dataset>/`` when the split spans several datasets), ``metrics.json``, and ``<recording>.png`` for each
@@ -53,8 +63,16 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
     cache = Path(cache)
     model, config, window = load_model(checkpoint, device)
     post = post or config.postprocess()
+    cover = cover or config.cover()
     pipeline = checkpoint_pipeline(checkpoint)
     recordings = split_recordings(cache, split, pipeline=pipeline, db=db)
+    unscored = unscored_recordings(cache, split, pipeline, db)
+    if cover.skip_short:
+        short = [r.name for r in recordings if is_short(r, window)]
+        if short:
+            unscored["shorter than one window"] = len(short)
+        recordings = [r for r in recordings if not is_short(r, window)]
+    transform = pipeline_transform(cache, pipeline, db)
     if plot:
         split_recordings(cache, split, plot, pipeline=pipeline, db=db)  # unknown names fail before any work
     out_dir = Path(out) if out is not None else None
@@ -66,7 +84,8 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
     several = len({r.dataset for r in recordings}) > 1
     written: dict[PurePosixPath, str] = {}
     for rec_result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size,
-                                       device=device):
+                                       device=device, cover=cover, transform=transform,
+                                       precision=config.precision):
         rec = rec_result.recording
         total = total + rec_result.counts
         subjects.append((rec.subject_key, rec_result.szcore))
@@ -89,6 +108,7 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
         if plot and rec.name in plot:
             result.files.append(plot_recording(rec_result, (out_dir or Path(".")) / f"{rec.name}.png", post))
     result.metrics = with_szcore(summarize(total), subjects, per_subject=True)
+    result.metrics["unscored"] = {"count": sum(unscored.values()), "by_reason": unscored}
     if out_dir is not None:
         path = out_dir / "metrics.json"
         path.write_text(json.dumps({"split": split, "checkpoint": str(checkpoint), "metrics": result.metrics,

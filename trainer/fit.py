@@ -36,13 +36,15 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eegcache.errors import StateError
+from eegcache.preprocess import window_transform
 from trainer import distributed
 from trainer.data import Augment, WindowDataset, seed_worker
 from trainer.fingerprint import differences, selection_fingerprint
 from trainer.metrics import f1_key
 from trainer.model import build_model, count_parameters
-from trainer.postprocess import PostProcess
-from trainer.predict import split_recordings, validate
+from trainer.postprocess import Cover, PostProcess
+from trainer.predict import is_short, split_recordings, validate
+from trainer.reference import ReferenceWeightsError, load_initial_weights
 from trainer.sampling import EpochSampler, Ratios, Selection
 
 CHECKPOINT_FORMAT = "trainer-checkpoint/1"
@@ -89,10 +91,25 @@ class TrainConfig:
     val_batch_size: int = 16
     pipeline: str | None = None  # None: the cache's only pipeline
     db: str | None = None  # the index's URL when it is not CACHE/index.sqlite (e.g. PostgreSQL)
+    # Added with recipes (trainer.recipes); the defaults are the trainer's behaviour before them.
+    optimizer: str = "adamw"  # adamw | radam
+    schedule: str = "cosine"  # cosine (warm-up + cosine per step) | constant
+    redraw: str = "epoch"  # epoch: a new balanced draw every epoch; once: epoch 0's draw every epoch
+    precision: str = "bf16"  # bf16 autocast on CUDA | fp32 (no autocast); CPU is always fp32
+    init_from: str | None = None  # initial weights: a trainer checkpoint or the reference's state dict
+    eval_tail: str = "end-aligned"  # end-aligned | zero-pad (see trainer.postprocess.cover_starts)
+    strict_threshold: bool = False  # events where probability > threshold (the reference) instead of >=
+    skip_short: bool = False  # skip recordings shorter than one window in validation/evaluation (the reference)
+    recipe: str | None = None  # the recipe's name and version ("seizure-transformer/1"), None: none used
+    recipe_file: str | None = None  # where the recipe was read from
+    overrides: tuple[str, ...] = ()  # fields given on the command line that differ from the recipe's
 
     # Fields that may change between a run and its resumption without changing the result (where the cache lives,
     # how many loader processes, the device; a different device changes rounding but not the run's definition).
-    NOT_RUN_DEFINING = ("cache", "db", "out", "workers", "device", "val_batch_size")
+    NOT_RUN_DEFINING = ("cache", "db", "out", "workers", "device", "val_batch_size", "recipe_file", "overrides",
+                        "init_from")
+    CHOICES = {"optimizer": ("adamw", "radam"), "schedule": ("cosine", "constant"), "redraw": ("epoch", "once"),
+               "precision": ("bf16", "fp32"), "eval_tail": ("end-aligned", "zero-pad")}
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
@@ -101,10 +118,15 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         Ratios.parse(self.ratios)
         PostProcess(self.threshold, self.morph_samples, self.min_event_s)
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        object.__setattr__(self, "overrides", tuple(self.overrides))
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["params"] = [list(p) for p in self.params]
+        data["overrides"] = list(self.overrides)
         return data
 
     @classmethod
@@ -112,6 +134,7 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["params"] = tuple(tuple(p) for p in values.get("params", ()))
+        values["overrides"] = tuple(values.get("overrides", ()))
         return cls(**values)
 
     def selection(self) -> Selection:
@@ -119,7 +142,11 @@ class TrainConfig:
                          self.pipeline)
 
     def postprocess(self) -> PostProcess:
-        return PostProcess(self.threshold, self.morph_samples, self.min_event_s)
+        return PostProcess(self.threshold, self.morph_samples, self.min_event_s, strict=self.strict_threshold)
+
+    def cover(self) -> Cover:
+        """How validation and evaluation cover a recording with windows."""
+        return Cover(tail=self.eval_tail, skip_short=self.skip_short)
 
 
 @dataclass
@@ -188,6 +215,11 @@ def cosine_schedule(total_steps: int, warmup_frac: float, min_ratio: float) -> C
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def _constant(_step: int) -> float:
+    """The reference's schedule: the learning rate never changes."""
+    return 1.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -314,6 +346,12 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after: int | None = N
     val_recordings = (split_recordings(Path(config.cache), config.val_split, pipeline=sampler.window_set.pipeline,
                                        db=config.db)
                       if config.val_split else [])
+    if config.skip_short:
+        short = [r for r in val_recordings if is_short(r, window)]
+        if short:
+            log(f"validation skips {len(short)} recording(s) of split {config.val_split!r} shorter than one window "
+                f"({window} samples), as asked (skip_short)")
+        val_recordings = [r for r in val_recordings if not is_short(r, window)]
     if config.val_split and not val_recordings:
         log(f"warning: no ingested recordings in validation split {config.val_split!r}; "
             "best.pt follows the training loss instead of event F1")
@@ -364,18 +402,34 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
            selection_note: dict | None = None) -> FitResult:
     world = world or distributed.World()
     run_dir = Path(config.out)
+    # One dataset over the whole selection, its windows located once; each epoch indexes into it. The pipeline's
+    # read-time steps (a declared window_filter) are applied as windows are read, in training and validation.
+    transform = window_transform(sampler.windows.pipeline_spec())
+    augment = Augment(seed=config.seed) if config.augment else None
+    dataset = WindowDataset(config.cache, sampler.windows.ids, augment=augment, db=config.db, selection=sampler.windows,
+                            read_transform=transform)
+    channels = int(dataset.read(0)[0].shape[0])  # 19 referential, 18 double banana...: the model takes what is stored
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank; DDP broadcasts rank 0's anyway)
-    model = build_model(config.model).to(device)
+    model = build_model(config.model, in_channels=channels).to(device)
+    if config.init_from and state is None:
+        try:
+            log(load_initial_weights(model, config.init_from))
+        except ReferenceWeightsError as exc:
+            raise FitError(str(exc)) from None
     net: torch.nn.Module = model  # what the training step calls: the model itself, or its DDP wrapper
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "radam":  # the reference: RAdam with (coupled, L2) weight decay
+        optimizer = torch.optim.RAdam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     per_rank = -(-sampler.epoch_size() // world.world_size)  # shards are padded to equal sizes
     padded = per_rank * world.world_size - sampler.epoch_size()  # windows each epoch repeats to pad them (sampling.shard)
     steps_per_epoch = math.ceil(per_rank / config.batch_size)
-    schedule = cosine_schedule(steps_per_epoch * config.epochs, config.warmup_frac, config.min_lr_ratio)
+    schedule = (cosine_schedule(steps_per_epoch * config.epochs, config.warmup_frac, config.min_lr_ratio)
+                if config.schedule == "cosine" else _constant)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     start, best_score, best_epoch = 0, -math.inf, None
@@ -399,14 +453,12 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
             f"{world.world_size} ranks get equal shards of {per_rank:,} (every rank must take the same number of steps)")
     debug_shards = os.environ.get(distributed.DEBUG_SHARDS_ENV, "") not in ("", "0")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _device=None: None)
-    augment = Augment(seed=config.seed) if config.augment else None
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.precision == "bf16"
+           else nullcontext())
     done_here = 0
-    # One dataset over the whole selection, its windows located once; each epoch indexes into it.
-    dataset = WindowDataset(config.cache, sampler.windows.ids, augment=augment, db=config.db, selection=sampler.windows)
     for epoch in range(start, config.epochs):
         generator = seed_epoch(config.seed, epoch, world.rank)
-        draw = sampler.draw(epoch, world.rank, world.world_size)
+        draw = sampler.draw(epoch, world.rank, world.world_size, redraw=config.redraw)
         if debug_shards:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"shards-epoch{epoch}-rank{world.rank}.json").write_text(json.dumps(draw.to_dict(with_ids=True)))
@@ -452,10 +504,12 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
         elif world.distributed:
             distributed.sync_buffers(world, model)
             val = distributed.validate(model, Path(config.cache), val_recordings, window, world,
-                                       post=config.postprocess(), batch_size=config.val_batch_size, device=device)
+                                       post=config.postprocess(), batch_size=config.val_batch_size, device=device,
+                                       cover=config.cover(), transform=transform, precision=config.precision)
         else:
             val = validate(model, Path(config.cache), val_recordings, window, post=config.postprocess(),
-                           batch_size=config.val_batch_size, device=device)
+                           batch_size=config.val_batch_size, device=device, cover=config.cover(),
+                           transform=transform, precision=config.precision)
         train_loss = loss_sum / max(seen, 1)
         score = f1_key(val) if val is not None else -train_loss
         is_best = score > best_score

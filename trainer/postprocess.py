@@ -17,6 +17,7 @@ class PostProcess:
     threshold: float = 0.8
     morph_samples: int = 5
     min_event_s: float = 2.0
+    strict: bool = False  # seizure where probability > threshold (the reference code) instead of >=
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
@@ -25,6 +26,31 @@ class PostProcess:
             raise ValueError(f"morph_samples must be >= 0, got {self.morph_samples}")
         if self.min_event_s < 0:
             raise ValueError(f"min_event_s must be >= 0, got {self.min_event_s}")
+
+
+TAILS = ("end-aligned", "zero-pad")
+
+
+@dataclass(frozen=True)
+class Cover:
+    """How a recording is covered by windows for prediction. ``tail``: ``end-aligned`` (default: one last full
+    window aligned to the end) or ``zero-pad`` (the reference: windows at 0, w, 2w, ... and the last one zero-padded
+    past the end). ``skip_short``: recordings shorter than one window are not scored (the reference skips them;
+    by default they are zero-padded and scored). Skipped recordings are counted in the report, with the reason."""
+
+    tail: str = "end-aligned"
+    skip_short: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tail not in TAILS:
+            raise ValueError(f"tail must be one of {TAILS}, got {self.tail!r}")
+
+    def starts(self, n_samples: int, window: int) -> np.ndarray:
+        if self.tail == "zero-pad":
+            if window <= 0:
+                raise ValueError(f"window must be > 0, got {window}")
+            return np.arange(0, n_samples, window, dtype=np.int64) if n_samples > 0 else np.zeros(0, dtype=np.int64)
+        return cover_starts(n_samples, window)
 
 
 def cover_starts(n_samples: int, window: int) -> np.ndarray:
@@ -92,7 +118,8 @@ def drop_short(mask: np.ndarray, min_samples: int) -> np.ndarray:
 def binarize(probs: np.ndarray, fs: float, config: PostProcess | None = None) -> np.ndarray:
     """Probabilities → cleaned seizure mask: threshold, opening/closing, minimum duration."""
     config = config or PostProcess()
-    mask = np.asarray(probs) >= config.threshold
+    probs = np.asarray(probs)
+    mask = probs > config.threshold if config.strict else probs >= config.threshold
     mask = open_close(mask, config.morph_samples)
     return drop_short(mask, int(np.ceil(config.min_event_s * fs - 1e-9)))
 

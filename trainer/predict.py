@@ -20,7 +20,7 @@ from eegcache.index.models import SeizureEvent
 from eegcache.store import open_store
 from trainer import szcore
 from trainer.metrics import Counts, score_recording, summarize
-from trainer.postprocess import PostProcess, binarize, cover_starts, mask_events, stitch
+from trainer.postprocess import Cover, PostProcess, binarize, mask_events, stitch
 from trainer.sampling import SamplingError, open_cache
 from trainer.szcore import SzCounts, subject_key
 
@@ -95,26 +95,62 @@ def split_recordings(cache: Path, split: str | None, recordings: list[str] | Non
     return refs
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def _autocast(device: torch.device, precision: str = "bf16"):
+    return (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and precision == "bf16"
+            else nullcontext())
+
+
+def unscored_recordings(cache: Path, split: str | None, pipeline: str | None = None,
+                        db: str | None = None) -> dict[str, int]:
+    """Recordings of the split (of the pipeline) that evaluation cannot score because they are not ingested, by
+    reason: ``failed`` (and any other status but ingested), ``duplicate`` (status skipped: byte-identical to an
+    ingested recording, which is scored once)."""
+    from eegcache.pipelines import PipelineError, choose_pipeline
+
+    with open_cache(cache, db) as handle, handle.engine.connect() as conn:
+        try:
+            chosen = choose_pipeline(conn, pipeline)
+        except PipelineError as exc:
+            raise SamplingError(str(exc)) from None
+        if chosen is None:
+            return {}
+        sql = "SELECT status, count(*) FROM recordings WHERE pipeline_id = :p AND status <> 'ingested'"
+        params: dict = {"p": chosen[0]}
+        if split is not None:
+            sql += " AND split = :split"
+            params["split"] = split
+        rows = conn.execute(text(sql + " GROUP BY status ORDER BY status"), params).all()
+    return {("duplicate" if status == "skipped" else status): int(n) for status, n in rows}
+
+
+def is_short(rec: RecordingRef, window: int) -> bool:
+    return rec.n_samples < window
 
 
 @torch.no_grad()
 def predict_signal(model: torch.nn.Module, signal: np.ndarray, window: int, *, batch_size: int = 16,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Per-sample seizure probability of one recording ([channels, samples] → [samples])."""
+                   device: torch.device | str = "cpu", cover: Cover | None = None, transform=None,
+                   precision: str = "bf16") -> np.ndarray:
+    """Per-sample seizure probability of one recording ([channels, samples] → [samples]). ``cover`` places the
+    windows (default: non-overlapping, the tail by one end-aligned window); ``transform`` (the pipeline's
+    read-time steps) runs on every window after any zero-padding, as the reference filters its padded tail."""
     device = torch.device(device)
+    cover = cover or Cover()
     n = signal.shape[1]
-    starts = cover_starts(n, window)
-    if n < window:  # shorter than one window: zero-pad (z-scored signal, so zero is the mean) and crop afterwards
-        signal = np.pad(signal, ((0, 0), (0, window - n)))
+    starts = cover.starts(n, window)
+    need = int(starts[-1]) + window if starts.size else 0
+    if n < need:  # zero-pad past the end (z-scored signal, so zero is the mean) and crop afterwards
+        signal = np.pad(signal, ((0, 0), (0, need - n)))
     was_training = model.training
     model.eval()
     probs = []
     try:
         for i in range(0, len(starts), batch_size):
-            batch = np.stack([signal[:, s:s + window] for s in starts[i:i + batch_size]]).astype(np.float32)
-            with _autocast(device):
+            windows = [signal[:, s:s + window].astype(np.float32) for s in starts[i:i + batch_size]]
+            if transform is not None:
+                windows = [transform(w) for w in windows]
+            batch = np.stack(windows).astype(np.float32)
+            with _autocast(device, precision):
                 logits = model(torch.from_numpy(batch).to(device))
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
     finally:
@@ -124,13 +160,20 @@ def predict_signal(model: torch.nn.Module, signal: np.ndarray, window: int, *, b
 
 def iter_predictions(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
                      post: PostProcess | None = None, batch_size: int = 16,
-                     device: torch.device | str = "cpu") -> Iterator[RecordingResult]:
+                     device: torch.device | str = "cpu", cover: Cover | None = None, transform=None,
+                     precision: str = "bf16") -> Iterator[RecordingResult]:
+    """Predictions per recording; with ``cover.skip_short``, recordings shorter than one window are passed over
+    (the caller counts them: :func:`is_short`)."""
     store = open_store(cache)
+    cover = cover or Cover()
     for rec in recordings:
+        if cover.skip_short and is_short(rec, window):
+            continue
         group = store.open(rec.object_key)
         signal = np.asarray(group["signal"][...])
         reference = np.asarray(group["labels"][...]).astype(bool)
-        probs = predict_signal(model, signal, window, batch_size=batch_size, device=device)
+        probs = predict_signal(model, signal, window, batch_size=batch_size, device=device, cover=cover,
+                               transform=transform, precision=precision)
         hyp = binarize(probs, rec.fs, post)
         yield RecordingResult(rec, probs, reference, hyp, score_recording(reference, hyp, rec.fs),
                               szcore_counts(rec, hyp))
@@ -169,11 +212,13 @@ def with_szcore(metrics: dict, subjects: list[tuple[str, SzCounts]], per_subject
 
 def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
              post: PostProcess | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
-             on_result: Callable[[RecordingResult], None] | None = None) -> dict:
+             on_result: Callable[[RecordingResult], None] | None = None, cover: Cover | None = None,
+             transform=None, precision: str = "bf16") -> dict:
     """Aggregate scores over recordings (counts summed, then ratios)."""
     total = Counts()
     subjects = []
-    for result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size, device=device):
+    for result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size, device=device,
+                                   cover=cover, transform=transform, precision=precision):
         total = total + result.counts
         subjects.append((result.recording.subject_key, result.szcore))
         if on_result is not None:

@@ -219,12 +219,14 @@ class EpochSampler:
         total = sum(self.targets.values())
         return total if self.max_windows is None else min(total, self.max_windows)
 
-    def draw(self, epoch: int, rank: int = 0, world_size: int = 1, *, pad: bool = True) -> EpochDraw:
-        """The epoch's windows in training order (rank's share). Depends only on (seed, epoch) and the selection."""
+    def draw(self, epoch: int, rank: int = 0, world_size: int = 1, *, pad: bool = True,
+             redraw: str = "epoch") -> EpochDraw:
+        """The epoch's windows in training order (rank's share). Depends only on (seed, epoch) and the selection
+        (``redraw="once"``: epoch 0's windows, reshuffled per epoch)."""
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         ids, code, size = draw_epoch(self._ids, self.targets, self.seed, epoch, self.max_windows, rank, world_size,
-                                     pad=pad)
+                                     pad=pad, redraw=redraw)
         drawn = {name: int(np.count_nonzero(code == CODES[name])) for name in CLASSES}
         return EpochDraw(int(epoch), self.seed, ids, code, dict(self.available), drawn, rank, world_size, size)
 
