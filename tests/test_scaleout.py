@@ -238,3 +238,30 @@ def test_index_copy_sqlite_to_postgres_and_back(tree, tmp_path, pg_url, serial_s
     back = f"sqlite:///{tmp_path / 'back.sqlite'}"
     cli("index", "copy", "--from", pg_url, "--to", back)
     assert snapshot(cache, back) == snapshot(cache, pg_url)
+
+
+def _trainer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True, timeout=600)
+
+
+@needs_pg
+def test_trainer_sample_and_fit_on_a_postgresql_index(pg_cache, tree, tmp_path):
+    """The trainer reads only through the public API, so a PostgreSQL index (plain postgresql:// URL) serves it: the
+    same epoch as a SQLite cache of the same tree, a --where through the reader role, and a real fit."""
+    cache, url = pg_cache
+    local = tmp_path / "local"
+    cli("ingest", str(tree), "--cache", str(local), "--quiet", "--missing-electrodes", "zero")
+    args = ["--split", "all", "--json", "--ids", "--where", "montage <> :m", "--param", "m=02_tcp_le"]
+    on_pg = _trainer("sample", "--cache", str(cache), "--db", url, *args)
+    on_sqlite = _trainer("sample", "--cache", str(local), *args)
+    assert on_pg.returncode == 0, on_pg.stderr
+    pg_draw, sqlite_draw = json.loads(on_pg.stdout), json.loads(on_sqlite.stdout)
+    assert pg_draw["available"] == sqlite_draw["available"] and pg_draw["draw"]["drawn"] == sqlite_draw["draw"]["drawn"]
+    assert len(pg_draw["draw"]["ids"]) == pg_draw["draw"]["windows"] > 0
+    refused = _trainer("sample", "--cache", str(cache), "--db", url, "--where", "pg_read_file('/etc/hostname') <> ''")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    fit = _trainer("fit", "--cache", str(cache), "--db", url, "--out", str(tmp_path / "run"), "--split", "all",
+                   "--val-split", "none", "--epochs", "1", "--batch-size", "4", "--max-windows-per-epoch", "8",
+                   "--quiet")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert (tmp_path / "run" / "last.pt").is_file()
