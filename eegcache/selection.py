@@ -46,15 +46,21 @@ class WindowSetInfo:
     pipeline: str = ""
 
 
-def find_window_set(conn, name: str | None, window_s: float, stride_s: float, where: str = "the cache") -> WindowSetInfo:
-    """The window set of (pipeline, window, stride); refuses with the window sets that exist and how to add it."""
+def pipeline_of(conn, name: str | None, where: str = "the cache", *, required: bool = True) -> tuple[int, str] | None:
+    """(id, name) of the named pipeline, or of the only one; refuses with the list when there are several, and when
+    there is none (unless not ``required``: then None)."""
     try:
         chosen = choose_pipeline(conn, name)
     except PipelineError as exc:
         raise SelectionError(str(exc)) from None
-    if chosen is None:
+    if chosen is None and required:
         raise SelectionError(f"{where} holds no pipeline yet (nothing has been ingested); run eegcache ingest")
-    pid, pname = chosen
+    return chosen
+
+
+def find_window_set(conn, name: str | None, window_s: float, stride_s: float, where: str = "the cache") -> WindowSetInfo:
+    """The window set of (pipeline, window, stride); refuses with the window sets that exist and how to add it."""
+    pid, pname = pipeline_of(conn, name, where)
     rows = conn.execute(select(WindowSet.id, WindowSet.window_s, WindowSet.stride_s, WindowSet.fs,
                                WindowSet.window_samples, WindowSet.stride_samples)
                         .where(WindowSet.pipeline_id == pid).order_by(WindowSet.id)).all()

@@ -59,15 +59,10 @@ def split_recordings(cache: Path, split: str | None, recordings: list[str] | Non
                      pipeline: str | None = None, db: str | None = None) -> list[RecordingRef]:
     """Ingested recordings of a split (all splits when None) of a pipeline (the only one when None), in name order;
     optionally only the named ones."""
-    from eegcache.pipelines import PipelineError, choose_pipeline
+    from eegcache.selection import pipeline_of
 
     with open_cache(cache, db) as handle, handle.engine.connect() as conn:
-        try:
-            chosen = choose_pipeline(conn, pipeline)
-        except PipelineError as exc:
-            raise SamplingError(str(exc)) from None
-        if chosen is None:
-            raise SamplingError(f"{cache} holds no pipeline yet (nothing has been ingested); run eegcache ingest")
+        chosen = pipeline_of(conn, pipeline, str(cache))
         sql = ("SELECT r.id, r.name, r.object_key, o.n_samples, o.fs, d.name, d.layout, r.rel_path, r.subject, "
                "r.session, r.token FROM recordings r JOIN objects o ON o.key = r.object_key "
                "JOIN datasets d ON d.id = r.dataset_id WHERE r.status = 'ingested' AND r.pipeline_id = :p")
@@ -105,13 +100,10 @@ def unscored_recordings(cache: Path, split: str | None, pipeline: str | None = N
     """Recordings of the split (of the pipeline) that evaluation cannot score because they are not ingested, by
     reason: ``failed`` (and any other status but ingested), ``duplicate`` (status skipped: byte-identical to an
     ingested recording, which is scored once)."""
-    from eegcache.pipelines import PipelineError, choose_pipeline
+    from eegcache.selection import pipeline_of
 
     with open_cache(cache, db) as handle, handle.engine.connect() as conn:
-        try:
-            chosen = choose_pipeline(conn, pipeline)
-        except PipelineError as exc:
-            raise SamplingError(str(exc)) from None
+        chosen = pipeline_of(conn, pipeline, str(cache), required=False)
         if chosen is None:
             return {}
         sql = "SELECT status, count(*) FROM recordings WHERE pipeline_id = :p AND status <> 'ingested'"
