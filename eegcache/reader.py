@@ -14,8 +14,9 @@ the default: the first of tensorstore, zarrs, zarr that imports). A backend aske
 imported is an error; ``auto`` falls back quietly. Remote stores (``s3://``) always read through zarr-python.
 
 Handles are per process: a reader used in a process it was not created in (a forked DataLoader worker) drops its
-handles and reopens them. tensorstore is not fork-safe once its thread pools run, so a process forked from one that
-had started tensorstore reads through the next backend instead (spawned workers use tensorstore as usual).
+handles and reopens them. Neither tensorstore nor zarrs is fork-safe once its thread pools run (a forked child can
+hang in them), so a process forked from one that had started either reads through the next backend that it has not
+started, zarr-python at worst (spawned workers, fresh interpreters, use tensorstore as usual).
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ BACKENDS = ("tensorstore", "zarrs", "zarr")
 ENV = "EEGCACHE_READER"
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
-_tensorstore_pid: int | None = None  # the process in which tensorstore started its threads
+_started: dict[str, int] = {}  # backend -> the process in which it started its thread pools (tensorstore, zarrs)
 
 
 def _importable(name: str) -> bool:
     if name == "zarr":
         return True
-    if name == "tensorstore" and _tensorstore_pid not in (None, os.getpid()):
-        return False  # forked from a process that runs tensorstore's thread pools: not safe here
+    if _started.get(name, os.getpid()) != os.getpid():
+        return False  # forked from a process that runs this library's thread pools: not safe here
     try:
         importlib.import_module(name)
     except Exception:  # ImportError, or a library whose shared object fails to load
@@ -86,14 +87,14 @@ class WindowReader:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._pid = os.getpid()
-        if self.requested is None and self.backend == "tensorstore" and not _importable("tensorstore"):
-            self.backend = choose_backend(None)
+        if not _importable(self.backend):
+            self.backend = available_backends()[0]
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours
             self._handles, self._context, self._pid = {}, None, os.getpid()
-            if self.backend == "tensorstore" and not _importable("tensorstore"):
-                self.backend = next(b for b in available_backends() if b != "tensorstore")
+            if not _importable(self.backend):
+                self.backend = available_backends()[0]
 
     def _open(self, key: str) -> tuple[Any, Any]:
         self._check_process()
@@ -110,19 +111,19 @@ class WindowReader:
     def _open_zarrs(self, key: str) -> tuple[Any, Any]:
         import zarr
 
+        _started.setdefault("zarrs", os.getpid())
         # The codec pipeline is fixed when an array is opened, so the setting is needed only around the open.
         with zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
             return self._open_zarr(key)
 
     def _open_tensorstore(self, key: str) -> tuple[Any, Any]:
-        global _tensorstore_pid
         import tensorstore as ts
 
         if self._context is None:
             # No chunk cache (each window is read once per epoch; the page cache holds the files), and one
             # decoding thread: DataLoader workers are the parallelism.
             self._context = ts.Context({"cache_pool": {"total_bytes_limit": 0}, "data_copy_concurrency": {"limit": 1}})
-        _tensorstore_pid = _tensorstore_pid or os.getpid()
+        _started.setdefault("tensorstore", os.getpid())
         folder = self.store.path(key)
 
         def one(name: str) -> Any:
