@@ -250,10 +250,13 @@ def prepare(task: Task) -> Prepared:
             result.reason = str(exc)
         except PermissionError as exc:
             result.reason = f"{task.edf.name}: permission denied reading {Path(exc.filename or task.edf.name).name}"
+            _retry_next_run(result)
         except OSError as exc:
             result.reason = f"{task.edf.name}: {exc.strerror or exc}"
+            _retry_next_run(result)
         except MemoryError:
             result.reason = f"{task.edf.name}: out of memory while reading or preprocessing"
+            _retry_next_run(result)
         except Exception as exc:  # noqa: BLE001 - a file nobody foresaw must fail alone, never end the run
             result.reason = f"{task.edf.name}: unexpected error while preparing it ({type(exc).__name__}: {exc})"
         return result
@@ -262,6 +265,12 @@ def prepare(task: Task) -> Prepared:
                       info=recording_info(task.layout, task.rel_path))
     result.reason = changed.reason(CHANGE_ATTEMPTS)
     return result
+
+
+def _retry_next_run(result: Prepared) -> None:
+    """A failure of the machine (I/O error, disk full, permissions, memory), not of the file: recorded without the
+    file's size, so the next run reads it again (``_failed_unchanged`` never matches it)."""
+    result.edf_size = result.edf_mtime_ns = None
 
 
 def _prepare(task: Task, result: Prepared) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from eegcache.errors import InputError
-from trainer.sampling import EpochSampler, Ratios, SamplingError, Selection, parse_params
+from eegcache.errors import EegcacheError
+from trainer.sampling import EpochSampler, Ratios, Selection, parse_params
 
-_ERRORS: tuple[type[Exception], ...] = (SamplingError, ValueError, KeyError, InputError)
+# Every deliberate error is an EegcacheError (SamplingError among them); ValueError/KeyError from bad flags.
+_ERRORS: tuple[type[Exception], ...] = (EegcacheError, ValueError, KeyError)
 
 
 def _split(value: str | None) -> str | None:
