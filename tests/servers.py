@@ -82,3 +82,15 @@ def snapshot(cache: Path, db: str | None = None) -> tuple[set, set]:
     return windows, recordings
 
 
+
+
+def pg_available(url: str) -> bool:
+    """Whether the PostgreSQL server of ``url`` answers (tests that need it are skipped otherwise)."""
+    from sqlalchemy import create_engine, text
+
+    try:
+        with create_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:  # noqa: BLE001
+        return False

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from servers import cli
+from servers import cli, pg_available
 from sqlalchemy import create_engine, text
 
 from eegcache.synth import synthesize
@@ -24,12 +24,7 @@ PG_ADMIN = f"postgresql://{HOST}"  # the plain form users write: psycopg 3 (SQLA
 
 
 def _pg_available() -> bool:
-    try:
-        with create_engine(PG_ADMIN).connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+    return pg_available(PG_ADMIN)
 
 
 pytestmark = [pytest.mark.postgres, pytest.mark.skipif(not _pg_available(), reason="no PostgreSQL on 127.0.0.1:5432")]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import servers
-from servers import cli, new_bucket, snapshot
+from servers import cli, new_bucket, pg_available, snapshot
 from sqlalchemy import create_engine, text
 
 from eegcache.synth import synthesize
@@ -27,12 +27,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"  # plain form: SQLAlchemy
 
 
 def _pg_available() -> bool:
-    try:
-        with create_engine(PG_ADMIN).connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+    return pg_available(PG_ADMIN)
 
 
 pytestmark = pytest.mark.postgres
