@@ -86,8 +86,8 @@ def recordings(cache: Path, channels: tuple[str, ...]) -> list[dict[str, Any]]:
     """The EDFs eegcache ingested (same recordings for both), each with its EDF labels of ``channels`` in order."""
     import sqlite3
 
-    from eegcache.edf import pick_channels, read_header
     from eegcache.index.db import INDEX_FILE
+    from eegcache.sources.edf import pick_channels, read_header
 
     with sqlite3.connect(Path(cache) / INDEX_FILE) as con:
         paths = [r[0] for r in con.execute(

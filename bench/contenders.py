@@ -19,10 +19,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from bench.corpus import WINDOW_S, read_and_preprocess, signal_and_mask
 from eegcache.index.db import open_index
-from eegcache.ingest import ingest
-from eegcache.spec import IngestConfig, PreprocessSpec
-from eegcache.tree import discover
-from eegcache.windows import LABELS, label_codes, seconds_to_samples, window_starts
+from eegcache.ops.ingest import ingest
+from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
+from eegcache.pipeline.windows import LABELS, label_codes, seconds_to_samples, window_starts
+from eegcache.sources.tree import discover
 
 MANIFEST = "manifest.json"
 

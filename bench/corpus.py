@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
-from eegcache.edf import EdfError, read_recording
-from eegcache.labels import clip_events, label_mask
-from eegcache.preprocess import preprocess
-from eegcache.spec import PreprocessSpec
-from eegcache.synth import synthesize
-from eegcache.tree import discover
+from eegcache.pipeline.labels import clip_events, label_mask
+from eegcache.pipeline.preprocess import preprocess
+from eegcache.pipeline.spec import PreprocessSpec
+from eegcache.sources.annotations import AnnotationError, find_annotation, parse_annotation
+from eegcache.sources.edf import EdfError, read_recording
+from eegcache.sources.synth import synthesize
+from eegcache.sources.tree import discover
 
 SEED = 20261128
 WINDOW_S = 60.0

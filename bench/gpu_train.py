@@ -1,6 +1,6 @@
 """``python -m bench.gpu_train --out DIR [--hours H] [--gpus N] [--epochs E] [--batch-size B] [--workers W]``
 
-Where does GPU training time go, and how does it scale? On a synthetic corpus (``eegcache.synth``, ingested with
+Where does GPU training time go, and how does it scale? On a synthetic corpus (``eegcache.sources.synth``, ingested with
 every core and missing electrodes zero-filled) this measures, in order:
 
 1. the DataLoader alone: the trainer's ``WindowDataset`` over the first epoch's window ids, W worker processes,
@@ -99,9 +99,9 @@ def _cuda_count() -> int:
 
 def build_corpus(out: Path, hours: float, stride_s: float) -> tuple[Path, dict]:
     """Synthesise and ingest (once per settings); returns the cache folder and what was done."""
-    from eegcache.ingest import ingest
-    from eegcache.spec import IngestConfig, PreprocessSpec
-    from eegcache.synth import synthesize
+    from eegcache.ops.ingest import ingest
+    from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
+    from eegcache.sources.synth import synthesize
 
     root = out / f"corpus-{hours:g}h-s{stride_s:g}"
     cache, marker = root / "cache", root / "done.json"

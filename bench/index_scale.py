@@ -16,7 +16,7 @@ import numpy as np
 
 from bench.timing import repeat, summary
 from eegcache.index.db import INDEX_FILE, open_index
-from eegcache.windows import LABELS
+from eegcache.pipeline.windows import LABELS
 
 WINDOWS_PER_RECORDING = 330
 WINDOW, STRIDE = 15360, 2560  # 60 s windows, 10 s stride at 256 Hz

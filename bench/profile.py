@@ -1,6 +1,6 @@
 """``python -m bench.profile [--out DIR] [--hours H]``: the profiles behind the missed targets.
 
-- ingest: cProfile of one 1-worker ``eegcache.ingest.ingest`` of the bench corpus into a fresh cache; the time
+- ingest: cProfile of one 1-worker ``eegcache.ops.ingest.ingest`` of the bench corpus into a fresh cache; the time
   inside each stage (cumulative, main thread: with 1 worker ``prepare`` runs there, and the zarr I/O thread's work
   is inside ``ObjectStore.write``) next to the floor's two stages, and the top functions by own time.
 - reads: one random window read split into its parts: the Zarr slices of signal and labels, the same chunks
@@ -24,22 +24,22 @@ import numpy as np
 from bench.corpus import SEED, make_corpus
 from bench.report import secs
 from eegcache.index.db import INDEX_FILE
-from eegcache.spec import IngestConfig
-from eegcache.store import SIGNAL_CHUNK, ObjectStore
+from eegcache.pipeline.spec import IngestConfig
+from eegcache.store import SIGNAL_CHUNK, LocalObjectStore
 
-# (label, module file suffix, function name): the stages of eegcache.ingest.prepare/register, in order.
+# (label, module file suffix, function name): the stages of eegcache.ops.ingest.prepare/register, in order.
 STAGES = (
     ("open index + plan (alembic check, SQL)", "eegcache/index/db.py", "open_index"),
-    ("sha256 of the EDF (content key)", "eegcache/keys.py", "file_digest"),
-    ("read EDF (pyedflib / MNE)", "eegcache/edf.py", "read_recording"),
-    ("preprocess (resample, filters, z-score)", "eegcache/preprocess.py", "preprocess"),
-    ("parse annotation", "eegcache/annotations.py", "parse_annotation"),
-    ("label mask", "eegcache/labels.py", "label_mask"),
-    ("store.write: zarr encode + write + fsync + rename", "eegcache/store.py", "write"),
-    ("  of which fsync of every file", "eegcache/store.py", "fsync_tree"),
-    ("store.checksums: re-read + sha256 every file", "eegcache/store.py", "checksums"),
-    ("window rows (numpy)", "eegcache/ingest.py", "_windows_for"),
-    ("register: one SQL transaction per recording", "eegcache/ingest.py", "register"),
+    ("sha256 of the EDF (content key)", "eegcache/pipeline/keys.py", "file_digest"),
+    ("read EDF (pyedflib / MNE)", "eegcache/sources/edf.py", "read_recording"),
+    ("preprocess (resample, filters, z-score)", "eegcache/pipeline/preprocess.py", "preprocess"),
+    ("parse annotation", "eegcache/sources/annotations.py", "parse_annotation"),
+    ("label mask", "eegcache/pipeline/labels.py", "label_mask"),
+    ("store.write: zarr encode + write + fsync + rename", "eegcache/store/base.py", "write"),
+    ("  of which fsync of every file", "eegcache/store/layout.py", "fsync_tree"),
+    ("store.checksums: re-read + sha256 every file", "eegcache/store/local.py", "checksums"),
+    ("window rows (numpy)", "eegcache/ops/ingest.py", "_windows_for"),
+    ("register: one SQL transaction per recording", "eegcache/ops/ingest.py", "register"),
 )
 
 
@@ -61,7 +61,7 @@ def _top(stats: pstats.Stats, n: int = 15) -> list[dict[str, Any]]:
 def profile_ingest(src: Path, cache: Path) -> dict[str, Any]:
     """cProfile one fresh 1-worker ingest, and time the floor (read + preprocess) on the same files for scale."""
     from bench.contenders import floor
-    from eegcache.ingest import ingest
+    from eegcache.ops.ingest import ingest
 
     shutil.rmtree(cache, ignore_errors=True)
     prof = cProfile.Profile()
@@ -81,13 +81,13 @@ def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
     through each available window reader, then the zarr-python slices, and the same chunks decoded by hand."""
     from numcodecs import Blosc
 
-    from eegcache.reader import available_backends
+    from eegcache.store.reader import available_backends
 
     with sqlite3.connect(cache / INDEX_FILE) as con:
         ws_id, window = con.execute("SELECT id, window_samples FROM window_sets ORDER BY stride_s LIMIT 1").fetchone()
         rows = con.execute("SELECT r.object_key, w.start_sample FROM windows w JOIN recordings r "
                            "ON r.id = w.recording_id WHERE w.window_set_id = ?", (ws_id,)).fetchall()
-    store = ObjectStore(cache)
+    store = LocalObjectStore(cache)
     picks = [rows[i] for i in np.random.default_rng(seed).integers(0, len(rows), n)]
     parts: dict[str, float] = {}
     for backend in available_backends():
@@ -97,7 +97,7 @@ def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
         t = time.perf_counter()
         for key, start in picks:
             reader.read(key, start, start + window)
-        parts[f"whole read through eegcache.reader ({backend})"] = time.perf_counter() - t
+        parts[f"whole read through eegcache.store.reader ({backend})"] = time.perf_counter() - t
     arrays = {}
     for key, _ in picks:
         if key not in arrays:

@@ -16,7 +16,7 @@ import numpy as np
 
 from bench.contenders import labels_file, window_file
 from bench.timing import summary
-from eegcache.store import ObjectStore
+from eegcache.store import LocalObjectStore
 
 N_CHANNELS = 19
 
@@ -58,7 +58,7 @@ class EegcacheWindows(_Windows):
         key, start = self.items[i]
         reader = self._open.get("reader")
         if reader is None:
-            reader = self._open["reader"] = ObjectStore(self.cache).reader(self.backend)
+            reader = self._open["reader"] = LocalObjectStore(self.cache).reader(self.backend)
         return reader.read(key, start, start + self.window)
 
 

@@ -16,10 +16,10 @@ from typing import Any
 from bench import braindecode_venv, contenders, index_scale, machine, reads
 from bench.corpus import SEED, STRIDES_S, WINDOW_S, Corpus, make_corpus
 from bench.timing import repeat, run_child, summary
-from eegcache import keys
 from eegcache.index.db import INDEX_FILE
-from eegcache.spec import PreprocessSpec
-from eegcache.windows import seconds_to_samples
+from eegcache.pipeline import keys
+from eegcache.pipeline.spec import PreprocessSpec
+from eegcache.pipeline.windows import seconds_to_samples
 
 FS = PreprocessSpec().fs
 WINDOW = seconds_to_samples(WINDOW_S, FS)
@@ -232,7 +232,7 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
         "npz": lambda: reads.NpzWindows(work / "npz-s10", corpus.root, refs, WINDOW, stride),
         "npy": lambda: reads.NpyWindows(work / "npy-s10", corpus.root, refs, WINDOW, stride),
     }
-    from eegcache.reader import available_backends
+    from eegcache.store.reader import available_backends
 
     available_backends()  # imports the reading libraries: a one-off per process, not part of a read
     bd_folder = work / "braindecode-s10"
@@ -259,7 +259,7 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
         stores = {name: make() for name, make in factories.items()}
         loader["workers"][str(w)] = reads.loader_rates(stores, WINDOW, w, plan, cfg.batch_size, 5 * cfg.loader_budget_s,
                                                        cfg.repeats, cfg.seed)
-    from eegcache.reader import choose_backend
+    from eegcache.store.reader import choose_backend
 
     out = {"windows": len(refs), "random_reads": random_reads, "dataloader": loader,
            "reader": {"eegcache": choose_backend(), "eegcache-zarr": "zarr"}}

@@ -41,7 +41,7 @@ class Cache:
 
     @property
     def index(self) -> str:
-        """What ``eegcache.query`` reads: the SQLite file, or the server URL."""
+        """What ``eegcache.index.query`` reads: the SQLite file, or the server URL."""
         return self.db if self.db is not None else str(self.path / INDEX_FILE)
 
     def close(self) -> None:
@@ -66,8 +66,8 @@ class Cache:
                progress: bool = False, **preprocess: Any):
         """``eegcache ingest``. ``preprocess`` settings (``fs=200.0``, ``dtype="float16"``...) and ``config`` (a TOML
         file) mean what the flags and ``--config`` mean: settings not given are the pipeline's stored ones."""
-        from eegcache.ingest import ingest
-        from eegcache.spec import load_config
+        from eegcache.ops.ingest import ingest
+        from eegcache.pipeline.spec import load_config
 
         settings = load_config(Path(config) if config else None, {
             "window": window_s, "stride": stride_s, "workers": workers, "pipeline": pipeline, "dataset": dataset,
@@ -77,21 +77,21 @@ class Cache:
 
     def stats(self, pipeline: str | None = None) -> dict:
         """``eegcache stats --json``."""
-        from eegcache.stats import stats
+        from eegcache.ops.stats import stats
 
         return stats(self.engine, self.path, pipeline)
 
     def sql(self, query: str, params: dict | None = None, *, limit: int = 1000, timeout_s: float = 30.0):
         """``eegcache sql``: one read-only statement; ``.columns``, ``.rows``, ``.truncated``."""
-        from eegcache.query import run_query
+        from eegcache.index.query import run_query
 
         self.engine  # noqa: B018 - upgrades an older schema (when writable) so the views exist
         return run_query(self.index, query, params or {}, limit=limit, timeout_s=timeout_s)
 
     def verify(self, *, repair: bool = False):
         """``eegcache verify [--repair]``; returns the report after the repair when one was asked for."""
-        from eegcache.repair import repair as run_repair
-        from eegcache.verify import verify
+        from eegcache.ops.repair import repair as run_repair
+        from eegcache.ops.verify import verify
 
         engine = open_index(self.path, self.db)
         try:
@@ -105,7 +105,7 @@ class Cache:
 
     def gc(self, *, grace_s: float = 3600.0, dry_run: bool = False):
         """``eegcache gc``."""
-        from eegcache.gc import gc
+        from eegcache.ops.gc import gc
 
         engine = open_index(self.path, self.db)
         try:
@@ -116,7 +116,7 @@ class Cache:
     def remove(self, *, missing: bool = False, dataset: str | None = None, pipeline: str | None = None,
                dry_run: bool = False):
         """``eegcache remove``."""
-        from eegcache.remove import remove
+        from eegcache.ops.remove import remove
         from eegcache.store import open_store
 
         engine = open_index(self.path, self.db)
@@ -128,14 +128,14 @@ class Cache:
 
     def push(self, remote: str, *, overwrite: bool = False, progress: bool = False):
         """``eegcache push``."""
-        from eegcache.transfer import push
+        from eegcache.ops.transfer import push
 
         return push(self.path, remote, overwrite=overwrite, db_url=self.db, store_url=self.store, progress=progress)
 
     def pull(self, remote: str, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
              progress: bool = False):
         """``eegcache pull``."""
-        from eegcache.transfer import pull
+        from eegcache.ops.transfer import pull
 
         self.close()
         return pull(self.path, remote, split=split, where=where, overwrite=overwrite, db_url=self.db,

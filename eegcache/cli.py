@@ -113,9 +113,9 @@ def main() -> None:
 def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, config_file, fs, dtype, missing_electrodes,
            montage, layout, dataset, pipeline, replace, retry_failed, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
-    from eegcache.ingest import ingest as run_ingest
+    from eegcache.ops.ingest import ingest as run_ingest
+    from eegcache.pipeline.spec import load_config
     from eegcache.recipes import load_recipe
-    from eegcache.spec import load_config
 
     try:
         chosen = load_recipe(recipe) if recipe else None
@@ -163,8 +163,8 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, confi
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def stats(cache, db_url, pipeline, as_json):
     """Recordings by status, windows per class per split and window set, seizure hours, bytes on disk."""
-    from eegcache.pipelines import PipelineError
-    from eegcache.stats import stats as compute
+    from eegcache.ops.stats import stats as compute
+    from eegcache.pipeline.names import PipelineError
 
     try:
         data = compute(_open(cache, db_url, read_only=True), cache, pipeline)
@@ -200,7 +200,7 @@ def stats(cache, db_url, pipeline, as_json):
 @click.option("--timeout", type=click.FloatRange(0.01), default=30.0, show_default=True, help="Time limit (s).")
 def sql(cache, db_url, query, fmt, params, limit, timeout):
     """Run a read-only SQL QUERY over the index (views: window_labels, recording_status, seizure_events)."""
-    from eegcache.query import QueryError, run_query
+    from eegcache.index.query import QueryError, run_query
 
     bound = {}
     for p in params:
@@ -239,8 +239,8 @@ def sql(cache, db_url, query, fmt, params, limit, timeout):
 @click.option("--json", "as_json", is_flag=True)
 def verify(cache, db_url, store_url, repair, as_json):
     """Re-read every object against its checksums; name each missing or corrupt one; exit 1 if any."""
-    from eegcache.repair import repair as run_repair
-    from eegcache.verify import verify as run_verify
+    from eegcache.ops.repair import repair as run_repair
+    from eegcache.ops.verify import verify as run_verify
 
     engine = _open(cache, db_url)
     report = run_verify(engine, cache, store_url)
@@ -255,7 +255,7 @@ def verify(cache, db_url, store_url, repair, as_json):
     if report.problems and repair:
         try:
             outcome = run_repair(engine, cache, report, store_url)
-        except IndexError_ as exc:  # this index does not own the store (eegcache.owner)
+        except IndexError_ as exc:  # this index does not own the store (eegcache.store.owner)
             raise click.ClickException(str(exc)) from None
         for line in outcome.messages:
             click.echo(line)
@@ -274,11 +274,11 @@ def verify(cache, db_url, store_url, repair, as_json):
                    "staging folders older than this (protects concurrent writers and readers of older snapshots).")
 def gc(cache, db_url, store_url, dry_run, grace):
     """Remove staging leftovers and objects that no recording references (only with the store's own index)."""
-    from eegcache.gc import gc as run_gc
+    from eegcache.ops.gc import gc as run_gc
 
     try:
         report = run_gc(_open(cache, db_url), cache, grace_s=grace, dry_run=dry_run, store_url=store_url)
-    except IndexError_ as exc:  # e.g. this index does not own the store (a snapshot): eegcache.owner
+    except IndexError_ as exc:  # e.g. this index does not own the store (a snapshot): eegcache.store.owner
         raise click.ClickException(str(exc)) from None
     verb = "would remove" if dry_run else "removed"
     for name in report.staging:
@@ -295,7 +295,7 @@ def gc(cache, db_url, store_url, dry_run, grace):
 @click.option("--seed", type=int, default=0, show_default=True)
 def synth(out, hours, seed):
     """Write a synthetic TUSZ-like tree (EDF + .csv + .csv_bi) to OUT."""
-    from eegcache.synth import synthesize
+    from eegcache.sources.synth import synthesize
 
     recs = synthesize(out, hours=hours, seed=seed)
     total = sum(r.duration_s for r in recs) / 3600
@@ -328,8 +328,8 @@ def _print_transfer(summary, as_json: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def push(cache, db_url, store_url, remote, overwrite, as_json, quiet):
     """Copy this cache to REMOTE (a cache folder or s3://bucket/prefix): missing objects, then index rows."""
-    from eegcache.transfer import TransferError
-    from eegcache.transfer import push as run_push
+    from eegcache.ops.transfer import TransferError
+    from eegcache.ops.transfer import push as run_push
 
     try:
         summary = run_push(cache, remote, overwrite=overwrite, db_url=db_url, store_url=store_url, progress=not quiet)
@@ -351,8 +351,8 @@ def push(cache, db_url, store_url, remote, overwrite, as_json, quiet):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def pull(cache, db_url, store_url, remote, split, where, overwrite, as_json, quiet):
     """Copy recordings from REMOTE into this cache: the objects it lacks, then the index rows."""
-    from eegcache.transfer import TransferError
-    from eegcache.transfer import pull as run_pull
+    from eegcache.ops.transfer import TransferError
+    from eegcache.ops.transfer import pull as run_pull
 
     try:
         summary = run_pull(cache, remote, split=split, where=where, overwrite=overwrite, db_url=db_url,
@@ -372,8 +372,8 @@ def pull(cache, db_url, store_url, remote, split, where, overwrite, as_json, qui
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 def remove(cache, db_url, store_url, missing, dataset, pipeline, dry_run):
     """Remove recordings from the index (all conditions must hold); gc then reclaims their objects."""
-    from eegcache.remove import RemoveError
-    from eegcache.remove import remove as run_remove
+    from eegcache.ops.remove import RemoveError
+    from eegcache.ops.remove import remove as run_remove
     from eegcache.store import open_store
 
     try:
@@ -421,8 +421,8 @@ def store_adopt(cache, db_url, store_url):
     """Make this index the store's owner, whatever owned it (e.g. after moving the index to PostgreSQL with
     eegcache index copy). Never adopt with a snapshot that the real owner keeps writing past: gc with it would
     delete what the owner registered after the snapshot."""
-    from eegcache.owner import adopt
     from eegcache.store import open_store
+    from eegcache.store.owner import adopt
 
     engine = _open(cache, db_url)
     store = open_store(cache, store_url)

@@ -4,7 +4,7 @@ An epoch is a function of (seed, epoch) and the selected window ids per class on
 the epoch an uninterrupted one would have, and every distributed rank computes the same epoch and takes its own
 slice. Pure numpy (no ``ORDER BY random()``, no per-epoch SQL): well under a second at 10 M windows.
 
-The class vocabulary lives here and in ``eegcache.windows.LABELS`` (codes 0/1/2 in the index): ratio names are
+The class vocabulary lives here and in ``eegcache.pipeline.windows.LABELS`` (codes 0/1/2 in the index): ratio names are
 ``partial``, ``full``, ``background``; their label texts are the ``window_labels.label`` values.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eegcache.windows import LABELS
+from eegcache.pipeline.windows import LABELS
 
 # Ratio names (flags) → label code in ``windows.label`` and label text in the ``window_labels`` view.
 CLASSES = ("partial", "full", "background")

@@ -6,7 +6,7 @@ row i of ``sel.to_pandas()``, ``WindowDataset(sel)[i]`` and index i of ``Balance
 The ids and label codes come from one indexed query, moved out of the database as one string (``group_concat`` on
 SQLite, ``string_agg`` on PostgreSQL) and parsed by numpy: 10 M windows in about a second. A user's ``where`` is
 SQL text over the public ``window_labels`` view and runs only through the read-only reader of
-``eegcache.query`` (SQLite ``mode=ro`` + authorizer; PostgreSQL as the unprivileged ``eegcache_reader``).
+``eegcache.index.query`` (SQLite ``mode=ro`` + authorizer; PostgreSQL as the unprivileged ``eegcache_reader``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from eegcache.errors import InputError
 from eegcache.index.models import Dataset, Recording, Window, WindowSet
-from eegcache.pipelines import PipelineError, choose_pipeline
-from eegcache.windows import LABELS
+from eegcache.pipeline.names import PipelineError, choose_pipeline
+from eegcache.pipeline.windows import LABELS
 
 
 class SelectionError(InputError):
@@ -123,7 +123,7 @@ class WindowSelection:
         self.codes: np.ndarray = codes
 
     def _where_ids(self, where: str) -> np.ndarray:
-        from eegcache.query import QueryError, run_query
+        from eegcache.index.query import QueryError, run_query
 
         for key in self.params:
             if key.startswith("_"):
@@ -153,11 +153,11 @@ class WindowSelection:
         return np.flatnonzero(self.codes == code)
 
     def pipeline_spec(self):
-        """The selection's pipeline's spec (``eegcache.spec.PreprocessSpec``), read-time steps included."""
+        """The selection's pipeline's spec (``eegcache.pipeline.spec.PreprocessSpec``), read-time steps included."""
         import json
 
         from eegcache.index.models import Pipeline
-        from eegcache.spec import PreprocessSpec
+        from eegcache.pipeline.spec import PreprocessSpec
 
         with self.engine.connect() as conn:
             raw = conn.execute(select(Pipeline.spec_json).where(Pipeline.id == self.window_set.pipeline_id)).scalar_one()

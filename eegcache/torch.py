@@ -39,7 +39,7 @@ class WindowDataset(Dataset):
                  reader: str | None = None) -> None:
         if selection.store_location is None:
             raise SelectionError("this selection does not know its store; make it with eegcache.open(...).windows()")
-        from eegcache.preprocess import window_transform
+        from eegcache.pipeline.preprocess import window_transform
 
         keys, key_of, starts = selection.locations()
         self._setup(selection.ids, keys, key_of, starts, selection.window_set.window_samples,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from edf_factory import Rec, write_tree
 
-from eegcache.ingest import IngestSummary, ingest
-from eegcache.spec import IngestConfig
+from eegcache.ops.ingest import IngestSummary, ingest
+from eegcache.pipeline.spec import IngestConfig
 
 IS_ROOT = os.geteuid() == 0
 

@@ -1,4 +1,4 @@
-"""Tests for eegcache.annotations: real TUSZ formats, every error case, and fuzzing."""
+"""Tests for eegcache.sources.annotations: real TUSZ formats, every error case, and fuzzing."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eegcache import annotations as ann
-from eegcache.annotations import (
+from eegcache.pipeline.labels import merge_events
+from eegcache.sources import annotations as ann
+from eegcache.sources.annotations import (
     ANNOTATION_SUFFIXES,
     Annotation,
     AnnotationError,
     find_annotation,
     parse_annotation,
 )
-from eegcache.labels import merge_events
 
 NAME = "aaaaaaac_s001_t000"
 HEADER = "channel,start_time,stop_time,label,confidence"

@@ -174,12 +174,12 @@ def demo_selection(demo: Path):
 
 
 def test_errors_share_one_base() -> None:
-    from eegcache.annotations import AnnotationError
-    from eegcache.edf import EdfError
     from eegcache.index.db import IndexError_
-    from eegcache.pipelines import PipelineError
-    from eegcache.query import QueryError
-    from eegcache.transfer import TransferError
+    from eegcache.index.query import QueryError
+    from eegcache.ops.transfer import TransferError
+    from eegcache.pipeline.names import PipelineError
+    from eegcache.sources.annotations import AnnotationError
+    from eegcache.sources.edf import EdfError
     from trainer.sampling import SamplingError
 
     for cls in (AnnotationError, EdfError, IndexError_, PipelineError, QueryError, TransferError, SamplingError):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from edf_factory import Channel, expected_windows, query, run_cli, tone, write_edf
 
-from eegcache.synth import synthesize
+from eegcache.sources.synth import synthesize
 
 pytest.importorskip("epilepsy2bids")
 

@@ -273,7 +273,7 @@ def test_synth_writes_a_tusz_tree_that_ingests(tmp_path: Path) -> None:
     """`eegcache synth` writes EDF + .csv + .csv_bi on TUSZ paths; the same seed gives the same bytes; the tree
     ingests with every recording accounted for."""
     if not Path(__file__).parents[1].joinpath("eegcache", "synth.py").exists():
-        pytest.skip("eegcache/synth.py is not there yet")
+        pytest.skip("eegcache/sources/synth.py is not there yet")
     out = tmp_path / "synth"
     done = run_cli("synth", out, "--hours", "0.05", "--seed", "3")
     assert done.returncode == 0, done.stderr

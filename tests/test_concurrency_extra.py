@@ -23,10 +23,10 @@ import pytest
 from edf_factory import Rec, index_snapshot, object_dirs, query, run_cli, write_tree
 from test_crash_concurrency import _kill, _output, _start
 
-import eegcache.gc as gc_mod
+import eegcache.ops.gc as gc_mod
 from eegcache.index.db import open_index
-from eegcache.ingest import ingest
-from eegcache.spec import IngestConfig
+from eegcache.ops.ingest import ingest
+from eegcache.pipeline.spec import IngestConfig
 
 TREE = (
     Rec("train", "aaaaaaha", 1, 2003, "01_tcp_ar", 0, fs=250, duration_s=150, events=((30.0, 75.5),), seed=71),
@@ -148,7 +148,7 @@ def test_four_overlapping_ingests_stress(serial: Serial, tmp_path: Path) -> None
 GC_LOOP = r"""
 import json, sys, time, traceback
 from pathlib import Path
-from eegcache.gc import gc
+from eegcache.ops.gc import gc
 from eegcache.index.db import open_index
 cache, stop, grace = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
 out = {"runs": 0, "staging": 0, "objects": 0, "errors": []}

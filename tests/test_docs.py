@@ -41,9 +41,9 @@ def test_every_command_has_help_and_is_in_the_readme(name: str, command: click.C
 
 
 def test_readme_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from eegcache.ingest import ingest
-    from eegcache.spec import load_config
-    from eegcache.synth import synthesize
+    from eegcache.ops.ingest import ingest
+    from eegcache.pipeline.spec import load_config
+    from eegcache.sources.synth import synthesize
 
     synthesize(tmp_path / "demo" / "tusz", hours=0.5, seed=0)
     summary = ingest(tmp_path / "demo" / "tusz", tmp_path / "demo" / "cache",

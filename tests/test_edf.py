@@ -26,7 +26,7 @@ from edf_factory import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eegcache.edf import EdfError, electrode, pick_channels, read_header, read_recording
+from eegcache.sources.edf import EdfError, electrode, pick_channels, read_header, read_recording
 
 REC = Rec("train", "aaaaaaaa", 1, 2003, "01_tcp_ar", 0, fs=250, duration_s=20, seed=3)
 

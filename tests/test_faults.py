@@ -4,7 +4,7 @@ Faults are injected where the operating system would raise them: zarr's file wri
 ``os.fsync``, the ``os.rename`` that publishes a staging folder, the folder fsync after it, the signal pointer
 write, the read-back that checksums a published object, and the SQL statements and COMMIT of one recording's
 registration. Each fault is aimed at ONE recording (by its object key or source path, predicted from the files
-with ``eegcache.keys``), in process through ``eegcache.ingest.ingest`` and in real ``eegcache ingest`` processes
+with ``eegcache.pipeline.keys``), in process through ``eegcache.ops.ingest.ingest`` and in real ``eegcache ingest`` processes
 with worker processes (a ``sitecustomize`` shim installs the same fault in every process). The last tests fill a
 real tmpfs.
 
@@ -36,16 +36,16 @@ from edf_factory import Rec, eegcache_cmd, index_snapshot, object_dirs, query, w
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
-import eegcache.ingest as ingest_mod
-from eegcache import keys
-from eegcache.annotations import find_annotation
-from eegcache.gc import gc
+import eegcache.ops.ingest as ingest_mod
 from eegcache.index.db import open_index
-from eegcache.ingest import IngestSummary, ingest
-from eegcache.spec import IngestConfig, PreprocessSpec
-from eegcache.store import ObjectStore
-from eegcache.tree import path_text
-from eegcache.verify import verify
+from eegcache.ops.gc import gc
+from eegcache.ops.ingest import IngestSummary, ingest
+from eegcache.ops.verify import verify
+from eegcache.pipeline import keys
+from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
+from eegcache.sources.annotations import find_annotation
+from eegcache.sources.tree import path_text
+from eegcache.store import LocalObjectStore
 
 FAULT_TREE = (
     Rec("train", "aaaaaafa", 1, 2003, "01_tcp_ar", 0, fs=250, duration_s=120, events=((30.0, 75.5),), seed=41),
@@ -120,7 +120,7 @@ def assert_consistent(cache: Path, store_root: Path | None = None, *, claims_lef
                         "start_sample HAVING count(*) > 1)") == [(0,)]
     if not claims_left:
         assert query(cache, "SELECT count(*) FROM claims") == [(0,)]
-    store = ObjectStore(store_root or cache)
+    store = LocalObjectStore(store_root or cache)
     for (key,) in query(cache, "SELECT key FROM objects"):
         folder = store.path(key)
         registered = dict(query(cache, "SELECT path, size FROM object_files WHERE object_key = ?", (key,)))
@@ -152,7 +152,7 @@ def assert_healed(cache: Path, expected: dict, store_root: Path | None = None) -
         engine.dispose()
     referenced = {k for (k,) in query(cache, "SELECT object_key FROM recordings WHERE object_key IS NOT NULL")}
     assert object_dirs(store_root or cache) == referenced
-    staging = ObjectStore(store_root or cache).staging_root
+    staging = LocalObjectStore(store_root or cache).staging_root
     leftovers = sorted(staging.iterdir()) if staging.exists() else []
     # gc keeps the staging folders of live processes; an in-process write that failed may leave one behind
     # (test_a_failed_object_write_leaves_no_staging_folder, xfail): only this process's may remain.
@@ -227,7 +227,7 @@ def rename_fails(setattr_: Callable, key: str, nth: int, code: int = errno.ENOSP
 def publish_then_eio(setattr_: Callable, key: str, nth: int, code: int = errno.EIO) -> Fault:
     """The rename succeeds, then the fsync of objects/<k[:2]> fails: the object is published but the call
     raises, so the recording fails with a complete, unregistered object on disk."""
-    fault, original = Fault(), ObjectStore._publish
+    fault, original = Fault(), LocalObjectStore._publish
 
     def _publish(self, k, staging):
         published = original(self, k, staging)
@@ -235,7 +235,7 @@ def publish_then_eio(setattr_: Callable, key: str, nth: int, code: int = errno.E
             raise os_error(code, self.path(k).parent)
         return published
 
-    setattr_(ObjectStore, "_publish", _publish)
+    setattr_(LocalObjectStore, "_publish", _publish)
     return fault
 
 
@@ -404,7 +404,7 @@ def test_io_fault_stress(reference: Reference, tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/store.py ObjectStore.write: when one of zarr's concurrent chunk writes fails, the others are "
+    "BUG: eegcache/store/base.py ObjectStore.write: when one of zarr's concurrent chunk writes fails, the others are "
     "still in flight (threads); write()'s finally-rmtree runs first and they recreate the staging folder. Since "
     "01b1d91 gc keeps staging folders of live pids, so in a long-lived process (a service, a notebook) the leftover "
     "is never collected. Fix: let zarr's in-flight writes finish (or retry the rmtree until the folder stays gone) "

@@ -25,10 +25,10 @@ from edf_factory import Rec, csv_head, eegcache_cmd, patch_bytes, query, rec_cha
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from eegcache.edf import MAX_SAMPLES_PER_RECORD, EdfError, EdfHeader, read_header
-from eegcache.ingest import ingest
-from eegcache.spec import IngestConfig
-from eegcache.store import ObjectStore
+from eegcache.ops.ingest import ingest
+from eegcache.pipeline.spec import IngestConfig
+from eegcache.sources.edf import MAX_SAMPLES_PER_RECORD, EdfError, EdfHeader, read_header
+from eegcache.store import LocalObjectStore
 
 # --- the EDF header layout (EDF spec: 256 fixed bytes, then each field for every signal in turn) ---------------
 FIXED = {
@@ -310,7 +310,7 @@ def check_run(done: Limited, cache: Path, bad: dict[str, Path], base_rss: float)
             ((key, n_samples),) = query(cache, "SELECT o.key, o.n_samples FROM recordings r JOIN objects o "
                                                "ON o.key = r.object_key JOIN datasets d ON d.id = r.dataset_id "
                                                "WHERE d.root || '/' || r.rel_path = ?", (str(edf),))
-            signal = np.asarray(ObjectStore(cache).open(key)["signal"][...])
+            signal = np.asarray(LocalObjectStore(cache).open(key)["signal"][...])
             assert np.isfinite(signal).all()
             n = query(cache, "SELECT n_windows FROM recording_status WHERE source_path = ?", (str(edf),))[0][0]
             assert n == max(0, (n_samples - 60 * 256) // (60 * 256) + 1)
@@ -404,7 +404,7 @@ def test_implausible_record_duration_is_a_clear_per_file_error(
     """A header whose rate is absurd is refused from the header (a per-file EdfError), not by a crash of the run
     and not by running out of memory. Was a bug found by this file: record_s 0.000001 / 1e-300 made resample_poly
     raise ValueError out of prepare() (the serial run died), record_s 99999999 made it design a multi-GB filter
-    for a 110 KB file; fixed in 6090af5 (eegcache/edf.py read_recording bounds the EEG rate)."""
+    for a 110 KB file; fixed in 6090af5 (eegcache/sources/edf.py read_recording bounds the EEG rate)."""
     blob = apply(real.edf, real.ns, [("fixed", "record_s", record_s)])
     paths = build_tree(tmp_path / "src", baseline[0], {"absurd_rate": blob}, real.annotation)
     done = run_limited("ingest", tmp_path / "src", "--cache", tmp_path / "cache", "--quiet")
@@ -416,7 +416,7 @@ def test_implausible_record_duration_is_a_clear_per_file_error(
 def test_non_finite_calibration_is_refused_not_stored_flat(tmp_path: Path, real: Real, physical_max: bytes) -> None:
     """A physical range that makes the samples NaN/inf/1e307 fails the file. Was a bug found by this file: the
     z-score mapped a NaN std to 0 and the recording was ingested as an all-zero signal; fixed in 6090af5
-    (eegcache/edf.py read_recording refuses non-finite or > 1 kV samples)."""
+    (eegcache/sources/edf.py read_recording refuses non-finite or > 1 kV samples)."""
     blob = apply(real.edf, real.ns, [("signal", "physical_max", -1, physical_max)])
     edf = tmp_path / "src" / "calibration.edf"
     edf.parent.mkdir()
@@ -425,7 +425,7 @@ def test_non_finite_calibration_is_refused_not_stored_flat(tmp_path: Path, real:
     summary = ingest(tmp_path / "src", tmp_path / "cache", IngestConfig(), progress=False)
     if summary.failed == 0:
         ((key,),) = query(tmp_path / "cache", "SELECT object_key FROM recordings")
-        signal = np.asarray(ObjectStore(tmp_path / "cache").open(key)["signal"][...])
+        signal = np.asarray(LocalObjectStore(tmp_path / "cache").open(key)["signal"][...])
         flat = int((np.abs(signal).max(axis=1) == 0).sum())
         raise AssertionError(f"ingested; {flat} of {signal.shape[0]} stored channels are all zero")
     assert summary.failures[0][1].startswith("calibration.edf: ")
@@ -492,7 +492,7 @@ def test_a_fifo_in_the_tree_fails_alone_instead_of_hanging_the_run(tmp_path: Pat
 def test_src_with_dotdot_after_a_symlink_is_the_folder_the_user_named(tmp_path: Path, baseline) -> None:
     """SRC 'view/link/../files' where link is a symlink means what the kernel resolves. Was a bug found by this
     file: os.path.abspath dropped 'link/..' lexically (refused an existing folder, or ingested another tree);
-    fixed in 6090af5 (eegcache/ingest.py resolves SRC with os.path.realpath)."""
+    fixed in 6090af5 (eegcache/ops/ingest.py resolves SRC with os.path.realpath)."""
     real_parent = tmp_path / "real"
     shutil.copytree(baseline[0], real_parent / "files")
     (real_parent / "deep").mkdir()

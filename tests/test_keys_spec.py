@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eegcache import keys
-from eegcache.spec import PreprocessSpec, load_config
+from eegcache.pipeline import keys
+from eegcache.pipeline.spec import PreprocessSpec, load_config
 
 ELECTRODES = ("Fp1", "F3", "C3", "P3", "O1", "F7", "T3", "T5", "Fz", "Cz", "Pz",
               "Fp2", "F4", "C4", "P4", "O2", "F8", "T4", "T6")  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests for eegcache.labels and eegcache.windows: exact boundaries, brute-force properties."""
+"""Tests for eegcache.pipeline.labels and eegcache.pipeline.windows: exact boundaries, brute-force properties."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from eegcache.labels import clip_events, label_mask, merge_events
-from eegcache.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
+from eegcache.pipeline.labels import clip_events, label_mask, merge_events
+from eegcache.pipeline.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
 
 RATES = [250, 256, 400, 512, 1000, 200.5]
 

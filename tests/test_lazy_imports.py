@@ -23,7 +23,7 @@ def _loaded_after(code: str) -> dict:
 
 
 def test_importing_the_cli_and_ingest_loads_no_scipy_signal() -> None:
-    loaded = _loaded_after("import eegcache.cli, eegcache.ingest, eegcache.preprocess, eegcache.store")
+    loaded = _loaded_after("import eegcache.cli, eegcache.ops.ingest, eegcache.pipeline.preprocess, eegcache.store")
     assert loaded == dict.fromkeys(HEAVY, False)
 
 

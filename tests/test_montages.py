@@ -13,9 +13,9 @@ from edf_factory import Channel, Rec, query, run_cli, tone, write_edf, write_rec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eegcache.edf import EdfError, read_recording
-from eegcache.montage import DOUBLE_BANANA, TCP, MontageError, plan
-from eegcache.spec import SZCORE_CHANNELS
+from eegcache.pipeline.montage import DOUBLE_BANANA, TCP, MontageError, plan
+from eegcache.pipeline.spec import SZCORE_CHANNELS
+from eegcache.sources.edf import EdfError, read_recording
 
 SYN = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
 

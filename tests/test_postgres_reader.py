@@ -17,7 +17,7 @@ import pytest
 from servers import cli, pg_available
 from sqlalchemy import create_engine, text
 
-from eegcache.synth import synthesize
+from eegcache.sources.synth import synthesize
 
 HOST = "postgres@127.0.0.1:5432/test"
 PG_ADMIN = f"postgresql://{HOST}"  # the plain form users write: psycopg 3 (SQLAlchemy 2.x's default driver)

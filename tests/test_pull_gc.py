@@ -6,7 +6,7 @@ Now the transfer holds a claim in the receiver's index (gc leaves unregistered o
 and each recording's merge checks, under the write lock, that its object is there, copying it again if not.
 
 Real processes: a real ``eegcache pull`` stopped between its copies and its merges (a ``sitecustomize`` shim
-replaces ``eegcache.transfer._checkpoint``) while a real ``eegcache gc --grace 0`` runs; the same with the copied
+replaces ``eegcache.ops.transfer._checkpoint``) while a real ``eegcache gc --grace 0`` runs; the same with the copied
 objects deleted behind gc's back (as a gc that ignores claims would); and a gc loop running during real pulls.
 """
 
@@ -33,7 +33,7 @@ SHIM = f"""
 import os
 if os.environ.get({PULL_ENV!r}):
     import json, pathlib, shutil, time
-    import eegcache.transfer as _transfer
+    import eegcache.ops.transfer as _transfer
     _spec = json.loads(os.environ[{PULL_ENV!r}])
 
     def _checkpoint(step, _spec=_spec):
@@ -125,9 +125,9 @@ def test_objects_taken_before_the_merge_are_copied_again(source: Path, tmp_path:
 GC_LOOP = """
 import sys, time
 from pathlib import Path
-from eegcache.gc import gc
+from eegcache.ops.gc import gc
 from eegcache.index.db import open_index
-from eegcache.owner import NotOwner
+from eegcache.store.owner import NotOwner
 cache, stop = Path(sys.argv[1]), Path(sys.argv[2])
 runs = removed = 0
 while not stop.exists():

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import zarr
 
-from eegcache import reader as reader_mod
-from eegcache.reader import BACKENDS, WindowReader, available_backends, choose_backend
-from eegcache.store import LABEL_CHUNK, SIGNAL_CHUNK, ObjectStore
+from eegcache.store import LABEL_CHUNK, SIGNAL_CHUNK, LocalObjectStore, ObjectStore
+from eegcache.store import reader as reader_mod
+from eegcache.store.reader import BACKENDS, WindowReader, available_backends, choose_backend
 
 N = 3 * SIGNAL_CHUNK + 1234  # three full signal chunks and a partial one; labels: one full chunk and a partial one
 WINDOW = 15360  # 60 s at 256 Hz
@@ -31,7 +31,7 @@ def _object(rng: np.random.Generator, n: int, dtype: str) -> tuple[np.ndarray, n
 def store(tmp_path_factory) -> tuple[ObjectStore, dict[str, tuple[np.ndarray, np.ndarray]]]:
     root = tmp_path_factory.mktemp("reader")
     rng = np.random.default_rng(15)
-    store = ObjectStore(root)
+    store = LocalObjectStore(root)
     written = {}
     for key, n, dtype in (("ab" + "0" * 62, N, "float32"), ("cd" + "1" * 62, WINDOW + 7, "float16"),
                           ("ef" + "2" * 62, LABEL_CHUNK + 5, "float32")):

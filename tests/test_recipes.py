@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 from trainer_fixtures import add_recording, hand_index, migrated_index, real_cache
 
-from eegcache.preprocess import window_filter
+from eegcache.pipeline.preprocess import window_filter
+from eegcache.pipeline.spec import PreprocessSpec, WindowFilter, load_config
 from eegcache.recipes import RecipeError, load_recipe, shipped
-from eegcache.spec import PreprocessSpec, WindowFilter, load_config
 from trainer.cli import main
 from trainer.fit import LAST, TrainConfig, load_checkpoint
 from trainer.postprocess import Cover, PostProcess, binarize, stitch
@@ -144,7 +144,7 @@ def test_read_time_filter_equals_the_filter_applied_to_the_stored_window(small, 
         assert np.array_equal(ours[i][0].numpy(), expected)
         assert not np.allclose(expected, raw)
     # the stored objects are those of the unfiltered spec: the read-time step is not part of their key
-    from eegcache import keys
+    from eegcache.pipeline import keys
 
     assert keys.object_key("e" * 64, spec, "l") == keys.object_key("e" * 64, spec.stored(), "l")
 

@@ -20,7 +20,7 @@ import servers
 from servers import cli, new_bucket, pg_available, snapshot
 from sqlalchemy import create_engine, text
 
-from eegcache.synth import synthesize
+from eegcache.sources.synth import synthesize
 
 s3_env = servers.s3_env  # the fixture, used by name
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"  # plain form: SQLAlchemy 2.x picks psycopg 3

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from edf_factory import Rec, query, run_cli, write_csv_bi, write_tree
 
-from eegcache.annotations import parse_annotation
 from eegcache.index import db
-from eegcache.labels import clip_events
+from eegcache.pipeline.labels import clip_events
+from eegcache.sources.annotations import parse_annotation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

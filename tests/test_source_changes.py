@@ -2,7 +2,7 @@
 reads it is never stored under a key that is not its content's, and never recorded with a size and mtime that are
 not those of the bytes that were hashed.
 
-The changes are injected deterministically between the steps of ``prepare`` (``eegcache.ingest._checkpoint``: in
+The changes are injected deterministically between the steps of ``prepare`` (``eegcache.ops.ingest._checkpoint``: in
 process, and in real ``eegcache ingest`` processes with worker processes through a ``sitecustomize`` shim), and
 once for real: a thread rewrites a file between two versions while real ``eegcache ingest`` processes run. After
 each, every object in the store holds what a fresh ingest of the bytes its key names gives (signal and labels, by
@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from edf_factory import Rec, eegcache_cmd, query, write_rec
 
-import eegcache.ingest as ingest_mod
-from eegcache.annotations import find_annotation
-from eegcache.ingest import CHANGE_ATTEMPTS, ingest
-from eegcache.spec import IngestConfig
-from eegcache.store import ObjectStore
+import eegcache.ops.ingest as ingest_mod
+from eegcache.ops.ingest import CHANGE_ATTEMPTS, ingest
+from eegcache.pipeline.spec import IngestConfig
+from eegcache.sources.annotations import find_annotation
+from eegcache.store import LocalObjectStore
 
 TESTS_DIR = Path(__file__).resolve().parent
 CHANGE_ENV = "EEGCACHE_TEST_CHANGE"
@@ -62,7 +62,7 @@ def _version(tmp: Path, rec: Rec) -> tuple[Version, str, str]:
 
 
 def _objects(cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    store = ObjectStore(cache)
+    store = LocalObjectStore(cache)
     out = {}
     for folder in sorted((cache / "objects").glob("??/*")):
         group = store.open(folder.name)
@@ -278,7 +278,7 @@ SHIM = f"""
 import os
 if os.environ.get({CHANGE_ENV!r}):
     import json, pathlib
-    import eegcache.ingest as _ingest
+    import eegcache.ops.ingest as _ingest
     _spec = json.loads(os.environ[{CHANGE_ENV!r}])
 
     def _checkpoint(step, path, _spec=_spec):

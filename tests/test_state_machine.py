@@ -62,12 +62,12 @@ from hypothesis.stateful import (
 )
 from test_crash_concurrency import _check_invariants, _kill, _start
 
-from eegcache.gc import gc
 from eegcache.index.db import open_index
-from eegcache.ingest import ingest
-from eegcache.pipelines import PipelineError
-from eegcache.spec import IngestConfig, PreprocessSpec
-from eegcache.verify import verify
+from eegcache.ops.gc import gc
+from eegcache.ops.ingest import ingest
+from eegcache.ops.verify import verify
+from eegcache.pipeline.names import PipelineError
+from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
 
 WINDOW_S = 60.0
 DEFAULT_STRIDE = 60.0

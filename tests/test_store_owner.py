@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from edf_factory import Rec, object_dirs, query, run_cli, write_rec
 
-from eegcache.gc import gc
 from eegcache.index.db import open_index
-from eegcache.ingest import ingest
-from eegcache.spec import IngestConfig
+from eegcache.ops.gc import gc
+from eegcache.ops.ingest import ingest
+from eegcache.pipeline.spec import IngestConfig
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIRST = Rec("train", "aaaaaada", 1, 2003, "01_tcp_ar", 0, fs=250, duration_s=120, events=((10.0, 70.0),), seed=71)

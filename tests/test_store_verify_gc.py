@@ -16,7 +16,7 @@ import zarr
 from conftest import DUPLICATE_STEM, INGESTED, NO_A1A2, OVERLAP, SHORT, Standard
 from edf_factory import cli, object_dirs, query, run_cli
 
-from eegcache.store import SIGNAL_CHUNK, ObjectStore, object_digest
+from eegcache.store import SIGNAL_CHUNK, LocalObjectStore, object_digest
 
 
 def _key(cache: Path, stem: str) -> str:
@@ -63,13 +63,13 @@ def test_index_checksums_are_the_files(standard: Standard) -> None:
         rows = query(standard.cache, "SELECT path, size, sha256 FROM object_files WHERE object_key = ?", (key,))
         assert {p: (s, h) for p, s, h in rows} == {p: (len(b), hashlib.sha256(b).hexdigest()) for p, b in on_disk.items()}
         ((digest, nbytes),) = query(standard.cache, "SELECT digest, nbytes FROM objects WHERE key = ?", (key,))
-        assert digest == object_digest(ObjectStore(standard.cache).checksums(key))
+        assert digest == object_digest(LocalObjectStore(standard.cache).checksums(key))
         assert nbytes == sum(len(b) for b in on_disk.values())
 
 
 def test_store_write_is_atomic_and_idempotent(tmp_path: Path) -> None:
     """write() publishes a complete object and leaves no staging folder; writing the same key again is a no-op."""
-    store = ObjectStore(tmp_path)
+    store = LocalObjectStore(tmp_path)
     signal = np.random.default_rng(0).standard_normal((3, 40_000)).astype(np.float32)
     labels = (np.arange(40_000) % 1000 < 100).astype(np.uint8)
     key = "ab" * 32
@@ -85,7 +85,7 @@ def test_store_write_is_atomic_and_idempotent(tmp_path: Path) -> None:
 
 def test_corrupt_chunk_fails_on_read(tmp_path: Path) -> None:
     """A flipped byte in a chunk makes zarr refuse the read (CRC32C) instead of returning wrong samples."""
-    store = ObjectStore(tmp_path)
+    store = LocalObjectStore(tmp_path)
     key = "cd" * 32
     store.write(key, np.ones((2, 20_000), dtype=np.float32), np.zeros(20_000, dtype=np.uint8), {})
     chunk = sorted(p for p in (store.path(key) / "signal").rglob("*") if p.is_file() and p.name != "zarr.json")[0]

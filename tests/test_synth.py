@@ -11,7 +11,7 @@ import numpy as np
 import pyedflib
 import pytest
 
-from eegcache.synth import ELECTRODES, OLD_STYLE_SESSION, PREFILTER, SynthRecording, synthesize
+from eegcache.sources.synth import ELECTRODES, OLD_STYLE_SESSION, PREFILTER, SynthRecording, synthesize
 
 TUSZ_PATH = re.compile(
     r"edf/(train|dev|eval)/([a-z]{8})/s(\d{3})_(\d{4})/(0[1-4]_tcp_(ar|le)(_a)?)/\2_s\3_t(\d{3})\.(edf|csv|csv_bi)$"

@@ -158,8 +158,8 @@ def reference_score(reference: Path, hypothesis: Path) -> dict:
 def test_evaluate_writes_szcore_tsvs_that_score_as_reported(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from eegcache.ingest import ingest
-    from eegcache.spec import IngestConfig
+    from eegcache.ops.ingest import ingest
+    from eegcache.pipeline.spec import IngestConfig
     from trainer.cli import main
     from trainer.fit import BEST, METRICS_FILE, TrainConfig, fit
 

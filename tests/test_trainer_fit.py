@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from trainer_fixtures import synthetic_cache
 
-from eegcache.annotations import parse_annotation
+from eegcache.sources.annotations import parse_annotation
 from trainer.cli import main
 from trainer.fit import BEST, LAST, METRICS_FILE, FitError, TrainConfig, fit, load_checkpoint
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from timescoring import scoring
 from timescoring.annotations import Annotation
 
-from eegcache.annotations import parse_annotation
+from eegcache.sources.annotations import parse_annotation
 from trainer.metrics import EVENT_PARAMS, Counts, score_recording, summarize
 from trainer.postprocess import (
     PostProcess,

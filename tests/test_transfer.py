@@ -13,7 +13,7 @@ import pytest
 import servers
 from servers import cli, new_bucket, snapshot
 
-from eegcache.synth import synthesize
+from eegcache.sources.synth import synthesize
 
 s3_env = servers.s3_env  # the fixture, used by name
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from eegcache.synth import synthesize
+from eegcache.sources.synth import synthesize
 
 
 def _spawned_workers(parent: int) -> list[int]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from eegcache.index.db import INDEX_FILE, open_index
-from eegcache.labels import label_mask
-from eegcache.store import ObjectStore
-from eegcache.windows import label_codes, seizure_counts, window_starts
+from eegcache.pipeline.labels import label_mask
+from eegcache.pipeline.windows import label_codes, seizure_counts, window_starts
+from eegcache.store import LocalObjectStore
 
 NOW = "2026-01-01 00:00:00"
 FS = 256.0
@@ -143,7 +143,7 @@ def real_cache(folder: Path, *, window_s: float = 4.0, stride_s: float = 2.0, se
     conn = sqlite3.connect(index)
     ws = add_window_set(conn, window_s, stride_s)
     window, stride = round(window_s * FS), round(stride_s * FS)
-    store = ObjectStore(folder)
+    store = LocalObjectStore(folder)
     rng = np.random.default_rng(seed)
     recs = []
     for i, n in enumerate(lengths):
@@ -177,9 +177,9 @@ SYNTH_HOURS, SYNTH_SEED = 1.0, 1
 def synthetic_cache(base: Path) -> Path:
     """``eegcache synth --hours 1 --seed 1`` ingested with the default settings (60 s windows, 60 s stride), built
     once per session however many test modules ask (a file lock and a marker; module fixtures cannot share)."""
-    from eegcache.ingest import ingest
-    from eegcache.spec import IngestConfig
-    from eegcache.synth import synthesize
+    from eegcache.ops.ingest import ingest
+    from eegcache.pipeline.spec import IngestConfig
+    from eegcache.sources.synth import synthesize
 
     root = base / "trainer_synth"
     root.mkdir(parents=True, exist_ok=True)

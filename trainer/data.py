@@ -2,7 +2,7 @@
 
 One query at construction maps every window id to (object, start sample); ``__getitem__`` slices ``signal`` and
 ``labels`` out of that object's Zarr group (a 60 s window touches one or two 64 s chunks) through the store's
-``WindowReader`` (``eegcache.reader``: tensorstore with the ``fast`` extra, zarr-python otherwise). Arrays are
+``WindowReader`` (``eegcache.store.reader``: tensorstore with the ``fast`` extra, zarr-python otherwise). Arrays are
 opened lazily and per process: the dataset is pickled (spawn) or copied (fork) into DataLoader workers, and each
 worker opens its own handles on first use rather than sharing the parent's. ``__getitems__`` serves a whole batch
 in one call (the DataLoader uses it), so a batch's reads are issued together.
@@ -78,7 +78,7 @@ class WindowDataset(eegcache_torch.WindowDataset):
                  epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None,
                  read_transform=None) -> None:
         """``selection`` (an ``eegcache.WindowSelection`` whose ids are ``window_ids``) supplies the locations from
-        its one streaming query instead of a lookup by id. ``read_transform`` (``eegcache.preprocess.
+        its one streaming query instead of a lookup by id. ``read_transform`` (``eegcache.pipeline.preprocess.
         WindowTransform``, the pipeline's declared read-time steps) runs on every window before augmentation."""
         self.cache = Path(cache)
         ids = np.asarray(window_ids, dtype=np.int64)
@@ -106,9 +106,9 @@ def pipeline_transform(cache: Path | str, pipeline: str | None, db: str | None =
     import json
 
     from eegcache.index.models import Pipeline
-    from eegcache.pipelines import choose_pipeline
-    from eegcache.preprocess import window_transform
-    from eegcache.spec import PreprocessSpec
+    from eegcache.pipeline.names import choose_pipeline
+    from eegcache.pipeline.preprocess import window_transform
+    from eegcache.pipeline.spec import PreprocessSpec
 
     with open_cache(Path(cache), db) as handle, handle.engine.connect() as conn:
         chosen = choose_pipeline(conn, pipeline)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eegcache.errors import StateError
-from eegcache.preprocess import window_transform
+from eegcache.pipeline.preprocess import window_transform
 from trainer import distributed
 from trainer.data import Augment, WindowDataset, seed_worker
 from trainer.fingerprint import differences, selection_fingerprint

@@ -8,7 +8,7 @@ Why it looks like this:
   (``eegcache.sampling.draw_epoch``, the same draw as ``eegcache.torch.BalancedSampler``).
 - An epoch is a function of (seed, epoch) and the selected ids only, so a resumed run redraws exactly the epoch an
   uninterrupted one would have, and every distributed rank computes the same epoch and takes its own slice.
-- The user's ``--where`` text is SQL and therefore dangerous; it runs only through ``eegcache.query``'s reader
+- The user's ``--where`` text is SQL and therefore dangerous; it runs only through ``eegcache.index.query``'s reader
   (SQLite read-only with an authorizer; PostgreSQL as ``eegcache_reader``), one statement at a time. Everything else
   goes in as bound parameters.
 - A silent subset is the failure this project exists to end: the sampler refuses to start, with counts, when the

@@ -85,10 +85,10 @@ def _copy(source_url: str, target_url: str) -> CopyReport:
                 copied = dst.execute(select(func.count()).select_from(table)).scalar_one()
                 if copied != counts[name]:
                     raise CopyError(f"table {name}: {copied} rows arrived of {counts[name]}; the copy was rolled back")
-            from eegcache.owner import mark_snapshot
+            from eegcache.store.owner import mark_snapshot
 
             source_identity = src.execute(select(IndexIdentity.index_id, IndexIdentity.store_id)).first()
-            mark_snapshot(dst, *(source_identity or (None, None)))  # a copy owns no store (eegcache.owner)
+            mark_snapshot(dst, *(source_identity or (None, None)))  # a copy owns no store (eegcache.store.owner)
             if dst.dialect.name == "postgresql":  # explicit ids do not advance the id sequences
                 for name in ("datasets", "pipelines", "recordings", "events", "window_sets", "windows"):
                     dst.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "

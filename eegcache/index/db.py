@@ -119,7 +119,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             grant_reader_views(conn)
 
 
-# The PostgreSQL role ``eegcache sql`` runs user SQL as (migration 0005; ``eegcache.query.server_reader``).
+# The PostgreSQL role ``eegcache sql`` runs user SQL as (migration 0005; ``eegcache.index.query.server_reader``).
 READER_ROLE = "eegcache_reader"
 
 _GRANT_VIEWS = """
@@ -215,9 +215,9 @@ def _not_writable(cache: Path) -> str | None:
 
 
 def readonly_engine(index_file: Path) -> Engine:
-    """An engine whose connections can only read the SQLite index (``eegcache.query.connect_readonly``: ``mode=ro``,
+    """An engine whose connections can only read the SQLite index (``eegcache.index.query.connect_readonly``: ``mode=ro``,
     or ``immutable`` where this user cannot create the WAL side files). No pragma is set: each would be a write."""
-    from eegcache.query import connect_readonly
+    from eegcache.index.query import connect_readonly
 
     index_file = Path(index_file)
     return create_engine("sqlite://", creator=lambda: connect_readonly(index_file, authorizer=False))
@@ -231,7 +231,7 @@ def open_index_for_reading(cache: Path, url: str | None = None) -> Engine:
     url = url or None
     if url is not None or not (cache / INDEX_FILE).is_file() or _not_writable(cache) is None:
         return open_index(cache, url)
-    from eegcache.query import QueryError
+    from eegcache.index.query import QueryError
 
     engine = readonly_engine(cache / INDEX_FILE)
     try:

@@ -179,7 +179,7 @@ class Claim(Base):
 
     __tablename__ = "claims"
 
-    source_path: Mapped[str] = mapped_column(Text, primary_key=True)  # the claimed item: see eegcache.claims
+    source_path: Mapped[str] = mapped_column(Text, primary_key=True)  # the claimed item: see eegcache.index.claims
     owner: Mapped[str] = mapped_column(String(128), index=True)
     expires_at: Mapped[float] = mapped_column(Float)  # seconds since the epoch
 
@@ -187,7 +187,7 @@ class Claim(Base):
 class IndexIdentity(Base):
     """This index's identity (one row, made by migration 0007): a random id, the id of the store it owns (the
     store's ``store.json`` names this index back), and, for a copy made by ``eegcache index copy``, the index it is
-    a snapshot of. See ``eegcache.owner``."""
+    a snapshot of. See ``eegcache.store.owner``."""
 
     __tablename__ = "index_identity"
 

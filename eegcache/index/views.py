@@ -3,7 +3,7 @@
 The migrations create them (``migrations/versions``); these column lists are the contract the tests pin.
 """
 
-from eegcache.windows import LABELS  # noqa: F401 - label codes 0/1/2, re-exported for SQL users
+from eegcache.pipeline.windows import LABELS  # noqa: F401 - label codes 0/1/2, re-exported for SQL users
 
 WINDOW_LABELS_COLUMNS = (
     "window_id", "recording", "subject", "session", "split", "montage",

@@ -110,7 +110,7 @@ def parse_recipe(data: dict[str, Any], source: str = "") -> Recipe:
     if unknown:
         raise RecipeError(f"recipe {source}: unknown [pipeline] setting(s): {', '.join(sorted(unknown))}")
     preprocess = dict(pipeline.pop("preprocess", {}))
-    from eegcache.spec import PreprocessSpec
+    from eegcache.pipeline.spec import PreprocessSpec
 
     try:
         PreprocessSpec.from_dict(preprocess)

@@ -1,13 +1,13 @@
 """Store identity and gc's unreferenced-since times.
 
 - ``index_identity``: one row with this index's random id (made here, so every index, old or new, has one), the id
-  of the store it owns (the store's ``store.json`` names this index back; ``eegcache.owner``) and, for a copy made
+  of the store it owns (the store's ``store.json`` names this index back; ``eegcache.store.owner``) and, for a copy made
   by ``eegcache index copy``, the id of the index it is a snapshot of. gc, push, pull and repair refuse to work
   on a store with an index that does not own it.
 - ``unreferenced_objects``: when gc first found each unreferenced object; gc's grace period counts from there.
 
 An index made by 0005 gets a fresh identity and no store: the first command that writes with it names it in the
-store's ``store.json`` if the store has none yet (``eegcache.owner.require_owner``).
+store's ``store.json`` if the store has none yet (``eegcache.store.owner.require_owner``).
 
 Revision ID: 0007
 Revises: 0006

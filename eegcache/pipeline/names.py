@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, select
 
-from eegcache import keys
 from eegcache.errors import InputError
 from eegcache.index.db import writer
 from eegcache.index.models import Pipeline, WindowSet
 from eegcache.index.sql import insert_ignore
-from eegcache.spec import IngestConfig, PreprocessSpec
+from eegcache.pipeline import keys
+from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
 
 
 class PipelineError(InputError):

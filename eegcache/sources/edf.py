@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from eegcache.errors import InputError
-from eegcache.montage import ELECTRODE_SYNONYMS, MontageError, canon, electrode_index, referential_token  # noqa: F401
-from eegcache.montage import plan as montage_plan
+from eegcache.pipeline.montage import ELECTRODE_SYNONYMS, MontageError, canon, electrode_index, referential_token  # noqa: F401
+from eegcache.pipeline.montage import plan as montage_plan
 
 MAX_SIGNALS = 4096
 MAX_SAMPLES_PER_RECORD = 1 << 20
@@ -146,7 +146,7 @@ def pick_channels(labels: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[lis
 
 def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = "fail",
                    montage: str = "referential") -> RawRecording:
-    """Read ``montage`` (see ``eegcache.montage``) in µV: for ``referential`` the wanted electrodes as stored.
+    """Read ``montage`` (see ``eegcache.pipeline.montage``) in µV: for ``referential`` the wanted electrodes as stored.
     Missing electrodes (or pairs) fail unless the policy is ``zero``; a file that cannot supply the montage at all
     fails with what it lacks."""
     header = read_header(path)

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from eegcache.spec import LABEL_RULES_VERSION, PIPELINE_VERSION, PreprocessSpec
+from eegcache.pipeline.spec import LABEL_RULES_VERSION, PIPELINE_VERSION, PreprocessSpec
 
 _BLOCK = 1 << 20
 

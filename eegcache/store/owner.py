@@ -38,7 +38,8 @@ from sqlalchemy import Engine, select, text, update
 
 from eegcache.index.db import IndexError_, writer
 from eegcache.index.models import IndexIdentity
-from eegcache.store import ObjectStore, RemoteObjectStore
+from eegcache.store import ObjectStore
+from eegcache.store.remote import FsspecObjectStore
 
 STORE_FILE = "store.json"
 
@@ -65,7 +66,7 @@ def _store_name(store: ObjectStore) -> str:
 
 def read_identity(store: ObjectStore) -> StoreIdentity | None:
     try:
-        if isinstance(store, RemoteObjectStore):
+        if isinstance(store, FsspecObjectStore):
             path = f"{store.base}/{STORE_FILE}"
             if not store.fs.exists(path):
                 return None
@@ -85,7 +86,7 @@ def read_identity(store: ObjectStore) -> StoreIdentity | None:
 def _write_identity(store: ObjectStore, identity: StoreIdentity, *, exclusive: bool) -> StoreIdentity:
     """Write store.json (atomically; ``exclusive``: only if there is none, and return the one that is there)."""
     data = identity.to_json()
-    if isinstance(store, RemoteObjectStore):  # no exclusive create on an object store: a check, then the write
+    if isinstance(store, FsspecObjectStore):  # no exclusive create on an object store: a check, then the write
         path = f"{store.base}/{STORE_FILE}"
         if exclusive and store.fs.exists(path):
             return read_identity(store) or identity
@@ -120,7 +121,7 @@ def index_location(engine: Engine, store: ObjectStore) -> str | None:
         if not database or database == ":memory:":
             return None
         path = Path(os.path.realpath(database))
-        if not isinstance(store, RemoteObjectStore):
+        if not isinstance(store, FsspecObjectStore):
             root = Path(os.path.realpath(store.root))
             if path.is_relative_to(root):
                 return path.relative_to(root).as_posix()
@@ -150,7 +151,7 @@ def _now() -> datetime:
 
 
 def _has_objects(store: ObjectStore) -> bool:
-    if isinstance(store, RemoteObjectStore):
+    if isinstance(store, FsspecObjectStore):
         return bool(store.fs.exists(f"{store.base}/objects") and store.fs.find(f"{store.base}/objects", maxdepth=3))
     return any((store.root / "objects").glob("??/*"))
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from eegcache import bids, keys
 from eegcache.index.db import writer
 from eegcache.index.models import Dataset, Recording
 from eegcache.index.sql import insert_ignore
-from eegcache.tree import path_text
+from eegcache.pipeline import keys
+from eegcache.sources import bids
+from eegcache.sources.tree import path_text
 
 SPLITS = ("train", "dev", "eval")
 SAMPLE = 16  # files compared when recognising a moved tree

@@ -29,13 +29,7 @@ from sqlalchemy import Engine, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from eegcache import bids, keys
-from eegcache.annotations import AnnotationError, find_annotation, parse_annotation
-from eegcache.annotations import decode as decode_annotation
-from eegcache.annotations import read_bytes as read_annotation_bytes
-from eegcache.claims import Claims, release_in
-from eegcache.datasets import DatasetRef, layout_and_root, recordings_of, resolve_dataset, scanned_prefix
-from eegcache.edf import EdfError, read_header, read_recording
+from eegcache.index.claims import Claims, release_in
 from eegcache.index.db import open_index, writer
 from eegcache.index.models import (
     Dataset,
@@ -49,13 +43,20 @@ from eegcache.index.models import (
     WindowSet,
 )
 from eegcache.index.sql import insert_ignore
-from eegcache.labels import clip_events, label_mask
-from eegcache.owner import NotOwner, require_owner
-from eegcache.pipelines import PipelineRef, resolve_pipeline
-from eegcache.spec import IngestConfig, PreprocessSpec
+from eegcache.pipeline import keys
+from eegcache.pipeline.labels import clip_events, label_mask
+from eegcache.pipeline.names import PipelineRef, resolve_pipeline
+from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
+from eegcache.pipeline.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
+from eegcache.sources import bids
+from eegcache.sources.annotations import AnnotationError, find_annotation, parse_annotation
+from eegcache.sources.annotations import decode as decode_annotation
+from eegcache.sources.annotations import read_bytes as read_annotation_bytes
+from eegcache.sources.datasets import DatasetRef, layout_and_root, recordings_of, resolve_dataset, scanned_prefix
+from eegcache.sources.edf import EdfError, read_header, read_recording
+from eegcache.sources.tree import discover, is_utf8, parse_path, path_text
 from eegcache.store import FileChecksum, ObjectStore, object_digest, open_store
-from eegcache.tree import discover, is_utf8, parse_path, path_text
-from eegcache.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
+from eegcache.store.owner import NotOwner, require_owner
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,7 @@ def _prepare(task: Task, result: Prepared) -> None:
                     raise SourceChanged(task.edf)  # the bytes about to be parsed are not those hashed
                 raw = read_recording(copy, spec.channels, spec.missing_electrodes, spec.montage)
             _checkpoint("edf-read", task.edf)
-            from eegcache.preprocess import preprocess  # scipy.signal: only when there is work
+            from eegcache.pipeline.preprocess import preprocess  # scipy.signal: only when there is work
             signal = preprocess(raw.data, raw.fs, spec)
             if not np.isfinite(signal).all():
                 raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
@@ -753,7 +754,7 @@ def ingest(
     engine = open_index(cache, db_url)
     store = open_store(cache, store_url)
     try:
-        try:  # a store without identity is bound to the index that first ingests into it (eegcache.owner)
+        try:  # a store without identity is bound to the index that first ingests into it (eegcache.store.owner)
             require_owner(engine, store, "ingest")
         except NotOwner:  # ingest only adds objects: it does not need to own the store
             pass

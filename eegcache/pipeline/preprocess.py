@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from eegcache.spec import PreprocessSpec, WindowFilter
+from eegcache.pipeline.spec import PreprocessSpec, WindowFilter
 
 
 def resample(data: np.ndarray, fs_in: float, fs_out: float, method: str = "poly") -> np.ndarray:

@@ -1,6 +1,6 @@
 """Garbage collection: staging leftovers and objects no recording references, after a grace period.
 
-gc runs only with the index that owns the store (``eegcache.owner``): with a snapshot of it, objects registered
+gc runs only with the index that owns the store (``eegcache.store.owner``): with a snapshot of it, objects registered
 after the snapshot would look unreferenced.
 
 The grace period of an object counts from when gc first found it unreferenced (``unreferenced_objects``; the row
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, delete, select
 
-from eegcache.claims import dead_here
+from eegcache.index.claims import dead_here
 from eegcache.index.db import writer
 from eegcache.index.models import Claim, ObjectFile, Recording, StoredObject, UnreferencedObject
-from eegcache.owner import require_owner
 from eegcache.store import age, open_store, writer_alive
+from eegcache.store.owner import require_owner
 
 DEFAULT_GRACE_S = 3600.0
 

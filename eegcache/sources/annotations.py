@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from eegcache.errors import InputError
-from eegcache.labels import merge_arrays
+from eegcache.pipeline.labels import merge_arrays
 
 ANNOTATION_SUFFIXES = (".csv_bi", ".csv", ".tse_bi", ".tse")  # order of preference
 MAX_FILE_BYTES = 64 * 1024 * 1024

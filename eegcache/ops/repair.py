@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from eegcache.owner import require_owner
+from eegcache.ops.verify import VerifyReport, damaged_sources
 from eegcache.store import open_store
-from eegcache.verify import VerifyReport, damaged_sources
+from eegcache.store.owner import require_owner
 
 
 @dataclass
@@ -20,7 +20,7 @@ class RepairOutcome:
 
 def repair(engine: Engine, cache: Path, report: VerifyReport, store_url: str | None = None) -> RepairOutcome:
     """Delete each damaged object folder and re-ingest the recordings that use it from their sources."""
-    from eegcache.ingest import reingest_recordings
+    from eegcache.ops.ingest import reingest_recordings
 
     outcome = RepairOutcome()
     store = open_store(cache, store_url)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from eegcache.pipelines import choose_pipeline
-from eegcache.windows import LABELS
+from eegcache.pipeline.names import choose_pipeline
+from eegcache.pipeline.windows import LABELS
 
 
 def _rows(engine: Engine, sql: str, params: dict | None = None):

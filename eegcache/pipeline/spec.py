@@ -91,7 +91,7 @@ class PreprocessSpec:
     missing_electrodes: str = "fail"
     # Fields added after the first release: written into the canonical JSON only when they differ from their
     # defaults, so that every spec (and so every key) of an existing cache stays what it was.
-    montage: str = DEFAULT_MONTAGE  # referential | average | double-banana | tcp (eegcache.montage)
+    montage: str = DEFAULT_MONTAGE  # referential | average | double-banana | tcp (eegcache.pipeline.montage)
     mains_notch: bool = True  # notch_hz follows the recording's declared power line (BIDS PowerLineFrequency)
     # The reference's chain (keruiwu/SeizureTransformer): z-score of the raw signal first, then FFT resampling
     # (scipy.signal.resample), then the filters; its 1 Hz notch is not a mains frequency, so it is never scaled.
@@ -203,9 +203,9 @@ class IngestConfig:
     stride_s: float = 60.0
     workers: int = 1
     pipeline: str = "default"
-    dataset: str | None = None  # None: recognised from the tree (see eegcache.datasets)
+    dataset: str | None = None  # None: recognised from the tree (see eegcache.sources.datasets)
     replace: bool = False  # rebuild the pipeline with a changed spec instead of refusing
-    layout: str | None = None  # None: recognised from the tree; "bids" or "folder" forces it (eegcache.datasets)
+    layout: str | None = None  # None: recognised from the tree; "bids" or "folder" forces it (eegcache.sources.datasets)
     explicit: frozenset[str] | None = None
     retry_failed: bool = False  # read files again that failed before and have not changed since
 

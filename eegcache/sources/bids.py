@@ -1,7 +1,7 @@
 """BIDS-EEG datasets (the SzCORE exchange format): recording paths, entities, sidecars and ``participants.tsv``.
 
 A BIDS root holds ``dataset_description.json``; recordings are ``sub-<label>/[ses-<label>/]eeg/<entities>_eeg.edf``
-with the sibling ``<entities>_events.tsv`` (labels, read by ``eegcache.annotations``) and ``<entities>_eeg.json``
+with the sibling ``<entities>_events.tsv`` (labels, read by ``eegcache.sources.annotations``) and ``<entities>_eeg.json``
 (``EEGReference``, ``PowerLineFrequency``). The split of a subject comes from ``participants.tsv`` when it has a
 ``split`` column (the TUH conversion writes one), else it is empty.
 

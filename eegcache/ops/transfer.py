@@ -7,7 +7,7 @@ the sender's sha256s, published, and only then are the rows that refer to it ins
 already has are never sent again, and rows merge without duplicates, so an interrupted transfer is resumed by
 running it again, and a second run transfers nothing.
 
-The receiving side runs only with the index that owns its store (``eegcache.owner``). While a transfer runs it
+The receiving side runs only with the index that owns its store (``eegcache.store.owner``). While a transfer runs it
 holds a claim in the receiver's index, so the receiver's gc leaves its copied-but-unregistered objects alone (as it
 does an ingest's); and each recording's rows are merged in a transaction that first checks that its object is
 still there (gc withdraws objects under the same write lock), copying it again if it is not, so no row ever names
@@ -27,8 +27,8 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from tqdm import tqdm
 
-from eegcache.claims import Claims
 from eegcache.errors import StateError
+from eegcache.index.claims import Claims
 from eegcache.index.db import INDEX_FILE, IndexError_, open_index, writer
 from eegcache.index.models import (
     Dataset,
@@ -41,10 +41,10 @@ from eegcache.index.models import (
     Window,
     WindowSet,
 )
+from eegcache.index.query import QueryError, run_query
 from eegcache.index.sql import insert_ignore
-from eegcache.owner import require_owner
-from eegcache.query import QueryError, run_query
 from eegcache.store import ObjectStore, fsync_tree, open_store
+from eegcache.store.owner import require_owner
 
 RETRIES = 2
 MERGE_ATTEMPTS = 5  # an object collected before its rows could be merged is copied again, this many times in all
@@ -306,7 +306,7 @@ def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | Non
 
 def _transfer(src: Side, dst: Side, *, split: str | None, where: str | None, overwrite: bool,
               progress: bool) -> TransferSummary:
-    from eegcache.ingest import settle_twins
+    from eegcache.ops.ingest import settle_twins
 
     t0 = time.perf_counter()
     summary = TransferSummary()

@@ -1,0 +1,148 @@
+"""The object store's contract: immutable objects named by content key, written in local staging and published
+whole, plus the signal pointers and the withdraw/restore/purge steps gc needs. ``LocalObjectStore`` (a folder)
+and ``FsspecObjectStore`` (``s3://`` and other fsspec URLs) are its two implementations."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from eegcache.store.layout import FileChecksum, fsync_tree, write_group
+
+if TYPE_CHECKING:
+    import zarr
+
+STAGING = "staging"
+OBJECTS = "objects"
+SIGNALS = "signals"
+TRASH = "trash"
+MARKER = "COMPLETE"
+
+
+class ObjectStore(ABC):
+    """Immutable objects, each a Zarr v3 group (``eegcache.store.layout``), under one root."""
+
+    url: str | None = None
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)  # the local folder: the objects of a local store, the staging of every store
+        self.staging_root = self.root / STAGING
+
+    def _staging(self, key: str) -> Path:
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        return self.staging_root / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
+
+    def write(self, key: str, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> bool:
+        """Publish an object. Returns False when an identical object was already there (content addressing
+        makes that a success: the bytes would be the same)."""
+        if self.exists(key):
+            return False
+        staging = self._staging(key)
+        try:
+            write_group(staging, signal, labels, attrs)
+            fsync_tree(staging)
+            return self._publish(key, staging)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def reader(self, backend: str | None = None):
+        """A ``eegcache.store.reader.WindowReader`` on this store: the one way windows are read (tensorstore when
+        the ``fast`` extra is installed, zarr-python otherwise)."""
+        from eegcache.store.reader import WindowReader
+
+        return WindowReader(self, backend)
+
+    def read_labels(self, key: str) -> np.ndarray:
+        return np.asarray(self.open(key)["labels"][...])
+
+    def signal_donor(self, signal_key: str) -> str | None:
+        """A stored object whose signal is the one this signal key names, if any."""
+        try:
+            key = self._read_pointer(signal_key)
+        except FileNotFoundError:
+            return None
+        return key if key and self.exists(key) else None
+
+    # --- what each implementation provides ---
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether a complete object is published under this key."""
+
+    @abstractmethod
+    def _publish(self, key: str, staging: Path) -> bool:
+        """Make the complete staging folder the object ``key``; False when another writer published it first."""
+
+    @abstractmethod
+    def checksums(self, key: str) -> list[FileChecksum]:
+        """sha256 of every file of an object, as the index records them."""
+
+    @abstractmethod
+    def has_folder(self, key: str) -> bool:
+        """Whether anything (complete or not) is stored under this key."""
+
+    @abstractmethod
+    def read_file(self, key: str, relpath: str) -> bytes: ...
+
+    @abstractmethod
+    def open(self, key: str) -> zarr.Group:
+        """The object's group, read-only, through zarr-python."""
+
+    @abstractmethod
+    def remove(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _read_pointer(self, signal_key: str) -> str:
+        """The key a signal pointer names; FileNotFoundError when there is none."""
+
+    @abstractmethod
+    def note_signal(self, signal_key: str, key: str) -> None:
+        """Record that ``key`` holds this signal (the last writer wins; any winner is right)."""
+
+    # --- for gc: list, withdraw (reversibly, inside the index transaction), then purge ---
+    @abstractmethod
+    def object_ages(self, now: float) -> dict[str, float]:
+        """Seconds since each stored object was last written, by key."""
+
+    @abstractmethod
+    def withdraw(self, key: str) -> Any:
+        """Make an object unreadable, reversibly; returns the token ``restore`` and ``purge`` take."""
+
+    @abstractmethod
+    def restore(self, key: str, token: Any) -> None: ...
+
+    @abstractmethod
+    def purge(self, key: str, token: Any) -> None: ...
+
+    @abstractmethod
+    def recover_withdrawn(self, registered: set[str]) -> None:
+        """After a gc killed mid-way: put back what is still registered, drop the rest."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host runs with this pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def writer_alive(staging_name: str) -> bool:
+    """Whether the process that named this staging entry (``<key>.<pid>.<random>``) still runs on this host."""
+    parts = staging_name.split(".")
+    return len(parts) == 3 and parts[1].isdigit() and pid_alive(int(parts[1]))
+
+
+def age(path: Path, now: float) -> float:
+    """Seconds since a file or folder was last created, renamed or changed."""
+    st = path.lstat()
+    return now - max(st.st_mtime, st.st_ctime)
