@@ -63,7 +63,7 @@ class Cache:
     def ingest(self, src: str | Path, *, window_s: float | None = None, stride_s: float | None = None,
                workers: int | None = None, pipeline: str | None = None, dataset: str | None = None,
                replace: bool = False, retry_failed: bool = False, config: str | Path | None = None,
-               progress: bool = False, **preprocess: Any):
+               progress: bool = False, claim_lease_s: float | None = None, **preprocess: Any):
         """``eegcache ingest``. ``preprocess`` settings (``fs=200.0``, ``dtype="float16"``...) and ``config`` (a TOML
         file) mean what the flags and ``--config`` mean: settings not given are the pipeline's stored ones."""
         from eegcache.ops.ingest import ingest
@@ -73,7 +73,8 @@ class Cache:
             "window": window_s, "stride": stride_s, "workers": workers, "pipeline": pipeline, "dataset": dataset,
             "replace": replace or None, "retry_failed": retry_failed or None, **preprocess})
         self.close()  # ingest opens (and may create or migrate) the index itself
-        return ingest(Path(src), self.path, settings, db_url=self.db, store_url=self.store, progress=progress)
+        return ingest(Path(src), self.path, settings, db_url=self.db, store_url=self.store, progress=progress,
+                      claim_lease_s=claim_lease_s)
 
     def stats(self, pipeline: str | None = None) -> dict:
         """``eegcache stats --json``."""
@@ -133,13 +134,13 @@ class Cache:
         return push(self.path, remote, overwrite=overwrite, db_url=self.db, store_url=self.store, progress=progress)
 
     def pull(self, remote: str, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
-             progress: bool = False):
+             progress: bool = False, claim_lease_s: float | None = None):
         """``eegcache pull``."""
         from eegcache.ops.transfer import pull
 
         self.close()
         return pull(self.path, remote, split=split, where=where, overwrite=overwrite, db_url=self.db,
-                    store_url=self.store, progress=progress)
+                    store_url=self.store, progress=progress, claim_lease_s=claim_lease_s)
 
     def windows(self, split: str | None = None, window_s: float = 60.0, stride_s: float = 60.0, *,
                 pipeline: str | None = None, dataset: str | None = None, where: str | None = None,

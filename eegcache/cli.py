@@ -39,6 +39,13 @@ store_option = click.option(
 )
 
 
+claim_lease_option = click.option(
+    "--claim-lease", "claim_lease", type=click.FloatRange(min=1.0), envvar="EEGCACHE_CLAIM_LEASE_S", default=None,
+    metavar="SECONDS", help="How long this run's claims on files outlive it if it dies, before another run may take "
+                            "them over (default 300; keep it longer than the slowest file). Env: EEGCACHE_CLAIM_LEASE_S.",
+)
+
+
 def _open(cache: Path, db_url: str | None = None, *, create: bool = False, read_only: bool = False):
     """The index engine; ``read_only`` commands also open a cache this user cannot write (see
     ``open_index_for_reading``); the others refuse such a cache with a message."""
@@ -108,10 +115,11 @@ def main() -> None:
               help="Rebuild the pipeline with changed settings instead of refusing them.")
 @click.option("--retry-failed", is_flag=True, default=None,
               help="Read again files that failed before and have not changed since (by default they are not).")
+@claim_lease_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, config_file, fs, dtype, missing_electrodes,
-           montage, layout, dataset, pipeline, replace, retry_failed, as_json, quiet):
+           montage, layout, dataset, pipeline, replace, retry_failed, claim_lease, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ops.ingest import ingest as run_ingest
     from eegcache.pipeline.spec import load_config
@@ -124,7 +132,8 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, confi
                                            "dtype": dtype, "missing_electrodes": missing_electrodes,
                                            "montage": montage, "layout": layout, "dataset": dataset,
                                            "pipeline": pipeline, "replace": replace, "retry_failed": retry_failed})
-        summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet)
+        summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet,
+                             claim_lease_s=claim_lease)
     except (ValueError, FileNotFoundError, IndexError_, InputError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -347,16 +356,17 @@ def push(cache, db_url, store_url, remote, overwrite, as_json, quiet):
 @click.option("--where", help="Only recordings with windows matching this SQL condition over window_labels.")
 @click.option("--overwrite", is_flag=True, help="Replace this cache's recordings that hold other bytes under the "
                                                 "same (dataset, path, pipeline) instead of keeping them.")
+@claim_lease_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def pull(cache, db_url, store_url, remote, split, where, overwrite, as_json, quiet):
+def pull(cache, db_url, store_url, remote, split, where, overwrite, claim_lease, as_json, quiet):
     """Copy recordings from REMOTE into this cache: the objects it lacks, then the index rows."""
     from eegcache.ops.transfer import TransferError
     from eegcache.ops.transfer import pull as run_pull
 
     try:
         summary = run_pull(cache, remote, split=split, where=where, overwrite=overwrite, db_url=db_url,
-                           store_url=store_url, progress=not quiet)
+                           store_url=store_url, progress=not quiet, claim_lease_s=claim_lease)
     except (TransferError, IndexError_) as exc:
         raise click.ClickException(str(exc)) from None
     _print_transfer(summary, as_json)

@@ -20,23 +20,27 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
-def commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
+def commands(group: click.Group, prefix: str, parent: click.Context | None = None) -> list[tuple[str, click.Command]]:
+    """(name, a context for it) of every command below ``group``. The contexts descend from the group's, as on the
+    command line: click keeps the help option it first makes for a command, so a context without the group's
+    settings (``-h``) would change later invocations' help."""
+    ctx = click.Context(group, info_name=prefix.split()[-1], parent=parent, **group.context_settings)
     out = []
     for name, command in sorted(group.commands.items()):
-        out.append((f"{prefix} {name}", command))
+        out.append((f"{prefix} {name}", click.Context(command, info_name=name, parent=ctx)))
         if isinstance(command, click.Group):
-            out.extend(commands(command, f"{prefix} {name}"))
+            out.extend(commands(command, f"{prefix} {name}", ctx))
     return out
 
 
 ALL = commands(eegcache_main, "eegcache") + commands(trainer_main, "trainer")
 
 
-@pytest.mark.parametrize("name,command", ALL, ids=[n for n, _ in ALL])
-def test_every_command_has_help_and_is_in_the_readme(name: str, command: click.Command) -> None:
+@pytest.mark.parametrize("name,ctx", ALL, ids=[n for n, _ in ALL])
+def test_every_command_has_help_and_is_in_the_readme(name: str, ctx: click.Context) -> None:
+    command = ctx.command
     assert (command.help or "").strip(), f"{name} has no help text"
-    with click.Context(command, info_name=name) as ctx:
-        assert command.get_help(ctx).strip()
+    assert command.get_help(ctx).strip()
     assert f"`{name}" in README.read_text(encoding="utf-8"), f"README does not mention `{name}`"
 
 

@@ -12,7 +12,6 @@ import pytest
 import zarr
 
 from eegcache.store import LABEL_CHUNK, SIGNAL_CHUNK, LocalObjectStore, ObjectStore
-from eegcache.store import reader as reader_mod
 from eegcache.store.reader import BACKENDS, WindowReader, available_backends, choose_backend
 
 N = 3 * SIGNAL_CHUNK + 1234  # three full signal chunks and a partial one; labels: one full chunk and a partial one
@@ -91,7 +90,6 @@ def test_fallback_without_the_optional_libraries(store, monkeypatch) -> None:
     """With tensorstore and zarrs unimportable, auto picks zarr-python, and reads still equal zarr-python's."""
     monkeypatch.setitem(sys.modules, "tensorstore", None)  # `import tensorstore` now raises ImportError
     monkeypatch.setitem(sys.modules, "zarrs", None)
-    monkeypatch.delenv(reader_mod.ENV, raising=False)
     assert available_backends() == ["zarr"] and choose_backend() == "zarr"
     with pytest.raises(ImportError, match="tensorstore"):
         choose_backend("tensorstore")
@@ -103,15 +101,15 @@ def test_fallback_without_the_optional_libraries(store, monkeypatch) -> None:
         _same(reader.read(key, start, stop), _truth(st, key, start, stop))
 
 
-def test_the_environment_picks_a_backend(store, monkeypatch) -> None:
+def test_a_backend_is_chosen_by_name_and_never_by_the_environment(store, monkeypatch) -> None:
+    """The library takes the backend as an argument; $EEGCACHE_READER is the trainer CLI's business only."""
     st, _ = store
-    monkeypatch.setenv(reader_mod.ENV, "zarr")
-    assert st.reader().backend == "zarr"
-    monkeypatch.setenv(reader_mod.ENV, "auto")
+    monkeypatch.setenv("EEGCACHE_READER", "h5py")  # ignored by the library
     assert st.reader().backend == available_backends()[0]
-    monkeypatch.setenv(reader_mod.ENV, "h5py")
+    assert st.reader("zarr").backend == "zarr"
+    assert st.reader("auto").backend == available_backends()[0]
     with pytest.raises(ValueError, match="unknown window reader"):
-        st.reader()
+        st.reader("h5py")
 
 
 def test_trainer_dataset_reads_through_the_reader_with_and_without_fast(store, monkeypatch) -> None:

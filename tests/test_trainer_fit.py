@@ -86,8 +86,8 @@ def test_fit_refuses_to_overwrite_or_to_resume_a_different_run(trained, synth, t
         fit(_config(synth, out, epochs=5), resume=True, progress=False)
 
 
-def _run(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+def _run(args, env=None):
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
 
 
 def test_cli_fit_refusals_exit_non_zero_with_their_message(synth, tmp_path):
@@ -111,13 +111,16 @@ def test_cli_fit_and_resume(synth, tmp_path):
     out = tmp_path / "run"
     args = ["fit", "--cache", synth, "--out", out, "--allow-incomplete", "--epochs", "2", "--batch-size", "4",
             "--max-windows-per-epoch", "4", "--val-split", "none", "--quiet"]
-    res = _run(args)
+    res = _run(args, env={"EEGCACHE_READER": "bogus"})  # the CLI reads the environment, and checks it
+    assert res.exit_code == 2 and "--reader" in res.output and "bogus" in res.output
+    res = _run(args, env={"EEGCACHE_READER": "zarr"})
     assert res.exit_code == 0, res.output
     assert "available: partial_seizure" in res.output and "per epoch:" in res.output and "epoch 2:" in res.output
+    assert load_checkpoint(out / LAST)["config"]["reader"] == "zarr"
     res = _run(["fit", "--cache", synth, "--out", out, "--resume", "--epochs", "3"])
     assert res.exit_code == 1 and "epochs 3 (stored 2)" in res.output
-    res = _run(["fit", "--cache", synth, "--out", out, "--resume", "--workers", "1"])
-    assert res.exit_code == 0 and "done: 2 epochs" in res.output
+    res = _run(["fit", "--cache", synth, "--out", out, "--resume", "--workers", "1", "--reader", "auto"])
+    assert res.exit_code == 0 and "done: 2 epochs" in res.output  # the reader may change on resume: same bytes
 
 
 def test_evaluate_writes_metrics_predictions_and_plot(trained, synth, tmp_path):

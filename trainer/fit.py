@@ -67,6 +67,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16
     workers: int = 0
+    reader: str = "auto"  # the window-reading library (eegcache.store.reader): auto | tensorstore | zarrs | zarr
     model: str = "tiny"
     seed: int = 0
     device: str = "cpu"
@@ -106,7 +107,7 @@ class TrainConfig:
 
     # Fields that may change between a run and its resumption without changing the result (where the cache lives,
     # how many loader processes, the device; a different device changes rounding but not the run's definition).
-    NOT_RUN_DEFINING = ("cache", "db", "out", "workers", "device", "val_batch_size", "recipe_file", "overrides",
+    NOT_RUN_DEFINING = ("cache", "db", "out", "workers", "reader", "device", "val_batch_size", "recipe_file", "overrides",
                         "init_from")
     CHOICES = {"optimizer": ("adamw", "radam"), "schedule": ("cosine", "constant"), "redraw": ("epoch", "once"),
                "precision": ("bf16", "fp32"), "eval_tail": ("end-aligned", "zero-pad")}
@@ -407,7 +408,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
     transform = window_transform(sampler.windows.pipeline_spec())
     augment = Augment(seed=config.seed) if config.augment else None
     dataset = WindowDataset(config.cache, sampler.windows.ids, augment=augment, db=config.db, selection=sampler.windows,
-                            read_transform=transform)
+                            read_transform=transform, reader=config.reader)
     channels = int(dataset.read(0)[0].shape[0])  # 19 referential, 18 double banana...: the model takes what is stored
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank; DDP broadcasts rank 0's anyway)
     model = build_model(config.model, in_channels=channels).to(device)

@@ -20,7 +20,7 @@ from eegcache.index.db import writer
 from eegcache.index.models import Claim
 from eegcache.store import pid_alive
 
-DEFAULT_LEASE_S = float(os.environ.get("EEGCACHE_CLAIM_LEASE_S", "300"))
+DEFAULT_LEASE_S = 300.0  # how long a claim outlives its owner; the CLI's --claim-lease / $EEGCACHE_CLAIM_LEASE_S
 
 
 def new_owner() -> str:
@@ -38,9 +38,9 @@ def dead_here(owner: str) -> bool:
 class Claims:
     """This process's claims; use as a context manager to keep them renewed."""
 
-    def __init__(self, engine: Engine, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None) -> None:
+    def __init__(self, engine: Engine, lease_s: float | None = None, owner: str | None = None) -> None:
         self.engine = engine
-        self.lease_s = lease_s
+        self.lease_s = DEFAULT_LEASE_S if lease_s is None else float(lease_s)
         self.owner = owner or new_owner()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

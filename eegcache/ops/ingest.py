@@ -740,6 +740,7 @@ def ingest(
     db_url: str | None = None,
     store_url: str | None = None,
     progress: bool = True,
+    claim_lease_s: float | None = None,
 ) -> IngestSummary:
     """Ingest every EDF under ``src`` into ``cache`` as one dataset, with one pipeline. Bad files are recorded as
     failed; the run goes on.
@@ -767,7 +768,7 @@ def ingest(
                                 failed_unchanged=len(failed_before), failures=list(failed_before))
         bar = tqdm(total=len(edfs), initial=unchanged + len(failed_before), unit="file", disable=not progress,
                    desc="ingest")
-        with Claims(engine) as claims:
+        with Claims(engine, claim_lease_s) as claims:
             replan = lambda task: plan(engine, store, target, [task.edf], requested, True)[0]  # noqa: E731
             for task, item in _schedule(tasks, config.workers, claims, replan, target):
                 if item is None:  # another process ingested it meanwhile

@@ -295,11 +295,11 @@ def _merge_recording(src_conn, dst: Side, rec: dict, maps: Maps, overwrite: bool
 
 
 def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
-             progress: bool = True, command: str = "transfer") -> TransferSummary:
+             progress: bool = True, command: str = "transfer", claim_lease_s: float | None = None) -> TransferSummary:
     """Copy the selected recordings' objects the receiver lacks, then their rows, merged by (dataset, relative
     path, pipeline): the same recording built at another path merges, never doubles."""
     require_owner(dst.engine, dst.store, command, travelling=dst.travelling)
-    with Claims(dst.engine) as claims:  # the receiver's gc leaves unregistered objects alone while this is live
+    with Claims(dst.engine, claim_lease_s) as claims:  # the receiver's gc leaves unregistered objects alone while this is live
         claims.try_claim(f"transfer:{claims.owner}")
         return _transfer(src, dst, split=split, where=where, overwrite=overwrite, progress=progress)
 
@@ -383,11 +383,12 @@ def push(cache: Path, remote: str, *, overwrite: bool = False, db_url: str | Non
 
 
 def pull(cache: Path, remote: str, *, split: str | None = None, where: str | None = None, overwrite: bool = False,
-         db_url: str | None = None, store_url: str | None = None, progress: bool = True) -> TransferSummary:
+         db_url: str | None = None, store_url: str | None = None, progress: bool = True,
+         claim_lease_s: float | None = None) -> TransferSummary:
     engine = open_index(cache, db_url)
     try:
         with open_remote(remote, create=False) as src:
             return transfer(src, Side(engine, open_store(cache, store_url)), split=split, where=where,
-                            overwrite=overwrite, progress=progress, command="pull")
+                            overwrite=overwrite, progress=progress, command="pull", claim_lease_s=claim_lease_s)
     finally:
         engine.dispose()

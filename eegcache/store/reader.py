@@ -9,9 +9,10 @@ only the reading library differs:
 - ``zarrs``: zarr-python with the ``zarrs`` codec pipeline (Rust codecs; zarr-python's own slicing);
 - ``zarr``: plain zarr-python, always available: the fallback.
 
-The backend is chosen once per reader: ``backend=`` or ``$EEGCACHE_READER`` (one of the names above, or ``auto``,
-the default: the first of tensorstore, zarrs, zarr that imports). A backend asked for by name that cannot be
-imported is an error; ``auto`` falls back quietly. Remote stores (``s3://``) always read through zarr-python.
+The backend is chosen once per reader: ``backend=`` (one of the names above, or ``auto``, the default: the first of
+tensorstore, zarrs, zarr that imports; the trainer's ``--reader`` / ``$EEGCACHE_READER`` pass it). A backend asked
+for by name that cannot be imported is an error; ``auto`` falls back quietly. Remote stores (``s3://``) always read
+through zarr-python.
 
 Handles are per process: a reader used in a process it was not created in (a forked DataLoader worker) drops its
 handles and reopens them. Neither tensorstore nor zarrs is fork-safe once its thread pools run (a forked child can
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from eegcache.store import ObjectStore
 
 BACKENDS = ("tensorstore", "zarrs", "zarr")
-ENV = "EEGCACHE_READER"
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 _started: dict[str, int] = {}  # backend -> the process in which it started its thread pools (tensorstore, zarrs)
@@ -55,15 +55,15 @@ def available_backends() -> list[str]:
 
 
 def choose_backend(backend: str | None = None) -> str:
-    """The backend a new reader uses: ``backend``, else ``$EEGCACHE_READER``, else the fastest importable one."""
-    wanted = (backend or os.environ.get(ENV) or "auto").strip().lower()
+    """The backend a new reader uses: ``backend``, or the fastest importable one for ``None`` / ``auto``."""
+    wanted = (backend or "auto").strip().lower()
     if wanted == "auto":
         return available_backends()[0]
     if wanted not in BACKENDS:
         raise ValueError(f"unknown window reader {wanted!r}: choose one of {', '.join(BACKENDS)} or auto")
     if not _importable(wanted):
         raise ImportError(f"window reader {wanted!r} is not available in this environment "
-                          f"(install eegcache[fast], or set {ENV}=auto)")
+                          "(install eegcache[fast], or choose auto)")
     return wanted
 
 
