@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -321,23 +320,21 @@ def _big_file(tmp_path: Path, n_rows: int) -> Path:
     return write(tmp_path, ".csv_bi", csv_text([]) + rows)
 
 
-def _check_big(tmp_path: Path, n_rows: int, seconds: float) -> None:
-    path = _big_file(tmp_path, n_rows)
-    t0 = time.perf_counter()
-    a = parse_annotation(path)
-    elapsed = time.perf_counter() - t0
+def _check_big(tmp_path: Path, n_rows: int) -> None:
+    """Every row of a large annotation is parsed, in order, to the exact times (speed is the bench's business)."""
+    a = parse_annotation(_big_file(tmp_path, n_rows))
     assert len(a.events) == n_rows
     assert a.events[0] == (0.0, 1.5) and a.events[-1] == (2.0 * (n_rows - 1), 2.0 * n_rows - 0.5)
-    assert elapsed < seconds, elapsed
+    assert a.events[n_rows // 2] == (2.0 * (n_rows // 2), 2.0 * (n_rows // 2) + 1.5)
 
 
-def test_parse_1e5_rows_quickly(tmp_path: Path) -> None:
-    _check_big(tmp_path, 100_000, 2.0)
+def test_parse_1e5_rows(tmp_path: Path) -> None:
+    _check_big(tmp_path, 100_000)
 
 
 @pytest.mark.stress
 def test_parse_1e6_rows(tmp_path: Path) -> None:
-    _check_big(tmp_path, 1_000_000, 8.0)
+    _check_big(tmp_path, 1_000_000)
 
 
 # --- properties -------------------------------------------------------------------------------

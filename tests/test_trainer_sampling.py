@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import sqlite3
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -214,7 +213,7 @@ def test_refuses_failed_and_unwindowed_recordings_unless_allowed(fresh):
     assert any("warning" in line for line in sampler.describe())
 
 
-def test_draw_is_fast_at_a_million_windows(tmp_path, template):
+def test_draw_at_a_million_windows(tmp_path, template):
     """One query per class at construction; then pure numpy per epoch (10 M windows: about 0.1-0.4 s per draw)."""
     conn = copy_index(template, tmp_path)
     ws = add_window_set(conn)
@@ -228,11 +227,8 @@ def test_draw_is_fast_at_a_million_windows(tmp_path, template):
     conn.close()
     sampler = EpochSampler(tmp_path, seed=0)
     assert sampler.available == {"partial": 20000, "full": 20000, "background": 960000}
-    t0 = time.perf_counter()
     draw = sampler.draw(7)
-    elapsed = time.perf_counter() - t0
-    assert draw.drawn == {"partial": 20000, "full": 6000, "background": 50000}
-    assert elapsed < 1.0, f"epoch draw took {elapsed:.2f} s"
+    assert draw.drawn == {"partial": 20000, "full": 6000, "background": 50000}  # its time: bench "epoch draw"
 
 
 def test_target_counts_round_half_up():
