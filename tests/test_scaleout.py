@@ -150,7 +150,10 @@ def test_postgres_migrations_downgrade_and_upgrade(pg_url):
     assert cols == WINDOW_LABELS_COLUMNS
 
 
-def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, serial_sqlite):
+def test_s3_store_ingest_verify_gc_and_detect_corruption(tree, tmp_path, s3_env, serial_sqlite):
+    """One cache on a bucket (one ingest, the slow part, serves every check): the same index as a local serial
+    run, verify passes, gc removes an unregistered object and nothing else, a damaged chunk is found, named and
+    repaired."""
     import s3fs
 
     store = new_bucket()
@@ -161,6 +164,14 @@ def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, se
     assert not (cache / "objects").exists(), "objects live in the bucket, not the cache folder"
     assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
     fs = s3fs.S3FileSystem()
+
+    orphan = f"{store.removeprefix('s3://')}/objects/ff/{'f' * 64}/zarr.json"
+    fs.pipe_file(orphan, b"{}")  # a publish whose registration never happened
+    out = cli("gc", "--cache", str(cache), "--store", store, "--grace", "0", env=s3_env).stdout
+    assert "f" * 64 in out
+    assert not fs.exists(orphan)
+    assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
+
     chunk = next(p for p in fs.find(store) if "/signal/c/" in p)
     data = bytearray(fs.cat_file(chunk))
     data[len(data) // 2] ^= 0xFF
@@ -171,22 +182,6 @@ def test_s3_store_ingest_verify_and_detect_corruption(tree, tmp_path, s3_env, se
     repaired = cli("verify", "--cache", str(cache), "--store", store, "--repair", check=False, env=s3_env)
     assert "after repair: 0 problem(s)" in repaired.stdout
     assert snapshot(cache) == serial_sqlite
-
-
-def test_s3_gc_removes_only_unreferenced_objects(tree, tmp_path, s3_env):
-    import s3fs
-
-    store = new_bucket()
-    cache = tmp_path / "cache"
-    cli("ingest", str(tree), "--cache", str(cache), "--store", store, "--quiet", "--missing-electrodes", "zero",
-        env=s3_env)
-    fs = s3fs.S3FileSystem()
-    orphan = f"{store.removeprefix('s3://')}/objects/ff/{'f' * 64}/zarr.json"
-    fs.pipe_file(orphan, b"{}")  # a publish whose registration never happened
-    out = cli("gc", "--cache", str(cache), "--store", store, "--grace", "0", env=s3_env).stdout
-    assert "f" * 64 in out
-    assert not fs.exists(orphan)
-    assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
 
 
 def test_concurrent_ingest_processes_divide_the_work(tree, tmp_path, serial_sqlite):
