@@ -32,7 +32,7 @@ def _spawned_workers(parent: int) -> list[int]:
 
 def test_killed_worker_fails_its_files_and_the_run_goes_on(tmp_path: Path) -> None:
     tree, cache = tmp_path / "tree", tmp_path / "cache"
-    n_files = len(synthesize(tree, hours=1.0, seed=11))
+    n_files = len(synthesize(tree, hours=0.5, seed=11))
     args = [sys.executable, "-m", "eegcache", "ingest", str(tree), "--cache", str(cache), "--workers", "2",
             "--quiet", "--json", "--missing-electrodes", "zero"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
