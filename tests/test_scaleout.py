@@ -165,6 +165,19 @@ def test_s3_store_ingest_verify_gc_and_detect_corruption(tree, tmp_path, s3_env,
     assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
     fs = s3fs.S3FileSystem()
 
+    # the trainer reads its windows and validation recordings from the bucket too (--store, like the CLI)
+    run = tmp_path / "run"
+    fit = _trainer("fit", "--cache", str(cache), "--store", store, "--out", str(run), "--split", "all",
+                   "--val-split", "all", "--epochs", "1", "--batch-size", "4", "--max-windows-per-epoch", "4",
+                   "--quiet", env=s3_env)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    scored = _trainer("evaluate", "--cache", str(cache), "--store", store, "--checkpoint", str(run / "last.pt"),
+                      "--split", "all", "--json", env=s3_env)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    ingested = json.loads(cli("stats", "--cache", str(cache), "--json").stdout)["recordings"]["ingested"]
+    assert json.loads(scored.stdout)["metrics"]["recordings"] == ingested > 0
+    assert not (cache / "objects").exists()
+
     orphan = f"{store.removeprefix('s3://')}/objects/ff/{'f' * 64}/zarr.json"
     fs.pipe_file(orphan, b"{}")  # a publish whose registration never happened
     out = cli("gc", "--cache", str(cache), "--store", store, "--grace", "0", env=s3_env).stdout
@@ -241,8 +254,9 @@ def test_index_copy_sqlite_to_postgres_and_back(tree, tmp_path, pg_url, serial_s
     assert snapshot(cache, back) == snapshot(cache, pg_url)
 
 
-def _trainer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True, timeout=600)
+def _trainer(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
 
 
 @needs_pg

@@ -20,6 +20,11 @@ def _split(value: str | None) -> str | None:
     return None if value is None or value.lower() in ("all", "none", "") else value
 
 
+store_option = click.option(
+    "--store", envvar="EEGCACHE_STORE", metavar="URL",
+    help="Where the objects live when not in the cache folder (e.g. s3://bucket/prefix). Env: EEGCACHE_STORE.")
+
+
 def selection_options(func):
     """The flags that choose windows, shared by ``fit`` and ``sample`` so both draw the same epochs."""
     options = [
@@ -144,7 +149,8 @@ _FIT_FIELDS = {
     "split": "split", "window_s": "window_s", "stride_s": "stride_s", "where": "where",
     "params": "params", "ratios": "ratios", "allow_incomplete": "allow_incomplete", "seed": "seed",
     "max_windows_per_epoch": "max_windows_per_epoch", "epochs": "epochs", "batch_size": "batch_size",
-    "workers": "workers", "reader": "reader", "model": "model", "device": "device", "lr": "lr", "weight_decay": "weight_decay",
+    "workers": "workers", "store": "store", "reader": "reader",
+    "model": "model", "device": "device", "lr": "lr", "weight_decay": "weight_decay",
     "grad_clip": "grad_clip", "val_split": "val_split", "threshold": "threshold", "augment": "augment",
     "redraw": "redraw", "optimizer": "optimizer", "schedule": "schedule", "precision": "precision",
     "init_from": "init_from", "tail": "eval_tail", "strict_threshold": "strict_threshold", "skip_short": "skip_short",
@@ -158,6 +164,7 @@ _FIT_FIELDS = {
 @click.option("--epochs", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes.")
+@store_option
 @click.option("--reader", type=click.Choice(["auto", "tensorstore", "zarrs", "zarr"]), default="auto", show_default=True,
               envvar="EEGCACHE_READER", help="The library windows are read with (the same bytes whichever): auto is "
                                              "the fastest installed. Env: EEGCACHE_READER.")
@@ -196,8 +203,8 @@ _FIT_FIELDS = {
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def fit(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, recipe, ratios, redraw, allow_incomplete, seed,
-        max_windows_per_epoch, out, epochs, batch_size, workers, reader, model, device, optimizer, schedule, lr, weight_decay,
-        grad_clip, precision, init_from, val_split, threshold, strict_threshold, tail, skip_short, augment,
+        max_windows_per_epoch, out, epochs, batch_size, workers, store, reader, model, device, optimizer, schedule, lr,
+        weight_decay, grad_clip, precision, init_from, val_split, threshold, strict_threshold, tail, skip_short, augment,
         resume, accept_changed_selection, stop_after, nproc, quiet):
     """Train a SeizureTransformer-style model on windows drawn from the cache; validate by event F1 each epoch.
 
@@ -222,7 +229,7 @@ def fit(ctx, cache, db, pipeline, split, window_s, stride_s, where, params, reci
                   where=where,
                   ratios=ratios, allow_incomplete=allow_incomplete, seed=seed,
                   max_windows_per_epoch=max_windows_per_epoch, epochs=epochs, batch_size=batch_size, workers=workers,
-                  reader=reader,
+                  store=store, reader=reader,
                   model=model, device=device, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
                   val_split=_split(val_split), threshold=threshold, augment=augment, redraw=redraw,
                   optimizer=optimizer, schedule=schedule, precision=precision, init_from=init_from,
@@ -303,9 +310,10 @@ def _metric_lines(name: str, m: dict) -> str:
 @click.option("--skip-short/--no-skip-short", default=None, help="Skip recordings shorter than one window.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--baselines", is_flag=True, help="Also score all-zero and all-one constant predictors.")
+@store_option
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(cache, db, checkpoint, split, out, fmt, plots, recipe, threshold, strict_threshold, tail, skip_short,
-             device, baselines, as_json):
+             device, baselines, store, as_json):
     """Score a checkpoint on a split with the SzCORE event metrics and sample metrics; the report counts the
     split's recordings that were not scored, and why."""
     from eegcache.recipes import load_recipe
@@ -331,8 +339,8 @@ def evaluate(cache, db, checkpoint, split, out, fmt, plots, recipe, threshold, s
                            strict=settings["strict_threshold"])
         cover = Cover(settings["eval_tail"], settings["skip_short"])
         result = run_evaluate(cache, checkpoint, _split(split), out=out, plot=list(plots) or None, post=post,
-                              device=device, fmt=fmt, db=db, cover=cover)
-        base = (constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint), db=db)
+                              device=device, fmt=fmt, db=db, cover=cover, store=store)
+        base = (constant_baselines(cache, _split(split), post, checkpoint_pipeline(checkpoint), db=db, store=store)
                 if baselines else {})
     except (*_ERRORS, FitError) as exc:
         raise click.ClickException(str(exc)) from None

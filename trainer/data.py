@@ -76,7 +76,7 @@ class WindowDataset(eegcache_torch.WindowDataset):
 
     def __init__(self, cache: Path | str, window_ids: np.ndarray | list[int], *, augment: Augment | None = None,
                  epoch: int = 0, reader: str | None = None, db: str | None = None, selection=None,
-                 read_transform=None) -> None:
+                 read_transform=None, store: str | None = None) -> None:
         """``selection`` (an ``eegcache.WindowSelection`` whose ids are ``window_ids``) supplies the locations from
         its one streaming query instead of a lookup by id. ``read_transform`` (``eegcache.pipeline.preprocess.
         WindowTransform``, the pipeline's declared read-time steps) runs on every window before augmentation."""
@@ -88,7 +88,7 @@ class WindowDataset(eegcache_torch.WindowDataset):
         else:
             keys, key_of, starts, window_samples = _lookup(self.cache, ids, db)
         self.augment = augment
-        self._setup(ids, keys, key_of, starts, window_samples, (self.cache, None),
+        self._setup(ids, keys, key_of, starts, window_samples, (self.cache, store),
                     augment.apply if augment is not None else None, reader, read_transform)
         self.epoch = epoch
 

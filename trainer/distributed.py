@@ -164,7 +164,7 @@ def assign(recordings: list[RecordingRef], world_size: int) -> list[list[int]]:
 
 def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, world: World, *,
              post: PostProcess | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
-             cover=None, transform=None, precision: str = "bf16") -> dict:
+             cover=None, transform=None, precision: str = "bf16", store: str | None = None) -> dict:
     """:func:`trainer.predict.validate` with the recordings divided between ranks; every rank gets the result
     (``recordings`` must not hold recordings that ``cover`` skips).
 
@@ -174,7 +174,7 @@ def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef]
     mine = [recordings[i] for i in sorted(share)]
     local = {result.recording.id: (result.counts, result.szcore) for result in
              iter_predictions(model, cache, mine, window, post=post, batch_size=batch_size, device=device,
-                              cover=cover, transform=transform, precision=precision)}
+                              cover=cover, transform=transform, precision=precision, store=store)}
     if world.distributed:
         gathered: list[dict | None] = [None] * world.world_size
         dist.all_gather_object(gathered, local)

@@ -53,7 +53,7 @@ def load_model(checkpoint: Path | str, device: str = "cpu"):
 def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eval", *, out: Path | str | None = None,
              plot: list[str] | None = None, post: PostProcess | None = None, device: str = "cpu",
              batch_size: int = 16, fmt: str = "csv_bi", db: str | None = None,
-             cover: Cover | None = None) -> EvalResult:
+             cover: Cover | None = None, store: str | None = None) -> EvalResult:
     """Score ``checkpoint`` on every ingested recording of ``split``; with ``out``, write the predictions (``fmt``
     ``csv_bi``: ``<recording>.csv_bi``; ``szcore``: ``sub-.../eeg/..._events.tsv`` per recording, under
     ``<dataset>/`` when the split spans several datasets), ``metrics.json``, and ``<recording>.png`` for each
@@ -85,7 +85,7 @@ def evaluate(cache: Path | str, checkpoint: Path | str, split: str | None = "eva
     written: dict[PurePosixPath, str] = {}
     for rec_result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size,
                                        device=device, cover=cover, transform=transform,
-                                       precision=config.precision):
+                                       precision=config.precision, store=store):
         rec = rec_result.recording
         total = total + rec_result.counts
         subjects.append((rec.subject_key, rec_result.szcore))
@@ -126,12 +126,12 @@ def checkpoint_pipeline(checkpoint: Path | str) -> str | None:
 
 
 def baselines(cache: Path | str, split: str | None, post: PostProcess | None = None,
-              pipeline: str | None = None, db: str | None = None) -> dict[str, dict]:
+              pipeline: str | None = None, db: str | None = None, store: str | None = None) -> dict[str, dict]:
     """Constant predictors through the same post-processing and scoring: all-zero (never alarms) and all-one
     (always alarms). A model is only useful where it beats both."""
     recordings = split_recordings(Path(cache), split, pipeline=pipeline, db=db)
-    return {"all_zero": score_constant(Path(cache), recordings, 0.0, post),
-            "all_one": score_constant(Path(cache), recordings, 1.0, post)}
+    return {"all_zero": score_constant(Path(cache), recordings, 0.0, post, store),
+            "all_one": score_constant(Path(cache), recordings, 1.0, post, store)}
 
 
 def plot_recording(result: RecordingResult, path: Path, post: PostProcess) -> Path:

@@ -92,6 +92,7 @@ class TrainConfig:
     val_batch_size: int = 16
     pipeline: str | None = None  # None: the cache's only pipeline
     db: str | None = None  # the index's URL when it is not CACHE/index.sqlite (e.g. PostgreSQL)
+    store: str | None = None  # the objects' URL when they are not in the cache folder (e.g. s3://bucket/prefix)
     # Added with recipes (trainer.recipes); the defaults are the trainer's behaviour before them.
     optimizer: str = "adamw"  # adamw | radam
     schedule: str = "cosine"  # cosine (warm-up + cosine per step) | constant
@@ -107,8 +108,8 @@ class TrainConfig:
 
     # Fields that may change between a run and its resumption without changing the result (where the cache lives,
     # how many loader processes, the device; a different device changes rounding but not the run's definition).
-    NOT_RUN_DEFINING = ("cache", "db", "out", "workers", "reader", "device", "val_batch_size", "recipe_file", "overrides",
-                        "init_from")
+    NOT_RUN_DEFINING = ("cache", "db", "store", "out", "workers", "reader", "device", "val_batch_size", "recipe_file",
+                        "overrides", "init_from")
     CHOICES = {"optimizer": ("adamw", "radam"), "schedule": ("cosine", "constant"), "redraw": ("epoch", "once"),
                "precision": ("bf16", "fp32"), "eval_tail": ("end-aligned", "zero-pad")}
 
@@ -408,7 +409,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
     transform = window_transform(sampler.windows.pipeline_spec())
     augment = Augment(seed=config.seed) if config.augment else None
     dataset = WindowDataset(config.cache, sampler.windows.ids, augment=augment, db=config.db, selection=sampler.windows,
-                            read_transform=transform, reader=config.reader)
+                            read_transform=transform, reader=config.reader, store=config.store)
     channels = int(dataset.read(0)[0].shape[0])  # 19 referential, 18 double banana...: the model takes what is stored
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank; DDP broadcasts rank 0's anyway)
     model = build_model(config.model, in_channels=channels).to(device)
@@ -506,11 +507,12 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
             distributed.sync_buffers(world, model)
             val = distributed.validate(model, Path(config.cache), val_recordings, window, world,
                                        post=config.postprocess(), batch_size=config.val_batch_size, device=device,
-                                       cover=config.cover(), transform=transform, precision=config.precision)
+                                       cover=config.cover(), transform=transform, precision=config.precision,
+                                       store=config.store)
         else:
             val = validate(model, Path(config.cache), val_recordings, window, post=config.postprocess(),
                            batch_size=config.val_batch_size, device=device, cover=config.cover(),
-                           transform=transform, precision=config.precision)
+                           transform=transform, precision=config.precision, store=config.store)
         train_loss = loss_sum / max(seen, 1)
         score = f1_key(val) if val is not None else -train_loss
         is_best = score > best_score

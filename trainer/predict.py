@@ -153,10 +153,10 @@ def predict_signal(model: torch.nn.Module, signal: np.ndarray, window: int, *, b
 def iter_predictions(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
                      post: PostProcess | None = None, batch_size: int = 16,
                      device: torch.device | str = "cpu", cover: Cover | None = None, transform=None,
-                     precision: str = "bf16") -> Iterator[RecordingResult]:
+                     precision: str = "bf16", store: str | None = None) -> Iterator[RecordingResult]:
     """Predictions per recording; with ``cover.skip_short``, recordings shorter than one window are passed over
-    (the caller counts them: :func:`is_short`)."""
-    store = open_store(cache)
+    (the caller counts them: :func:`is_short`). ``store``: the objects' URL when they are not in ``cache``."""
+    store = open_store(cache, store)
     cover = cover or Cover()
     for rec in recordings:
         if cover.skip_short and is_short(rec, window):
@@ -177,10 +177,10 @@ def szcore_counts(rec: RecordingRef, hypothesis: np.ndarray) -> SzCounts:
 
 
 def score_constant(cache: Path, recordings: list[RecordingRef], value: float,
-                   post: PostProcess | None = None) -> dict:
+                   post: PostProcess | None = None, store: str | None = None) -> dict:
     """Scores of a predictor that outputs ``value`` everywhere, through the same post-processing and scoring: the
     baselines a trained model must beat (0: never alarms; 1: always alarms)."""
-    store = open_store(cache)
+    store = open_store(cache, store)
     total = Counts()
     subjects = []
     for rec in recordings:
@@ -205,12 +205,12 @@ def with_szcore(metrics: dict, subjects: list[tuple[str, SzCounts]], per_subject
 def validate(model: torch.nn.Module, cache: Path, recordings: list[RecordingRef], window: int, *,
              post: PostProcess | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
              on_result: Callable[[RecordingResult], None] | None = None, cover: Cover | None = None,
-             transform=None, precision: str = "bf16") -> dict:
+             transform=None, precision: str = "bf16", store: str | None = None) -> dict:
     """Aggregate scores over recordings (counts summed, then ratios)."""
     total = Counts()
     subjects = []
     for result in iter_predictions(model, cache, recordings, window, post=post, batch_size=batch_size, device=device,
-                                   cover=cover, transform=transform, precision=precision):
+                                   cover=cover, transform=transform, precision=precision, store=store):
         total = total + result.counts
         subjects.append((result.recording.subject_key, result.szcore))
         if on_result is not None:
