@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
     import zarr
 
-# zarr is imported where an object is written or opened (~0.3 s): a run with nothing to do never pays for it.
+# zarr (~0.3 s) and numpy (~0.1 s) are imported where an object is written or opened: a run with nothing to do
+# never pays for them.
 
 SIGNAL_CHUNK = 16384  # samples per chunk: 64 s at 256 Hz, ~1.2 MB of float32 for 19 channels
 LABEL_CHUNK = 4 * SIGNAL_CHUNK  # a window read decodes a 64 KB label chunk, not a 1 MB one
@@ -81,6 +81,7 @@ def object_digest(checksums: list[FileChecksum]) -> str:
 
 
 def _write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
+    import numpy as np
     import zarr
     from zarr.storage import LocalStore
 
@@ -177,6 +178,8 @@ class ObjectStore:
         return WindowReader(self, backend)
 
     def read_labels(self, key: str) -> np.ndarray:
+        import numpy as np  # see the top
+
         return np.asarray(self.open(key)["labels"][...])
 
     def remove(self, key: str) -> None:
