@@ -1,3 +1,3 @@
-from eegcache.cli import main
+from eegcache.cli import run
 
-main()
+run()

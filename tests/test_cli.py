@@ -324,3 +324,16 @@ def test_index_copy_to_a_missing_folder_is_a_clear_message(standard: Standard, t
     assert done.returncode == 1 and "Traceback" not in done.stderr and "cannot copy the index" in done.stderr
     copied = run_cli("index", "copy", "--from", source, "--to", f"sqlite:///{tmp_path / 'out.sqlite'}")
     assert copied.returncode == 0 and "row counts match" in copied.stdout, copied.stderr
+
+
+def test_the_program_exits_with_the_commands_code_and_its_index_closed(cache_copy: Path, tmp_path: Path) -> None:
+    """``eegcache`` as a program (``cli.run``) collects the command's garbage before it freezes the rest for a quick
+    exit: the index an undisposed engine held is closed as at a plain exit (no WAL left), and exit codes and
+    messages are the command's."""
+    done = run_cli("verify", "--cache", cache_copy)
+    assert done.returncode == 0 and "0 problem(s)" in done.stdout, done.stderr
+    assert not (cache_copy / "index.sqlite-wal").exists()
+    done = run_cli("stats", "--cache", tmp_path / "nothing")
+    assert done.returncode == 1 and "is not an eegcache cache" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "eegcache", "no-such-command"], capture_output=True, text=True)
+    assert done.returncode == 2 and "No such command" in done.stderr

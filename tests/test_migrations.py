@@ -3,10 +3,13 @@ rows intact, and downgrades back where a downgrade is defined."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
 from eegcache.index import db
@@ -65,3 +68,41 @@ def test_downgrade_to_the_first_revision_keeps_data(tmp_path: Path) -> None:
     db.upgrade(engine)
     assert _rows(cache) == before
     engine.dispose()
+
+
+MIGRATIONS = Path(str(resources.files("eegcache.migrations")))
+
+
+def _alembic_revisions(script_location: Path) -> tuple[dict[str, tuple[str, ...]], str]:
+    """Alembic's own reading of the scripts: ``({revision: its down revisions}, head)``."""
+    scripts = ScriptDirectory(str(script_location))
+    downs = {r.revision: r.down_revision for r in scripts.walk_revisions()}
+    return {rev: (d,) if isinstance(d, str) else tuple(d or ()) for rev, d in downs.items()}, scripts.get_current_head()
+
+
+def test_the_revisions_read_without_alembic_are_alembics() -> None:
+    """``db.head_revision`` (which every command compares with the index's revision) reads the migration scripts
+    without importing Alembic: it must find the same revisions, links and head as Alembic does."""
+    revisions, head = _alembic_revisions(MIGRATIONS)
+    assert db.script_revisions() == revisions
+    assert db.head_revision() == head
+    assert len(revisions) >= 7
+
+
+def test_a_new_migration_is_the_new_head_for_both(tmp_path: Path) -> None:
+    """A migration added later becomes the head of both readings, even one written with annotated assignments
+    (Alembic's own newer template) rather than as migrations/script.py.mako writes it: nothing besides the script
+    has to be updated."""
+    shutil.copytree(MIGRATIONS / "versions", tmp_path / "versions", ignore=shutil.ignore_patterns("__pycache__"))
+    old_head = db.head_revision()
+    (tmp_path / "versions" / "0099_next.py").write_text(
+        f'"""A later migration.\n\nRevision ID: 0099\nRevises: {old_head}\n"""\n\n'
+        "from collections.abc import Sequence\n\n"
+        'revision: str = "0099"\n'
+        f'down_revision: str | Sequence[str] | None = "{old_head}"\n'
+        "branch_labels: str | Sequence[str] | None = None\n"
+        "depends_on: str | Sequence[str] | None = None\n\n\n"
+        "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
+    revisions, head = _alembic_revisions(tmp_path)
+    assert head == "0099" and revisions["0099"] == (old_head,)
+    assert db.script_revisions(tmp_path / "versions") == revisions

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
+import re
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError
 
 from eegcache.errors import StateError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 INDEX_FILE = "index.sqlite"
 BUSY_TIMEOUT_MS = 120_000
@@ -30,6 +32,8 @@ def default_url(cache: Path) -> str:
 
 
 def _alembic_config(connection=None) -> Config:
+    from alembic.config import Config  # Alembic (~0.3 s of imports) only when migrating
+
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("eegcache.migrations")))
     if connection is not None:
@@ -37,8 +41,30 @@ def _alembic_config(connection=None) -> Config:
     return cfg
 
 
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\s*(?::[^=\n]*)?=\s*(.+?)\s*$", re.MULTILINE)
+
+
+def script_revisions(versions: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """``{revision: its down revisions}`` of the migration scripts, read from their ``revision =`` and
+    ``down_revision =`` lines rather than through Alembic, whose imports would be most of the time of a command
+    that finds the index current (tests/test_migrations.py checks this against Alembic's own reading)."""
+    versions = versions or Path(str(resources.files("eegcache.migrations"))) / "versions"
+    found = {}
+    for script in sorted(versions.glob("*.py")):
+        if script.name == "__init__.py" or script.name.startswith(".#"):  # the files Alembic skips
+            continue
+        lines = dict(_REVISION_LINE.findall(script.read_text(encoding="utf-8")))
+        down = ast.literal_eval(lines.get("down_revision", "None"))
+        found[ast.literal_eval(lines["revision"])] = (down,) if isinstance(down, str) else tuple(down or ())
+    return found
+
+
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    revisions = script_revisions()
+    heads = set(revisions) - {down for downs in revisions.values() for down in downs}
+    if len(heads) != 1:
+        raise IndexError_(f"the migration scripts have {len(heads)} heads ({', '.join(sorted(heads))}), not one")
+    return heads.pop()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -89,8 +115,14 @@ def _file_lock(path: Path):
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The index's schema revision, None before the first migration: read from Alembic's table as Alembic does."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(versions) > 1:
+        raise IndexError_(f"the index records {len(versions)} schema revisions ({', '.join(versions)}), not one")
+    return versions[0] if versions else None
 
 
 @contextmanager
@@ -113,6 +145,8 @@ def _migrating(engine: Engine):
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command  # see _alembic_config
+
     with _migrating(engine) as conn:
         command.upgrade(_alembic_config(conn), revision)
         if conn.dialect.name == "postgresql":
@@ -146,19 +180,21 @@ def grant_reader_views(conn) -> None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command  # see _alembic_config
+
     with _migrating(engine) as conn:
         command.downgrade(_alembic_config(conn), revision)
 
 
-def check_schema(engine: Engine) -> None:
-    """Refuse an index written by a newer eegcache rather than misread it."""
+def check_schema(engine: Engine) -> str | None:
+    """Refuse an index written by a newer eegcache rather than misread it; returns its revision."""
     current = current_revision(engine)
-    known = {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
-    if current is not None and current not in known:
+    if current is not None and current not in script_revisions():
         raise IndexError_(
             f"the index is at schema revision {current!r}, which this eegcache does not know "
             f"(newest known: {head_revision()!r}); upgrade eegcache to read it"
         )
+    return current
 
 
 def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = True) -> Engine:
@@ -179,12 +215,12 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
                               "write access")
     engine = make_engine(url or default_url(cache))
     try:
-        check_schema(engine)
+        current = check_schema(engine)
     except DatabaseError as err:  # e.g. "file is not a database"
         engine.dispose()
         where = url or str(Path(cache) / INDEX_FILE)
         raise IndexError_(f"cannot read the index {where}: {err.orig}; it was left untouched") from None
-    if upgrade_schema and current_revision(engine) != head_revision():
+    if upgrade_schema and current != head_revision():
         if url is None:  # a new SQLite file: one process creates it while the others wait
             with _file_lock(cache / ".index.lock"):
                 if current_revision(engine) != head_revision():
@@ -235,8 +271,7 @@ def open_index_for_reading(cache: Path, url: str | None = None) -> Engine:
 
     engine = readonly_engine(cache / INDEX_FILE)
     try:
-        check_schema(engine)
-        current = current_revision(engine)
+        current = check_schema(engine)
     except QueryError as err:  # already says which file and why
         engine.dispose()
         raise IndexError_(str(err)) from None

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from sqlalchemy import Engine, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
@@ -44,7 +44,6 @@ from eegcache.index.models import (
 )
 from eegcache.index.sql import insert_ignore
 from eegcache.pipeline import keys
-from eegcache.pipeline.labels import clip_events, label_mask
 from eegcache.pipeline.names import PipelineRef, resolve_pipeline
 from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
 from eegcache.pipeline.windows import LABELS, label_codes, seconds_to_samples, seizure_counts, window_starts
@@ -57,6 +56,12 @@ from eegcache.sources.edf import EdfError, read_header, read_recording
 from eegcache.sources.tree import discover, is_utf8, parse_path, path_text
 from eegcache.store import FileChecksum, ObjectStore, object_digest, open_store
 from eegcache.store.owner import NotOwner, require_owner
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy (~0.1 s to import) and eegcache.pipeline.labels (numpy's) are imported where a recording is prepared: a run that finds
+# every file unchanged needs neither.
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,10 @@ def _retry_next_run(result: Prepared) -> None:
 
 
 def _prepare(task: Task, result: Prepared) -> None:
+    import numpy as np  # see the imports
+
+    from eegcache.pipeline.labels import label_mask
+
     src = result.source_path
     name = task.edf.name
     _checkpoint("prepare", task.edf)
@@ -379,6 +388,8 @@ def _take_attrs(result: Prepared, group) -> None:
 
 
 def _clip(annotation, n_samples: int, fs: float):
+    from eegcache.pipeline.labels import clip_events  # see the imports
+
     events, warnings = clip_events(annotation.events, n_samples / fs)
     return events, annotation.clipped_types(events, n_samples / fs), [*annotation.warnings, *warnings]
 

@@ -7,9 +7,14 @@ seizure, so windows of any length/stride can be derived from one mask without re
 from __future__ import annotations
 
 import math
+import numbers
 import operator
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy (~0.1 s to import) is imported by the functions that use it: `eegcache ingest` of an unchanged tree needs none.
 
 LABELS = ("no_seizure", "partial_seizure", "full_seizure")  # label codes 0, 1, 2 in this order
 
@@ -30,6 +35,8 @@ def window_starts(n_samples: int, window: int, stride: int) -> np.ndarray:
     A trailing partial window is dropped rather than padded: the model needs fixed-length input and
     padding would invent samples that carry no label.
     """
+    import numpy as np  # see the top
+
     window = _positive_int("window", window)
     stride = _positive_int("stride", stride)
     n = operator.index(n_samples)
@@ -45,6 +52,8 @@ def seizure_counts(mask: np.ndarray, starts: np.ndarray, window: int) -> np.ndar
 
     Any non-zero mask value counts as seizure. Returns int64.
     """
+    import numpy as np  # see the top
+
     window = _positive_int("window", window)
     mask = np.asarray(mask)
     if mask.ndim != 1:
@@ -61,6 +70,8 @@ def seizure_counts(mask: np.ndarray, starts: np.ndarray, window: int) -> np.ndar
 
 def label_codes(counts: np.ndarray, window: int) -> np.ndarray:
     """0 when no seizure sample, 2 when all samples are seizure, 1 otherwise (int8); see LABELS."""
+    import numpy as np  # see the top
+
     window = _positive_int("window", window)
     counts = np.asarray(counts)
     if counts.size and (counts.min() < 0 or counts.max() > window):
@@ -80,7 +91,7 @@ def seconds_to_samples(seconds: float, fs: float) -> int:
     fraction of 0.001 sample pass at a million samples.
     """
     for name, v in (("seconds", seconds), ("fs", fs)):
-        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy's integers and floats too
             raise ValueError(f"{name} must be a number, got {v!r}")
         if not math.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be finite and positive, got {v!r}")

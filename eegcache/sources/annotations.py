@@ -16,11 +16,15 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from eegcache.errors import InputError
-from eegcache.pipeline.labels import merge_arrays
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy (~0.1 s to import) and eegcache.pipeline.labels (numpy's) are imported by the functions that parse or clip: finding
+# the annotation of an unchanged file (`eegcache ingest` with nothing to do) needs neither.
 
 ANNOTATION_SUFFIXES = (".csv_bi", ".csv", ".tse_bi", ".tse")  # order of preference
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -63,6 +67,8 @@ class Annotation:
             return ()
         if self.rows is None:
             return ("",) * len(events)
+        import numpy as np  # see the top
+
         starts, stops, codes, names = self.rows
         cs, ce = np.maximum(starts, 0.0), np.minimum(stops, duration_s)
         keep = ce > cs
@@ -163,12 +169,18 @@ class _Parser:
             self.codes.append(code)
 
     def events(self) -> tuple[tuple[float, float], ...]:
+        import numpy as np  # see the top
+
+        from eegcache.pipeline.labels import merge_arrays
+
         s, e = merge_arrays(
             np.frombuffer(self.starts, dtype=np.float64), np.frombuffer(self.stops, dtype=np.float64)
         )
         return tuple(zip(s.tolist(), e.tolist(), strict=True))
 
     def annotation(self, path: Path, fmt: str, duration: float | None) -> Annotation:
+        import numpy as np  # see the top
+
         rows = (np.frombuffer(self.starts, dtype=np.float64).copy(), np.frombuffer(self.stops, dtype=np.float64).copy(),
                 np.frombuffer(self.codes, dtype=np.uint16).copy(), tuple(self.labels))
         result = Annotation(path=path, format=fmt, duration_s=duration, events=self.events(), rows=rows,
