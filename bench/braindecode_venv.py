@@ -91,7 +91,7 @@ def recordings(cache: Path, channels: tuple[str, ...]) -> list[dict[str, Any]]:
 
     with sqlite3.connect(Path(cache) / INDEX_FILE) as con:
         paths = [r[0] for r in con.execute(
-            "SELECT source_path FROM recordings WHERE status = 'ingested' ORDER BY source_path")]
+            "SELECT source_path FROM recording_status WHERE status = 'ingested' ORDER BY source_path")]
     out = []
     for path in paths:
         header = read_header(Path(path))

@@ -3,8 +3,12 @@
 - ingest: cProfile of one 1-worker ``eegcache.ops.ingest.ingest`` of the bench corpus into a fresh cache; the time
   inside each stage (cumulative, main thread: with 1 worker ``prepare`` runs there, and the zarr I/O thread's work
   is inside ``ObjectStore.write``) next to the floor's two stages, and the top functions by own time.
-- reads: one random window read split into its parts: the Zarr slices of signal and labels, the same chunks
-  decoded by hand (file read, CRC32C strip, zstd), and a plain in-memory copy of a window (what mmap npy pays).
+- reads: one random window read split into its parts: the whole read through each window reader, the Zarr slices
+  of signal and labels, the same chunks decoded by hand (shard index, chunk reads, CRC32C, Blosc), and a plain
+  in-memory copy of a window (what mmap npy pays);
+- codecs: the same signal re-encoded with other codecs (size, decode time);
+- layouts: the cache's objects rewritten under other layouts (inner chunk, shard, codecs), each read at the same
+  random windows through tensorstore and zarr-python, with its size per EEG-hour: what chose ``eegcache.store.layout``.
 Run it after ``python -m bench`` with the same ``--out``/``--hours`` (it reuses the corpus and the read cache)."""
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import numpy as np
 
 from bench.corpus import SEED, make_corpus
 from bench.report import secs
+from bench.timing import summary
 from eegcache.index.db import INDEX_FILE
-from eegcache.pipeline.spec import IngestConfig
-from eegcache.store import SIGNAL_CHUNK, LocalObjectStore
+from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
+from eegcache.store import LocalObjectStore
 
 # (label, module file suffix, function name): the stages of eegcache.ops.ingest.prepare/register, in order.
 STAGES = (
@@ -76,17 +81,39 @@ def profile_ingest(src: Path, cache: Path) -> dict[str, Any]:
             "top_tottime": _top(stats)}
 
 
-def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Mean milliseconds of each part of one random 60 s window read from the eegcache store: the whole read
-    through each available window reader, then the zarr-python slices, and the same chunks decoded by hand."""
-    from numcodecs import Blosc
-
-    from eegcache.store.reader import available_backends
-
+def _windows(cache: Path) -> tuple[int, list[tuple[str, int]]]:
+    """The window length and every (object key, start sample) of the densest window set."""
     with sqlite3.connect(cache / INDEX_FILE) as con:
         ws_id, window = con.execute("SELECT id, window_samples FROM window_sets ORDER BY stride_s LIMIT 1").fetchone()
         rows = con.execute("SELECT r.object_key, w.start_sample FROM windows w JOIN recordings r "
                            "ON r.id = w.recording_id WHERE w.window_set_id = ?", (ws_id,)).fetchall()
+    return window, rows
+
+
+def _chunk_spans(array_folder: Path, start: int, stop: int) -> tuple[list[tuple[Path, int | None]], int]:
+    """The files holding samples [start, stop) of an array, each with the inner chunk's position in its shard, and
+    the size of a shard's index, from the array's metadata: sharded (today's layout; an index of (offset, length)
+    per inner chunk + a CRC32C at the end of each shard) or one file per chunk (before 2026-12-02: no index)."""
+    meta = json.loads((array_folder / "zarr.json").read_text())
+    outer = meta["chunk_grid"]["configuration"]["chunk_shape"][-1]
+    prefix = f"{array_folder}/c/" + ("0/" if len(meta["shape"]) == 2 else "")
+    if meta["codecs"][0]["name"] != "sharding_indexed":
+        return [(Path(f"{prefix}{c}"), None) for c in range(start // outer, (stop - 1) // outer + 1)], 0
+    inner = meta["codecs"][0]["configuration"]["chunk_shape"][-1]
+    per_shard = outer // inner
+    spans = [(Path(f"{prefix}{c // per_shard}"), c % per_shard) for c in range(start // inner, (stop - 1) // inner + 1)]
+    return spans, 16 * per_shard + 4
+
+
+def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Mean milliseconds of each part of one random 60 s window read from the eegcache store: the whole read
+    through each available window reader, then the zarr-python slices, and the same signal chunks by hand."""
+    import google_crc32c
+    from numcodecs import Blosc
+
+    from eegcache.store.reader import available_backends
+
+    window, rows = _windows(cache)
     store = LocalObjectStore(cache)
     picks = [rows[i] for i in np.random.default_rng(seed).integers(0, len(rows), n)]
     parts: dict[str, float] = {}
@@ -104,9 +131,11 @@ def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
             g = store.open(key)
             arrays[key] = (g["signal"], g["labels"])
     blosc = Blosc()
-    parts.update({"zarr signal slice": 0.0, "zarr labels slice": 0.0, "chunk files read": 0.0,
-                  "crc strip + blosc-lz4 decode": 0.0, "copy of one window in memory (the mmap npy cost)": 0.0})
-    chunks_touched = 0
+    by_hand = ("shard index read + CRC32C (sharded layout)", "signal chunk reads (file, or byte range of a shard)",
+               "CRC32C check of the chunks (google-crc32c, as zarr-python)", "Blosc decode of the chunks")
+    parts.update({"zarr signal slice": 0.0, "zarr labels slice": 0.0, **dict.fromkeys(by_hand, 0.0),
+                  "copy of one window in memory (the mmap npy cost)": 0.0})
+    chunks_touched, decoded = 0, 0
     for key, start in picks:
         sig, lab = arrays[key]
         t = time.perf_counter()
@@ -115,52 +144,178 @@ def profile_reads(cache: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
         t = time.perf_counter()
         lab[start : start + window]
         parts["zarr labels slice"] += time.perf_counter() - t
-        for c in range(start // SIGNAL_CHUNK, (start + window - 1) // SIGNAL_CHUNK + 1):
+        indexes: dict[Path, np.ndarray] = {}
+        spans, index_bytes = _chunk_spans(store.path(key) / "signal", start, min(start + window, sig.shape[1]))
+        for path, inner in spans:
             t = time.perf_counter()
-            blob = (store.path(key) / "signal" / "c" / "0" / str(c)).read_bytes()
-            parts["chunk files read"] += time.perf_counter() - t
+            with open(path, "rb") as f:
+                if inner is None:
+                    blob = f.read()
+                else:
+                    if path not in indexes:  # what a reader without a cache does once per shard and read
+                        f.seek(-index_bytes, 2)
+                        raw = f.read(index_bytes)
+                        google_crc32c.value(raw[:-4])
+                        indexes[path] = np.frombuffer(raw[:-4], "<u8").reshape(-1, 2)
+                        parts[by_hand[0]] += time.perf_counter() - t
+                        t = time.perf_counter()
+                    offset, nbytes = indexes[path][inner].tolist()
+                    f.seek(offset)
+                    blob = f.read(nbytes)
+            parts[by_hand[1]] += time.perf_counter() - t
             t = time.perf_counter()
-            np.frombuffer(blosc.decode(blob[:-4]), dtype="<f4")
-            parts["crc strip + blosc-lz4 decode"] += time.perf_counter() - t
+            google_crc32c.value(blob[:-4])
+            parts[by_hand[2]] += time.perf_counter() - t
+            t = time.perf_counter()
+            decoded += len(blosc.decode(blob[:-4]))
+            parts[by_hand[3]] += time.perf_counter() - t
             chunks_touched += 1
         t = time.perf_counter()
         np.array(x)
         parts["copy of one window in memory (the mmap npy cost)"] += time.perf_counter() - t
     return {"reads": n, "signal_chunks_per_read": chunks_touched / n,
+            "decoded_bytes_per_read": decoded / n, "window_bytes": 19 * window * 4,
             "ms_per_read": {k: v / n * 1e3 for k, v in parts.items()}}
 
 
-def codec_alternatives(cache: Path, n_chunks: int = 24) -> dict[str, Any]:
-    """Size and decode time of stored signal chunks re-encoded with other codecs: what compression buys here."""
-    from numcodecs import Blosc, Zstd
+def _signals(cache: Path, n_objects: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    store = LocalObjectStore(cache)
+    keys = sorted(p.name for p in (cache / "objects").glob("*/*"))[:n_objects]
+    return [(k, np.asarray(store.open(k)["signal"][...]), np.asarray(store.open(k)["labels"][...])) for k in keys]
 
-    files = sorted(p for p in (cache / "objects").glob("*/*/signal/c/0/*"))[:n_chunks]
-    raws = [np.frombuffer(Blosc().decode(f.read_bytes()[:-4]), dtype="<f4").reshape(19, -1) for f in files]
+
+def codec_alternatives(cache: Path, n_objects: int = 6, step: int = 7) -> dict[str, Any]:
+    """Size, decode and encode time of inner chunks (SIGNAL_CHUNK samples × all channels) of the stored signal
+    under other codecs (numcodecs, one thread): what each codec buys on this signal."""
+    from numcodecs import Blosc, Zstd, blosc
+
+    from eegcache.store.layout import SIGNAL_CHUNK
+
+    blosc.set_nthreads(1)
+    raws = [np.ascontiguousarray(sig[:, i : i + SIGNAL_CHUNK]) for _k, sig, _l in _signals(cache, n_objects)
+            for i in range(0, sig.shape[1] - SIGNAL_CHUNK, step * SIGNAL_CHUNK)]
     codecs = {
-        "blosc lz4 + bitshuffle (eegcache today)": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
-        "zstd level 3 (eegcache before)": Zstd(level=3),
-        "none (raw float32)": None,
-        "blosc lz4 + byte shuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+        "blosc lz4hc level 1 + byte shuffle (eegcache today)": Blosc(cname="lz4hc", clevel=1, shuffle=Blosc.SHUFFLE),
+        "blosc lz4 5 + bit shuffle (eegcache before 2026-12-02)": Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE),
+        "blosc lz4 5 + byte shuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+        "blosc lz4 5, no shuffle": Blosc(cname="lz4", clevel=5, shuffle=Blosc.NOSHUFFLE),
+        "blosc lz4hc level 5 + byte shuffle": Blosc(cname="lz4hc", clevel=5, shuffle=Blosc.SHUFFLE),
         "blosc zstd 1 + byte shuffle": Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE),
-        "float16 + zstd 3 (spec dtype float16)": "f16",
+        "zstd level 1": Zstd(level=1),
+        "zstd level 3 (eegcache before the Blosc change)": Zstd(level=3),
+        "none (raw float32)": None,
     }
+    raw_bytes = sum(r.nbytes for r in raws)
     out = {}
     for name, codec in codecs.items():
-        size, seconds = 0, 0.0
-        for raw in raws:
-            if codec is None:
-                size += raw.nbytes
-                t = time.perf_counter()
+        if codec is None:
+            t = time.process_time()
+            for raw in raws:
                 np.array(raw)
-                seconds += time.perf_counter() - t
-                continue
-            data, c = (raw.astype(np.float16), Zstd(level=3)) if codec == "f16" else (raw, codec)
-            blob = c.encode(np.ascontiguousarray(data))
-            size += len(blob)
-            t = time.perf_counter()
-            c.decode(blob)
-            seconds += time.perf_counter() - t
-        out[name] = {"ratio": size / sum(r.nbytes for r in raws), "decode_ms": seconds / len(raws) * 1e3}
+            out[name] = {"ratio": 1.0, "decode_ms_per_window": (time.process_time() - t) / raw_bytes * 19 * 15360 * 4e3,
+                         "encode_s_per_eeg_hour": 0.0}
+            continue
+        t = time.process_time()
+        blobs = [codec.encode(raw) for raw in raws]
+        encode = time.process_time() - t
+        t = time.process_time()
+        for blob in blobs:
+            codec.decode(blob)
+        decode = time.process_time() - t
+        out[name] = {"ratio": sum(map(len, blobs)) / raw_bytes,
+                     "decode_ms_per_window": decode / raw_bytes * 19 * 15360 * 4e3,  # CPU ms per 60 s at 256 Hz
+                     "encode_s_per_eeg_hour": encode / raw_bytes * 19 * 256 * 3600 * 4}
+    return out
+
+
+# The layouts layout_alternatives compares: (inner chunk samples, shard samples or None for no sharding (one file per
+# chunk) or 0 for one shard per array, signal compressor, label inner chunk, label shard). Labels keep today's
+# settings except in the layout before 2026-12-02.
+LAYOUTS = {
+    "today: 2,048 in one shard, lz4hc-1 byte shuffle": (2048, 0, "lz4hc1-byte", 16384, 0),
+    "before: 16,384 chunks, no shards, lz4 bit shuffle": (16384, None, "lz4-bit", 65536, None),
+    "2,048 in 16,384-sample shards, lz4 bit shuffle": (2048, 16384, "lz4-bit", 16384, 0),
+    "2,048 in one shard, lz4 bit shuffle": (2048, 0, "lz4-bit", 16384, 0),
+    "2,048 in one shard, lz4 byte shuffle": (2048, 0, "lz4-byte", 16384, 0),
+    "2,048 in one shard, zstd-1": (2048, 0, "zstd1", 16384, 0),
+    "2,048 in 16,384-sample shards, lz4hc-1 byte shuffle": (2048, 16384, "lz4hc1-byte", 16384, 0),
+    "1,024 in one shard, lz4hc-1 byte shuffle": (1024, 0, "lz4hc1-byte", 16384, 0),
+    "4,096 in one shard, lz4hc-1 byte shuffle": (4096, 0, "lz4hc1-byte", 16384, 0),
+    "2,048 in one shard, uncompressed": (2048, 0, "none", 16384, 0),
+    "2,048 in one shard, uncompressed, no CRC32C (not an option: for the CRC's cost)": (2048, 0, "no-crc", 16384, 0),
+}
+
+
+def _compressors(name: str) -> list:
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    chosen = {"lz4hc1-byte": [BloscCodec(cname="lz4hc", clevel=1, shuffle="shuffle")],
+              "lz4-bit": [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")],
+              "lz4-byte": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+              "zstd1": [ZstdCodec(level=1)], "none": [], "no-crc": []}[name]
+    return chosen if name == "no-crc" else [*chosen, Crc32cCodec()]
+
+
+def _write_variant(folder: Path, signal: np.ndarray, labels: np.ndarray, spec: tuple) -> None:
+    import zarr
+    from zarr.storage import LocalStore
+
+    chunk, shard, codec, label_chunk, label_shard = spec
+
+    def shards(n: int, inner: int, setting: int | None) -> tuple[int, ...] | None:
+        return None if setting is None else (setting or -(-n // inner) * inner,)
+
+    group = zarr.open_group(LocalStore(folder), mode="w", zarr_format=3)
+    sig_shard = shards(signal.shape[1], chunk, shard)
+    group.create_array("signal", shape=signal.shape, dtype=signal.dtype, chunks=(signal.shape[0], chunk),
+                       shards=None if sig_shard is None else (signal.shape[0], *sig_shard),
+                       compressors=_compressors(codec))[...] = signal
+    group.create_array("labels", shape=labels.shape, dtype=labels.dtype, chunks=(label_chunk,),
+                       shards=shards(labels.shape[0], label_chunk, label_shard),
+                       compressors=_compressors("lz4-bit"))[...] = labels
+
+
+def layout_alternatives(cache: Path, work: Path, n: int = 400, rounds: int = 5, seed: int = 1) -> dict[str, Any]:
+    """The cache's objects rewritten under each of LAYOUTS (same values; a scratch store per layout under
+    ``work``), then random 60 s windows read through tensorstore (wall and process CPU time: the CPU time is
+    steadier on a loaded machine) and zarr-python, rounds interleaved over the layouts; sizes per EEG-hour."""
+    from eegcache.store.reader import available_backends
+
+    window, rows = _windows(cache)
+    signals = _signals(cache, 10_000)
+    hours = sum(sig.shape[1] for _k, sig, _l in signals) / PreprocessSpec().fs / 3600
+    roots = {}
+    for i, (name, spec) in enumerate(LAYOUTS.items()):
+        root = roots[name] = work / f"layout-{i}"
+        shutil.rmtree(root, ignore_errors=True)
+        for key, sig, lab in signals:
+            _write_variant(LocalObjectStore(root).path(key), sig, lab, spec)
+    del signals
+    backends = [b for b in ("tensorstore", "zarr") if b in available_backends()]
+    rates: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for r in range(rounds):
+        for name in (list(roots) if r % 2 == 0 else list(roots)[::-1]):
+            for backend in backends:
+                reader = LocalObjectStore(roots[name]).reader(backend)
+                count = n if backend == "tensorstore" else n // 4
+                picks = [rows[i] for i in np.random.default_rng([seed, r]).integers(0, len(rows), count)]
+                for key, start in picks[:10]:
+                    reader.read(key, start, start + window)
+                t, c = time.perf_counter(), time.process_time()
+                for key, start in picks:
+                    reader.read(key, start, start + window)
+                rates.setdefault((name, backend), []).append(
+                    (count / (time.perf_counter() - t), count / (time.process_time() - c)))
+    out = {}
+    for name, root in roots.items():
+        files = [p for p in (root / "objects").rglob("*") if p.is_file()]
+        entry: dict[str, Any] = {"mb_per_eeg_hour": sum(p.stat().st_size for p in files) / 1e6 / hours,
+                                 "files_per_object": len(files) / max(1, len(list((root / "objects").glob("*/*"))))}
+        for backend in backends:
+            got = rates[(name, backend)]
+            entry[backend] = {"wall": summary([g[0] for g in got]), "cpu": summary([g[1] for g in got])}
+        out[name] = entry
+        shutil.rmtree(root, ignore_errors=True)
     return out
 
 
@@ -199,13 +354,31 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "| top functions by own time | calls | tottime s | cumtime s |", "|---|---|---|---|"]
     lines += [f"| `{r['function']}` | {r['calls']} | {r['tottime']:.2f} | {r['cumtime']:.2f} |" for r in ing["top_tottime"]]
     rd = result["reads"]
-    lines += ["", f"One random window read ({rd['reads']} reads, {rd['signal_chunks_per_read']:.2f} signal chunks each):",
+    lines += ["", f"One random window read ({rd['reads']} reads, {rd['signal_chunks_per_read']:.2f} signal chunks each, "
+              f"{rd['decoded_bytes_per_read'] / rd['window_bytes']:.2f}× the window's bytes decoded):",
               "", "| part | ms per read |", "|---|---|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in rd["ms_per_read"].items()]
     if "codecs" in result:
-        lines += ["", "The same signal chunks under other codecs (numcodecs, decode of one 1.2 MB chunk):", "",
-                  "| codec | size vs raw float32 | decode ms per chunk |", "|---|---|---|"]
-        lines += [f"| {k} | {v['ratio']:.3f} | {v['decode_ms']:.3f} |" for k, v in result["codecs"].items()]
+        lines += ["", "Inner chunks of the stored signal under other codecs (numcodecs, one thread, CPU time):", "",
+                  "| codec | size vs raw float32 | decode ms per 60 s window of bytes | encode s per EEG-hour |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['ratio']:.3f} | {v['decode_ms_per_window']:.3f} | {v['encode_s_per_eeg_hour']:.3f} |"
+                  for k, v in result["codecs"].items()]
+    if "layouts" in result:
+        lay = result["layouts"]
+        base = lay[next(iter(lay))]
+        lines += ["", "The cache's objects rewritten under other layouts, random 60 s window reads (signal + labels), "
+                  "medians of interleaved rounds (× = vs the first row):", "",
+                  "| layout | MB per EEG-hour | files per object | tensorstore reads/s | tensorstore reads per CPU-s "
+                  "| zarr-python reads/s |", "|---|---|---|---|---|---|"]
+        for name, v in lay.items():
+            def cell(backend: str, clock: str, v=v) -> str:
+                if backend not in v:
+                    return "—"
+                got, ref = v[backend][clock], base[backend][clock]
+                return f"{got['median']:,.0f} ({got['min']:,.0f}–{got['max']:,.0f}) {got['median'] / ref['median']:.2f}×"
+            lines.append(f"| {name} | {v['mb_per_eeg_hour']:.1f} | {v['files_per_object']:.1f} | "
+                         f"{cell('tensorstore', 'wall')} | {cell('tensorstore', 'cpu')} | {cell('zarr', 'wall')} |")
     if "counts" in result:
         c = result["counts"]
         lines += ["", f"Class-count queries on the synthetic index of {c['windows']:,} windows (median of 3, open connection):",
@@ -223,7 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     corpus = make_corpus(out, a.hours, SEED)
     result = {"ingest": profile_ingest(corpus.root, out / "work" / "profile-cache"),
               "reads": profile_reads(out / "work" / "eegcache-s10"),
-              "codecs": codec_alternatives(out / "work" / "eegcache-s10")}
+              "codecs": codec_alternatives(out / "work" / "eegcache-s10"),
+              "layouts": layout_alternatives(out / "work" / "eegcache-s10", out / "work")}
     indexes = sorted(out.glob("index-*/" + INDEX_FILE), key=lambda p: int(p.parent.name.split("-")[1]))
     if indexes:
         result["counts"] = explain_counts(indexes[-1])

@@ -37,6 +37,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 import eegcache.ops.ingest as ingest_mod
+import eegcache.store.layout
 from eegcache.index.db import open_index
 from eegcache.ops.gc import gc
 from eegcache.ops.ingest import IngestSummary, ingest
@@ -45,7 +46,7 @@ from eegcache.pipeline import keys
 from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
 from eegcache.sources.annotations import find_annotation
 from eegcache.sources.tree import path_text
-from eegcache.store import LocalObjectStore
+from eegcache.store import LABEL_CHUNK, LocalObjectStore
 
 FAULT_TREE = (
     Rec("train", "aaaaaafa", 1, 2003, "01_tcp_ar", 0, fs=250, duration_s=120, events=((30.0, 75.5),), seed=41),
@@ -412,9 +413,10 @@ def test_io_fault_stress(reference: Reference, tmp_path: Path, monkeypatch: pyte
 def test_a_failed_object_write_leaves_no_staging_folder(
     reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first of the target's signal chunks to be written fails (ENOSPC) while its sibling chunks, on a slow
-    disk, are still being written: once everything has landed, no staging folder may remain."""
-    edf = reference.edfs[0]  # 150 s: three signal chunks, written concurrently by zarr
+    """The first of the target's signal shards to be written fails (ENOSPC) while its sibling shards, on a slow
+    disk, are still being written: once everything has landed, no staging folder may remain. (A recording over
+    SHARD_SAMPLES has several shards; shards of LABEL_CHUNK samples give this short one three.)"""
+    edf = reference.edfs[0]  # 150 s: three signal shards, written concurrently by zarr
     key, cache = reference.keys[edf], tmp_path / "cache"
     original, lock, state = zarr_local._put, threading.Lock(), {"failed": False}
 
@@ -429,6 +431,7 @@ def test_a_failed_object_write_leaves_no_staging_folder(
 
     with monkeypatch.context() as mp:
         mp.setattr(zarr_local, "_put", _put)
+        mp.setattr(eegcache.store.layout, "SHARD_SAMPLES", LABEL_CHUNK)
         summary = run_ingest(reference.root, cache)
     assert [p for p, _ in summary.failures] == [path_text(edf)]
     time.sleep(1.0)  # every write has landed

@@ -1,21 +1,50 @@
-"""The window reader: every backend returns zarr-python's bytes exactly; the fallback works without the optional
-libraries; the objects stay standard Zarr v3 that plain zarr-python reads."""
+"""The window reader: every backend returns zarr-python's bytes exactly, on objects of today's sharded layout and of
+the unsharded layout written before 2026-12-02, at inner-chunk and shard edges; a damaged chunk or shard index fails
+the read (tensorstore, zarr-python; zarrs has a known bug); the fallback works without the optional libraries; the
+objects stay standard Zarr v3 that plain zarr-python and xarray read; the layout is not part of the content key."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from conftest import OVERLAP, SYNONYMS_CSV
+from edf_factory import cli, query, write_rec
 
-from eegcache.store import LABEL_CHUNK, SIGNAL_CHUNK, LocalObjectStore, ObjectStore
+import eegcache.store.base
+import eegcache.store.layout
+from eegcache.ops.ingest import ingest
+from eegcache.pipeline.spec import IngestConfig
+from eegcache.store import LABEL_CHUNK, SHARD_SAMPLES, SIGNAL_CHUNK, LocalObjectStore, ObjectStore
+from eegcache.store.layout import shard_samples
 from eegcache.store.reader import BACKENDS, WindowReader, available_backends, choose_backend
 
-N = 3 * SIGNAL_CHUNK + 1234  # three full signal chunks and a partial one; labels: one full chunk and a partial one
+N = 3 * LABEL_CHUNK + 1234  # one shard of ~25 inner signal chunks; labels: three full chunks and a partial one
 WINDOW = 15360  # 60 s at 256 Hz
+SMALL_SHARD = 2 * LABEL_CHUNK  # SHARD_SAMPLES for the object of several shards (what a recording over 68 min gets)
+OLD_CHUNK, OLD_LABEL_CHUNK = 16384, 65536  # the layout before 2026-12-02
+
+
+def write_old_layout(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
+    """An object as eegcache wrote it before 2026-12-02 (no sharding: 16,384-sample signal chunks, 65,536-sample
+    label chunks, Blosc-lz4 with bit shuffle + CRC32C), kept here to test that such objects stay readable."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
+    from zarr.storage import LocalStore
+
+    group = zarr.open_group(LocalStore(folder), mode="w", zarr_format=3, attributes=attrs)
+    codecs = [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
+    sig = group.create_array("signal", shape=signal.shape, dtype=signal.dtype, chunks=(signal.shape[0], OLD_CHUNK),
+                             compressors=codecs, dimension_names=("channel", "time"))
+    sig[...] = signal
+    lab = group.create_array("labels", shape=labels.shape, dtype=np.uint8, chunks=(OLD_LABEL_CHUNK,),
+                             compressors=codecs, dimension_names=("time",))
+    lab[...] = labels
 
 
 def _object(rng: np.random.Generator, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -26,25 +55,45 @@ def _object(rng: np.random.Generator, n: int, dtype: str) -> tuple[np.ndarray, n
     return signal, labels
 
 
+# key -> (samples, dtype, layout): today's layout in one shard and in several, and the layout before 2026-12-02
+OBJECTS = {
+    "ab" + "0" * 62: (N, "float32", "sharded"),
+    "cd" + "1" * 62: (WINDOW + 7, "float16", "sharded"),
+    "ef" + "2" * 62: (5 * SMALL_SHARD + 777, "float32", "several shards"),
+    "a0" + "3" * 62: (3 * OLD_CHUNK + 1234, "float32", "old"),
+    "b0" + "4" * 62: (OLD_LABEL_CHUNK + 5, "float32", "old"),
+}
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[ObjectStore, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """One store holding objects of both layouts, written through ``ObjectStore.write`` (the old ones with the old
+    group writer in place of today's)."""
     root = tmp_path_factory.mktemp("reader")
     rng = np.random.default_rng(15)
     store = LocalObjectStore(root)
     written = {}
-    for key, n, dtype in (("ab" + "0" * 62, N, "float32"), ("cd" + "1" * 62, WINDOW + 7, "float16"),
-                          ("ef" + "2" * 62, LABEL_CHUNK + 5, "float32")):
+    for key, (n, dtype, layout) in OBJECTS.items():
         written[key] = _object(rng, n, dtype)
-        assert store.write(key, *written[key], {"n_samples": n})
+        with pytest.MonkeyPatch.context() as mp:
+            if layout == "old":
+                mp.setattr(eegcache.store.base, "write_group", write_old_layout)
+            if layout == "several shards":
+                mp.setattr(eegcache.store.layout, "SHARD_SAMPLES", SMALL_SHARD)
+            assert store.write(key, *written[key], {"n_samples": n})
     return store, written
 
 
 def _windows(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
-    """Random windows plus the awkward ones: straddling each chunk boundary, the tail, past the end, empty."""
+    """Random windows plus the awkward ones: straddling inner signal chunk edges (the first few), every label
+    chunk edge (which includes every shard edge here and the old layout's chunk edges), the tail, past the end,
+    empty."""
     out = [(int(s), int(s) + WINDOW) for s in rng.integers(0, max(1, n - WINDOW), 25)]
-    for edge in range(SIGNAL_CHUNK, n, SIGNAL_CHUNK):
+    edges = sorted({*range(SIGNAL_CHUNK, min(n, 5 * SIGNAL_CHUNK), SIGNAL_CHUNK), *range(LABEL_CHUNK, n, LABEL_CHUNK)})
+    for edge in edges:
         out += [(edge - 1, edge - 1 + WINDOW), (edge - WINDOW // 2, edge + WINDOW // 2), (edge, edge + WINDOW)]
-    out += [(n - WINDOW, n), (n - 10, n + 500), (0, n), (n, n + 10), (5, 5), (LABEL_CHUNK - 3, LABEL_CHUNK + 3)]
+    out += [(n - WINDOW, n), (n - 10, n + 500), (0, n), (n, n + 10), (5, 5), (LABEL_CHUNK - 3, LABEL_CHUNK + 3),
+            (SIGNAL_CHUNK - 1, SIGNAL_CHUNK + 1), (3, SIGNAL_CHUNK * 2 - 3)]
     return [(a, b) for a, b in out if a >= 0]
 
 
@@ -163,19 +212,126 @@ def test_forked_child_of_a_process_running_a_fast_backend_reads_the_same(store, 
 
 
 def test_objects_are_standard_zarr_v3(store) -> None:
-    """Plain zarr-python (default pipeline, no eegcache code) reads every object whole; the metadata is Zarr v3 with
-    the codecs the docs name; xarray reads it through zarr when installed."""
+    """Plain zarr-python (default pipeline, no eegcache code) and xarray read every object whole; today's objects
+    are Zarr v3 arrays of the sharding codec, inner chunks of SIGNAL_CHUNK samples × all channels with Blosc and a
+    CRC32C each, and a CRC32C on the shard index; the old objects keep their unsharded metadata."""
+    xr = pytest.importorskip("xarray")
     st, written = store
     for key, (signal, labels) in written.items():
+        n, _dtype, layout = OBJECTS[key]
         folder = st.path(key)
-        meta = json.loads((folder / "signal" / "zarr.json").read_text())
-        assert meta["zarr_format"] == 3 and meta["node_type"] == "array"
-        assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
-        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [signal.shape[0], SIGNAL_CHUNK]
         assert json.loads((folder / "zarr.json").read_text())["zarr_format"] == 3
+        for name, chunk in (("signal", SIGNAL_CHUNK), ("labels", LABEL_CHUNK)):
+            meta = json.loads((folder / name / "zarr.json").read_text())
+            assert meta["zarr_format"] == 3 and meta["node_type"] == "array"
+            outer = meta["chunk_grid"]["configuration"]["chunk_shape"]
+            if layout == "old":
+                assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
+                assert outer[-1] == (OLD_CHUNK if name == "signal" else OLD_LABEL_CHUNK)
+                continue
+            (sharding,) = meta["codecs"]
+            conf = sharding["configuration"]
+            assert sharding["name"] == "sharding_indexed"
+            assert [c["name"] for c in conf["codecs"]] == ["bytes", "blosc", "crc32c"]
+            assert [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
+            assert conf["chunk_shape"] == ([signal.shape[0], chunk] if name == "signal" else [chunk])
+            shard = SMALL_SHARD if layout == "several shards" else SHARD_SAMPLES
+            assert outer[-1] == min(shard, -(-n // chunk) * chunk)
         group = zarr.open_group(str(folder), mode="r", zarr_format=3)
         assert np.array_equal(group["signal"][...], signal) and np.array_equal(group["labels"][...], labels)
-    xr = pytest.importorskip("xarray")
-    ds = xr.open_zarr(str(st.path(next(iter(written)))), consolidated=False, zarr_format=3)
-    assert ds["signal"].dims == ("channel", "time")
+        ds = xr.open_zarr(str(folder), consolidated=False, zarr_format=3)
+        assert ds["signal"].dims == ("channel", "time") and ds["labels"].dims == ("time",)
+        assert ds["signal"].dtype == signal.dtype and np.array_equal(ds["signal"].values, signal)
+        assert np.array_equal(ds["labels"].values, labels)
 
+
+def test_a_recording_up_to_shard_samples_is_one_file_per_array(store) -> None:
+    """A shard holds the whole array up to SHARD_SAMPLES samples: an object of today's layout is a handful of
+    files (the object of several shards has one per SMALL_SHARD samples)."""
+    assert shard_samples(1, SIGNAL_CHUNK) == SIGNAL_CHUNK and shard_samples(0, LABEL_CHUNK) == LABEL_CHUNK
+    assert shard_samples(SHARD_SAMPLES + 1, SIGNAL_CHUNK) == SHARD_SAMPLES
+    st, written = store
+    for key, (n, _dtype, layout) in OBJECTS.items():
+        files = sorted(p.relative_to(st.path(key)).as_posix() for p in st.path(key).rglob("*") if p.is_file())
+        shards = [f for f in files if f.startswith("signal/c/")]
+        if layout == "sharded":
+            assert shards == ["signal/c/0/0"] and len(files) <= 5, files
+        elif layout == "several shards":
+            assert len(shards) == -(-n // SMALL_SHARD)
+
+
+def _damage(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+ZARRS_SKIPS_CRC = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "BUG (zarrs-python 0.2.3, not eegcache's code): a read of part of a CRC32C-protected chunk, or of inner chunks "
+    "of a shard, returns the damaged values without checking the CRC (it raises only when the whole chunk or "
+    "array is read), in the old layout as in the new; a DataLoader worker forked from a tensorstore process reads "
+    "through zarrs. tensorstore and zarr-python refuse the read"))
+
+
+@pytest.mark.parametrize(("where", "backend"), [
+    pytest.param(w, b, marks=ZARRS_SKIPS_CRC) if b == "zarrs" and w != "shard index" else (w, b)
+    for w in ("inner chunk", "shard index", "old layout's chunk") for b in BACKENDS])
+def test_a_damaged_chunk_or_shard_index_fails_the_read(tmp_path: Path, where: str, backend: str) -> None:
+    """A flipped bit in an inner chunk, in the shard index or in a chunk of the old layout fails a read of that
+    chunk (CRC32C) instead of returning wrong samples; a read of other chunks still works."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    rng = np.random.default_rng(4)
+    st = LocalObjectStore(tmp_path)
+    key = "dd" * 32
+    signal, labels = _object(rng, 4 * WINDOW, "float32")
+    with pytest.MonkeyPatch.context() as mp:
+        if where == "old layout's chunk":
+            mp.setattr(eegcache.store.base, "write_group", write_old_layout)
+        assert st.write(key, signal, labels, {})
+    first = st.path(key) / "signal" / "c" / "0" / "0"  # the shard, or the old layout's first chunk
+    index_bytes = 16 * -(-signal.shape[1] // SIGNAL_CHUNK) + 4  # (offset, length) per inner chunk + its CRC32C
+    _damage(first, first.stat().st_size - index_bytes // 2 if where == "shard index" else 100)
+    reader = st.reader(backend)
+    try:
+        got = reader.read(key, 0, WINDOW)
+    except Exception as exc:  # each library words it its own way
+        assert re.search("(?i)checksum|crc|digest", str(exc)), exc
+    else:
+        damaged = not np.array_equal(got[0], signal[:, :WINDOW])
+        raise AssertionError(f"{backend} read the damaged chunk without an error ({damaged=})")
+    if where != "shard index":
+        tail = (signal[:, 2 * WINDOW : 3 * WINDOW], labels[2 * WINDOW : 3 * WINDOW])
+        _same(reader.read(key, 2 * WINDOW, 3 * WINDOW), tail)
+
+
+def test_the_layout_is_not_part_of_the_key(tree, tmp_path: Path) -> None:
+    """The same tree ingested with the old layout and with today's gives the same content keys and the same
+    windows; a cache holding an old object beside a new one (the old from before the change, the new added after)
+    verifies, and every backend reads its windows exactly as from an all-new cache and as zarr-python does."""
+    root, _ = tree(OVERLAP)
+    mixed, fresh = tmp_path / "mixed", tmp_path / "fresh"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(eegcache.store.base, "write_group", write_old_layout)
+        ingest(root, mixed, IngestConfig(), progress=False)
+    write_rec(root, SYNONYMS_CSV)
+    ingest(root, mixed, IngestConfig(), progress=False)  # adds the second recording in today's layout
+    ingest(root, fresh, IngestConfig(), progress=False)
+    sql = "SELECT name, object_key FROM recordings ORDER BY name"
+    assert query(mixed, sql) == query(fresh, sql) and len(query(fresh, sql)) == 2
+    keys = dict(query(fresh, sql))
+    old, new = LocalObjectStore(mixed), LocalObjectStore(fresh)
+    old_meta = json.loads((old.path(keys[OVERLAP.stem]) / "signal" / "zarr.json").read_text())
+    assert old_meta["chunk_grid"]["configuration"]["chunk_shape"][-1] == OLD_CHUNK  # other bytes, same key
+    assert (old.path(keys[SYNONYMS_CSV.stem]) / "signal" / "zarr.json").read_bytes() == \
+        (new.path(keys[SYNONYMS_CSV.stem]) / "signal" / "zarr.json").read_bytes()
+    assert cli("verify", "--cache", mixed).returncode == 0
+    windows = query(fresh, "SELECT r.object_key, w.start_sample, ws.window_samples FROM windows w JOIN recordings r "
+                           "ON r.id = w.recording_id JOIN window_sets ws ON ws.id = w.window_set_id ORDER BY w.id")
+    assert windows
+    for backend in available_backends():
+        a, b = old.reader(backend), new.reader(backend)
+        for key, start, length in windows:
+            got = a.read(key, start, start + length)
+            _same(got, b.read(key, start, start + length))
+            _same(got, _truth(old, key, start, start + length))

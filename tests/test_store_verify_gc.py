@@ -16,7 +16,8 @@ import zarr
 from conftest import DUPLICATE_STEM, INGESTED, NO_A1A2, OVERLAP, SHORT, Standard
 from edf_factory import cli, object_dirs, query, run_cli
 
-from eegcache.store import SIGNAL_CHUNK, LocalObjectStore, object_digest
+from eegcache.store import LABEL_CHUNK, SIGNAL_CHUNK, LocalObjectStore, object_digest
+from eegcache.store.layout import shard_samples
 
 
 def _key(cache: Path, stem: str) -> str:
@@ -39,16 +40,22 @@ def _window_rows(cache: Path) -> list[tuple]:
 
 
 def test_object_layout(standard: Standard) -> None:
-    """objects/<k[:2]>/<k>/ holds a Zarr v3 group: signal (channels x time, chunked along time so that a 60 s
-    window touches at most two chunks, every chunk CRC32C-checked) and the uint8 label mask; staging is empty."""
+    """objects/<k[:2]>/<k>/ holds a Zarr v3 group: signal (channels x time) and the uint8 label mask, each one
+    shard file of short inner chunks along time (a 60 s window decodes about its own bytes), every inner chunk and
+    the shard index CRC32C-checked; staging is empty."""
     for rec in INGESTED:
         key = _key(standard.cache, rec.stem)
         folder = _folder(standard.cache, key)
-        meta = json.loads((folder / "signal" / "zarr.json").read_text())
-        assert meta["zarr_format"] == 3
-        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [19, SIGNAL_CHUNK]
-        assert SIGNAL_CHUNK >= 60 * 256
-        assert "crc32c" in json.dumps(meta["codecs"])
+        for name, chunk in (("signal", [19, SIGNAL_CHUNK]), ("labels", [LABEL_CHUNK])):
+            meta = json.loads((folder / name / "zarr.json").read_text())
+            assert meta["zarr_format"] == 3
+            assert meta["chunk_grid"]["configuration"]["chunk_shape"][-1] == shard_samples(rec.n_samples, chunk[-1])
+            (sharding,) = meta["codecs"]
+            assert sharding["name"] == "sharding_indexed" and sharding["configuration"]["chunk_shape"] == chunk
+            assert [c["name"] for c in sharding["configuration"]["codecs"]][-1] == "crc32c"
+            assert [c["name"] for c in sharding["configuration"]["index_codecs"]] == ["bytes", "crc32c"]
+        assert SIGNAL_CHUNK < 60 * 256
+        assert [p.name for p in (folder / "signal" / "c").rglob("*") if p.is_file()] == ["0"]
         group = zarr.open_group(str(folder), mode="r")
         assert group["labels"].dtype == np.uint8 and group["labels"].shape == (rec.n_samples,)
     staging = standard.cache / "staging"
@@ -139,7 +146,7 @@ def test_verify_names_damage_and_repair_restores(standard: Standard, cache_copy:
         shutil.rmtree(_folder(cache_copy, key))
         relpath, word = f"{key[:2]}/{key}", "missing"
     else:
-        chunk = _signal_chunks(cache_copy, key)[2]
+        chunk = _signal_chunks(cache_copy, key)[0]  # the signal's one shard
         relpath = chunk.relative_to(_folder(cache_copy, key)).as_posix()
         word = DAMAGE[how](chunk)
     done = cli("verify", "--cache", cache_copy)

@@ -1,10 +1,19 @@
 """How one object is laid out as a Zarr v3 group, and the checksums that identify its files.
 
-An object is a group with two arrays, ``signal`` (channels × samples, float32) and ``labels`` (samples, uint8), and
-the attributes ingest gives it. Chunks are Blosc-lz4 compressed and carry a CRC32C (zarr's own codec) so a damaged
-chunk fails on read; the index keeps a sha256 per file for ``verify``. Anything that reads Zarr v3 (zarr-python,
-xarray, tensorstore) reads an object; the layout is described by its own metadata, so objects written with an
-earlier layout stay readable beside new ones.
+An object is a group with two arrays, ``signal`` (channels × samples, float32 or float16) and ``labels`` (samples,
+uint8), and the attributes ingest gives it. Both arrays use Zarr's sharding codec: short inner chunks
+(``SIGNAL_CHUNK`` samples × all channels, ``LABEL_CHUNK`` labels) packed into one shard file per array, up to
+``SHARD_SAMPLES`` samples per shard, so a 60 s window read decodes about its own bytes while an object stays a
+handful of files (at most five up to 68 min at 256 Hz: three ``zarr.json`` and one shard per array; zarr writes no
+file for all-zero labels). Inner chunks are Blosc-compressed (LZ4HC level 1 with byte shuffle for the signal, LZ4
+with bit shuffle for the labels) and carry a CRC32C (zarr's own codec), and so does each shard's index, so a damaged
+chunk or index fails on read; the index keeps a sha256 per file for ``verify``. Why these settings: bench/RESULTS.md
+(2026-12-02).
+
+Anything that reads Zarr v3 (zarr-python, xarray, tensorstore, zarrs) reads an object; the layout is described by
+each array's own metadata, so objects written with an earlier layout (16,384-sample chunks without shards, before
+2026-12-02) stay readable beside new ones. The layout is not part of the content key: the same values under
+another layout are other bytes of the same object.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ if TYPE_CHECKING:
 
 # zarr (~0.3 s) and numpy (~0.1 s) are imported where an object is written: a run with nothing to do never pays.
 
-SIGNAL_CHUNK = 16384  # samples per chunk: 64 s at 256 Hz, ~1.2 MB of float32 for 19 channels
-LABEL_CHUNK = 4 * SIGNAL_CHUNK  # a window read decodes a 64 KB label chunk, not a 1 MB one
+SIGNAL_CHUNK = 2048  # samples per inner chunk: 8 s at 256 Hz, ~156 KB of float32 for 19 channels
+LABEL_CHUNK = 16384  # labels per inner chunk: 16 KB of uint8, ~2 per window read
+SHARD_SAMPLES = 1 << 20  # samples per shard file at most: 68 min at 256 Hz, so most recordings are one file per array
+assert SHARD_SAMPLES % SIGNAL_CHUNK == 0 and SHARD_SAMPLES % LABEL_CHUNK == 0  # a shard holds whole inner chunks
 
 
 @dataclass(frozen=True)
@@ -37,12 +48,27 @@ def object_digest(checksums: list[FileChecksum]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _codecs() -> list:
-    # Blosc lz4 with bit-shuffle beats zstd on preprocessed float32 EEG in size and read time (bench/RESULTS.md);
-    # the CRC32C makes a damaged chunk fail on read.
+def _signal_codecs() -> list:
+    # On preprocessed (z-scored) float32 EEG, LZ4HC at level 1 with byte shuffle is both smaller than LZ4 with bit
+    # shuffle and about twice as fast to decode, at about the same encoding cost (bench/RESULTS.md, 2026-12-02).
+    # The CRC32C makes a damaged inner chunk fail on read; the sharding codec adds one to the shard index.
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    return [BloscCodec(cname="lz4hc", clevel=1, shuffle="shuffle"), Crc32cCodec()]
+
+
+def _label_codecs() -> list:
+    # A 0/1 mask: bit shuffle turns it into long runs that LZ4 packs to almost nothing.
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
+
+
+def shard_samples(n_samples: int, chunk: int) -> int:
+    """Samples per shard of an array of ``n_samples`` with inner chunks of ``chunk``: the whole array (rounded up
+    to whole chunks) up to ``SHARD_SAMPLES``."""
+    whole = -(-n_samples // chunk) * chunk
+    return max(chunk, min(SHARD_SAMPLES, whole))
 
 
 def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
@@ -52,15 +78,16 @@ def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dic
     from zarr.storage import LocalStore
 
     group = zarr.open_group(LocalStore(folder), mode="w", zarr_format=3, attributes=attrs)
-    codecs = _codecs()
+    channels, n = signal.shape
     sig = group.create_array(
-        "signal", shape=signal.shape, dtype=signal.dtype,
-        chunks=(signal.shape[0], SIGNAL_CHUNK), compressors=codecs, dimension_names=("channel", "time"),
+        "signal", shape=signal.shape, dtype=signal.dtype, chunks=(channels, SIGNAL_CHUNK),
+        shards=(channels, shard_samples(n, SIGNAL_CHUNK)), compressors=_signal_codecs(),
+        dimension_names=("channel", "time"),
     )
     sig[...] = signal
     lab = group.create_array(
-        "labels", shape=labels.shape, dtype=np.uint8, chunks=(LABEL_CHUNK,), compressors=codecs,
-        dimension_names=("time",),
+        "labels", shape=labels.shape, dtype=np.uint8, chunks=(LABEL_CHUNK,),
+        shards=(shard_samples(labels.shape[0], LABEL_CHUNK),), compressors=_label_codecs(), dimension_names=("time",),
     )
     lab[...] = labels
 
