@@ -154,9 +154,9 @@ def test_a_backend_is_chosen_by_name_and_never_by_the_environment(store, monkeyp
     """The library takes the backend as an argument; $EEGCACHE_READER is the trainer CLI's business only."""
     st, _ = store
     monkeypatch.setenv("EEGCACHE_READER", "h5py")  # ignored by the library
-    assert st.reader().backend == available_backends()[0]
+    assert st.reader().backend == next(b for b in available_backends() if b != "zarrs")
     assert st.reader("zarr").backend == "zarr"
-    assert st.reader("auto").backend == available_backends()[0]
+    assert st.reader("auto").backend == next(b for b in available_backends() if b != "zarrs")
     with pytest.raises(ValueError, match="unknown window reader"):
         st.reader("h5py")
 
@@ -187,7 +187,8 @@ def _child_read(reader: WindowReader, key: str, start: int, stop: int, conn) -> 
 @pytest.mark.parametrize("started", [("tensorstore",), ("zarrs", "tensorstore")], ids=["tensorstore", "zarrs+tensorstore"])
 def test_forked_child_of_a_process_running_a_fast_backend_reads_the_same(store, started) -> None:
     """Neither tensorstore nor zarrs is fork-safe once started (a forked child hangs in their thread pools): a forked
-    child reads through a backend its parent has not started, zarr-python at worst, and gets the same bytes."""
+    child of a tensorstore reader reads through zarr-python (never zarrs, which skips checksums) and gets the same
+    bytes."""
     if not set(started) <= set(available_backends()):
         pytest.skip("fast backends not installed")
     st, written = store
@@ -206,7 +207,7 @@ def test_forked_child_of_a_process_running_a_fast_backend_reads_the_same(store, 
     child.join(30)
     assert answered and child.exitcode == 0, "the forked child hung or failed"
     backend, signal, labels = got
-    assert backend not in started
+    assert backend == "zarr"  # not zarrs either: it returns damaged chunks unchecked (see ZARRS_SKIPS_CRC)
     want = _truth(st, key, 100, 100 + WINDOW)
     assert signal == want[0].tobytes() and labels == want[1].tobytes()
 

@@ -6,18 +6,21 @@ only the reading library differs:
 
 - ``tensorstore`` (the ``fast`` extra): tensorstore's ``zarr3`` driver on the object's files, no zarr-python
   per-call path at all (the fastest here; see bench/RESULTS.md);
-- ``zarrs``: zarr-python with the ``zarrs`` codec pipeline (Rust codecs; zarr-python's own slicing);
+- ``zarrs``: zarr-python with the ``zarrs`` codec pipeline (Rust codecs; zarr-python's own slicing). Only when asked
+  for by name: zarrs-python 0.2.3 does not check the CRC32C when it reads part of a chunk, so a damaged chunk is
+  returned as samples instead of failing (tests/test_reader.py keeps a strict xfail on it);
 - ``zarr``: plain zarr-python, always available: the fallback.
 
-The backend is chosen once per reader: ``backend=`` (one of the names above, or ``auto``, the default: the first of
-tensorstore, zarrs, zarr that imports; the trainer's ``--reader`` / ``$EEGCACHE_READER`` pass it). A backend asked
+The backend is chosen once per reader: ``backend=`` (one of the names above, or ``auto``, the default: tensorstore
+when it imports, else zarr-python; the trainer's ``--reader`` / ``$EEGCACHE_READER`` pass it). A backend asked
 for by name that cannot be imported is an error; ``auto`` falls back quietly. Remote stores (``s3://``) always read
 through zarr-python.
 
 Handles are per process: a reader used in a process it was not created in (a forked DataLoader worker) drops its
 handles and reopens them. Neither tensorstore nor zarrs is fork-safe once its thread pools run (a forked child can
 hang in them), so a process forked from one that had started either reads through the next backend that it has not
-started, zarr-python at worst (spawned workers, fresh interpreters, use tensorstore as usual).
+started, zarr-python at worst, and never zarrs unless it was asked for (spawned workers, fresh interpreters, use
+tensorstore as usual).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from eegcache.store import ObjectStore
 
 BACKENDS = ("tensorstore", "zarrs", "zarr")
+AUTO = ("tensorstore", "zarr")  # what auto chooses from: the backends that refuse a damaged chunk
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 _started: dict[str, int] = {}  # backend -> the process in which it started its thread pools (tensorstore, zarrs)
@@ -54,11 +58,15 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS if _importable(name)]
 
 
+def _auto() -> str:
+    return next(name for name in AUTO if _importable(name))
+
+
 def choose_backend(backend: str | None = None) -> str:
     """The backend a new reader uses: ``backend``, or the fastest importable one for ``None`` / ``auto``."""
     wanted = (backend or "auto").strip().lower()
     if wanted == "auto":
-        return available_backends()[0]
+        return _auto()
     if wanted not in BACKENDS:
         raise ValueError(f"unknown window reader {wanted!r}: choose one of {', '.join(BACKENDS)} or auto")
     if not _importable(wanted):
@@ -88,13 +96,19 @@ class WindowReader:
         self.__dict__.update(state)
         self._pid = os.getpid()
         if not _importable(self.backend):
-            self.backend = available_backends()[0]
+            self.backend = self._fallback()
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours
             self._handles, self._context, self._pid = {}, None, os.getpid()
             if not _importable(self.backend):
-                self.backend = available_backends()[0]
+                self.backend = self._fallback()
+
+    def _fallback(self) -> str:
+        """After a fork the backend may not be safe here: the next one that is, zarrs only if it was asked for."""
+        if self.requested == "zarrs" and _importable("zarrs"):
+            return "zarrs"
+        return _auto()
 
     def _open(self, key: str) -> tuple[Any, Any]:
         self._check_process()
