@@ -78,6 +78,15 @@ class WindowDataset(Dataset):
             self._reader = open_store(*self._store).reader(self.reader_backend)
         return self._reader
 
+    @property
+    def channels(self) -> int:
+        """Channels of the stored signal, from the first object's metadata. No window is read, so a process that
+        forks DataLoader workers afterwards has started no reading library: tensorstore is not fork-safe, and
+        workers forked from a process that runs it must read through zarr-python, several times slower."""
+        from eegcache.store import open_store
+
+        return int(open_store(*self._store).open(self.keys[0])["signal"].shape[0])
+
     def _item(self, i: int) -> tuple[str, int, int]:
         start = int(self._starts[i])
         return self.keys[self._key_of[i]], start, start + self.window_samples

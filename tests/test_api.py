@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,26 @@ def test_dataset_items_are_the_stored_slices(demo: Path) -> None:
         assert signal.dtype == torch.float32 and mask.dtype == torch.float32
         assert np.array_equal(signal.numpy(), want_signal.astype(np.float32))
         assert np.array_equal(mask.numpy(), want_mask.astype(np.float32))
+
+
+def test_channels_start_no_reading_library(demo: Path) -> None:
+    """``ds.channels`` (what the trainer sizes its model by before it forks loader workers) comes from metadata: the
+    process has started no tensorstore, so forked workers may still use it. A fresh interpreter, so that no other
+    test's reads count."""
+    code = (
+        "import eegcache\n"
+        "from eegcache.store import reader\n"
+        "from eegcache.torch import WindowDataset\n"
+        f"with eegcache.open({str(demo)!r}) as cache:\n"
+        "    sel = cache.windows(split='train', stride_s=10)\n"
+        "ds = WindowDataset(sel)\n"
+        "channels = ds.channels\n"
+        "assert not reader._started, reader._started\n"
+        "assert channels == ds[0][0].shape[0] > 0, channels\n"
+        "print('ok', channels)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])

@@ -410,7 +410,7 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
     augment = Augment(seed=config.seed) if config.augment else None
     dataset = WindowDataset(config.cache, sampler.windows.ids, augment=augment, db=config.db, selection=sampler.windows,
                             read_transform=transform, reader=config.reader, store=config.store)
-    channels = int(dataset.read(0)[0].shape[0])  # 19 referential, 18 double banana...: the model takes what is stored
+    channels = dataset.channels  # 19 referential, 18 double banana...: the model takes what is stored
     torch.manual_seed(config.seed)  # the initial weights (the same on every rank; DDP broadcasts rank 0's anyway)
     model = build_model(config.model, in_channels=channels).to(device)
     if config.init_from and state is None:
