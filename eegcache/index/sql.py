@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
 def insert_ignore(conn, table: Table):
     """INSERT that skips rows violating a unique constraint (concurrent writers registering the same thing)."""
-    if conn.dialect.name == "postgresql":
+    return _insert_ignore(conn.dialect.name, table)
+
+
+@cache  # statements are immutable: built once per table, not once per recording
+def _insert_ignore(dialect: str, table: Table):
+    if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
