@@ -218,13 +218,17 @@ _read_dirs = threading.local()
 
 def _read_dir() -> Path:
     """This thread's private folder for copies of sources, made once (a folder made and removed per file cost more
-    than copying a short file) and removed at exit."""
-    folder = getattr(_read_dirs, "path", None)
-    if folder is None or not folder.is_dir():
-        folder = Path(tempfile.mkdtemp(prefix="eegcache-read-"))
-        atexit.register(shutil.rmtree, folder, True)
-        _read_dirs.path = folder
-    return folder
+    than copying a short file) and removed when the process that made it exits (a forked child makes its own)."""
+    held = getattr(_read_dirs, "held", None)
+    if held is None or held[0] != os.getpid() or not held[1].is_dir():
+        held = _read_dirs.held = (os.getpid(), Path(tempfile.mkdtemp(prefix="eegcache-read-")))
+        atexit.register(_remove_read_dir, *held)
+    return held[1]
+
+
+def _remove_read_dir(pid: int, folder: Path) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

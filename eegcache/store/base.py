@@ -128,7 +128,7 @@ class ObjectStore(ABC):
 
 
 _FSYNC_THREADS = 16
-_fsync_pool: ThreadPoolExecutor | None = None
+_fsync_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made it: a forked child has no threads)
 _fsync_lock = threading.Lock()
 
 
@@ -152,9 +152,9 @@ def fsync_all(root: Path) -> None:
         paths.append(dirpath)
         paths.extend(os.path.join(dirpath, name) for name in filenames)
     with _fsync_lock:
-        if _fsync_pool is None:
-            _fsync_pool = ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="eegcache-fsync")
-        pool = _fsync_pool
+        if _fsync_pool is None or _fsync_pool[0] != os.getpid():
+            _fsync_pool = (os.getpid(), ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="eegcache-fsync"))
+        pool = _fsync_pool[1]
     futures = [pool.submit(_fsync_path, p) for p in paths]
     wait(futures)
     for f in futures:
