@@ -62,7 +62,7 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     pf = r["per_file"]
     assert pf["files"] == pf["corpus"]["edf_files"] == 6 and pf["file_s"] == 30
     assert set(pf["floor"]) == set(pf["eegcache"]) == {"1", w}
-    assert all(run["edf_read"] > 0 for run in pf["eegcache"]["1"]["runs"])
+    assert all(run["edf_read"] > 0 and run["cpu_seconds"] > 0 for run in pf["eegcache"]["1"]["runs"])
     assert {f"per_file_vs_floor_{n}" for n in ("1", w)} | {f"per_file_overhead_{n}" for n in ("1", w)} <= keys
 
     _report_with_braindecode(r)
@@ -99,7 +99,8 @@ def test_braindecode_venv_absent_is_reported_not_fatal(tmp_path, monkeypatch) ->
 def _per_file_results(floor_s: list[float], ingest_s: list[float], workers: int = 2, cpu: int = 2) -> dict:
     """Made-up per-file results, shaped as ``bench.per_file.measure`` writes them."""
     def entry(seconds: list[float]) -> dict:
-        return {"seconds": summary(seconds), "runs": [{"seconds": x, "eeg_hours": 2.0} for x in seconds]}
+        return {"seconds": summary(seconds), "runs": [{"seconds": x, "eeg_hours": 2.0, "cpu_seconds": x / 2}
+                                                      for x in seconds]}
 
     ws = sorted({"1", str(workers)})
     return {"machine": {"cpu_count": cpu, "cpu_model": "test", "load_average_at_start": None},
@@ -117,6 +118,7 @@ def test_per_file_arithmetic() -> None:
     assert f["4"]["overhead_ms_per_file"] == pytest.approx(8.0)  # × 2 cores, not 4 workers
     assert f["1"]["ingest_rate"]["median"] == pytest.approx(2.0 / 15)
     assert f["4"]["floor_rate"]["median"] == pytest.approx(2.0 / 11 / 2)
+    assert f["1"]["cpu_overhead_ms_per_file"] == pytest.approx(2.0)  # CPU seconds of all processes, not per core
     status = {t.key: t.status for t in report.per_file_targets(r)}
     assert status == {"per_file_vs_floor_1": "MISS", "per_file_overhead_1": "PASS",
                       "per_file_vs_floor_4": "MISS", "per_file_overhead_4": "MISS"}
