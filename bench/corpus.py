@@ -37,13 +37,15 @@ class Corpus:
         return {"root": str(self.root), "eeg_hours_total": self.hours, "edf_files": self.n_files, "bytes": self.bytes}
 
 
-def make_corpus(out: Path, hours: float, seed: int = SEED) -> Corpus:
-    """Synthesise the corpus under ``out/corpus-<hours>h-<seed>`` once; later runs reuse the finished tree."""
-    root = Path(out) / f"corpus-{hours:g}h-{seed}"
+def make_corpus(out: Path, hours: float, seed: int = SEED, file_s: int | None = None) -> Corpus:
+    """Synthesise the corpus under ``out/corpus-<hours>h-<seed>`` once; later runs reuse the finished tree.
+    ``file_s``: every file that long (``out/corpus-<files>x<file_s>s-<seed>``, the per-file-overhead tree)."""
+    name = f"corpus-{hours:g}h-{seed}" if file_s is None else f"corpus-{round(hours * 3600 / file_s)}x{file_s}s-{seed}"
+    root = Path(out) / name
     done = root / "corpus.json"
     if not done.is_file():
         shutil.rmtree(root, ignore_errors=True)
-        recordings = synthesize(root, hours, seed)
+        recordings = synthesize(root, hours, seed, file_s=file_s)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         meta = {"hours": sum(r.duration_s for r in recordings) / 3600, "n_files": len(recordings), "bytes": size}
         done.write_text(json.dumps(meta))

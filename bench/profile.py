@@ -9,6 +9,9 @@
 - codecs: the same signal re-encoded with other codecs (size, decode time);
 - layouts: the cache's objects rewritten under other layouts (inner chunk, shard, codecs), each read at the same
   random windows through tensorstore and zarr-python, with its size per EEG-hour: what chose ``eegcache.store.layout``.
+- ``--per-file N``: only the per-file overhead: the wall-clock milliseconds per file of each stage of a 1-worker
+  ingest of the tree of N files of 30 s (``bench.per_file``; stage timers, not cProfile, whose cost per Python
+  call would inflate the SQL and zarr layers), beside the floor on the same files, and cProfile's top functions.
 Run it after ``python -m bench`` with the same ``--out``/``--hours`` (it reuses the corpus and the read cache)."""
 
 from __future__ import annotations
@@ -79,6 +82,104 @@ def profile_ingest(src: Path, cache: Path) -> dict[str, Any]:
     floor_run = floor(str(src), 1)
     return {"ingest_seconds": total, "floor_seconds": floor_run["seconds"], "stages": _stage_times(stats),
             "top_tottime": _top(stats)}
+
+
+# (label, module, attribute): what a 1-worker ingest of many short files spends per file, in the order it happens.
+PER_FILE_STAGES = (
+    ("claims and plans: the run's, then a claim + re-plan per batch", "eegcache.index.claims", "Claims.try_claim_many"),
+    ("", "eegcache.ops.ingest", "plan"),
+    ("private copy of the EDF, sha256 while copying", "eegcache.ops.ingest", "_private_copy"),
+    ("read EDF (pyedflib / MNE)", "eegcache.ops.ingest", "read_recording"),
+    ("preprocess (resample, filters, z-score)", "eegcache.pipeline.preprocess", "preprocess"),
+    ("zarr write of the object (layout.write_group)", "eegcache.store.base", "write_group"),
+    ("fsync of its files and folders (together)", "eegcache.store.base", "fsync_all"),
+    ("publish: rename + fsync of objects/<k[:2]>", "eegcache.store.local", "LocalObjectStore._publish"),
+    ("signal pointer", "eegcache.store.local", "LocalObjectStore.note_signal"),
+    ("checksums: read back + sha256 every file", "eegcache.store.local", "LocalObjectStore.checksums"),
+    ("register: one transaction per recording", "eegcache.ops.ingest", "register"),
+)
+
+
+def _timed(acc: dict[str, float], label: str, fn, context: bool = False):
+    import contextlib
+    import functools
+
+    if context:
+        @contextlib.contextmanager
+        def cm(*a, **k):
+            t = time.perf_counter()
+            with fn(*a, **k) as value:
+                acc[label] += time.perf_counter() - t
+                yield value
+                t = time.perf_counter()
+            acc[label] += time.perf_counter() - t
+        return cm
+
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[label] += time.perf_counter() - t
+    return wrapper
+
+
+def profile_per_file(src: Path, cache: Path) -> dict[str, Any]:
+    """Milliseconds per file of each stage of a fresh 1-worker ingest of the short-file tree (wall clock, stage
+    timers patched in), the floor per file on the same files, then cProfile's top functions of a second ingest."""
+    import importlib
+
+    from bench.contenders import floor
+    from bench.per_file import STRIDE_S, WINDOW_S
+    from eegcache.ops.ingest import ingest
+
+    config = IngestConfig(workers=1, window_s=WINDOW_S, stride_s=STRIDE_S)
+    acc: dict[str, float] = {}
+    patched = []
+    label = ""
+    for name, module, attr in PER_FILE_STAGES:
+        label = name or label
+        acc.setdefault(label, 0.0)
+        owner = importlib.import_module(module)
+        *path, leaf = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, leaf)
+        patched.append((owner, leaf, original))
+        setattr(owner, leaf, _timed(acc, label, original, context=leaf == "_private_copy"))
+    try:
+        shutil.rmtree(cache, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = ingest(src, cache, config, progress=False)
+        total = time.perf_counter() - t0
+    finally:
+        for owner, leaf, original in reversed(patched):
+            setattr(owner, leaf, original)
+    files = summary.ingested + summary.reused + summary.failed + summary.skipped
+    stages = {k: v / files * 1e3 for k, v in acc.items()}
+    stages["everything else (plan of the run, index and zarr set-up, windows, Python)"] = \
+        total / files * 1e3 - sum(stages.values())
+    floor_run = floor(str(src), 1)
+    shutil.rmtree(cache, ignore_errors=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    ingest(src, cache, config, progress=False)
+    prof.disable()
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"files": files, "ingest_ms_per_file": total / files * 1e3,
+            "floor_ms_per_file": floor_run["seconds"] / floor_run["files"] * 1e3, "stages_ms_per_file": stages,
+            "top_tottime": _top(pstats.Stats(prof), 20)}
+
+
+def per_file_markdown(pf: dict[str, Any]) -> str:
+    lines = [f"Per-file overhead, 1 worker, {pf['files']} files of 30 s: ingest {pf['ingest_ms_per_file']:.1f} ms per "
+             f"file, the floor {pf['floor_ms_per_file']:.1f} ms on the same files.", "",
+             "| stage (wall clock) | ms per file |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in pf["stages_ms_per_file"].items()]
+    lines += ["", "| top functions by own time (cProfile) | calls | tottime s | cumtime s |", "|---|---|---|---|"]
+    lines += [f"| `{r['function']}` | {r['calls']} | {r['tottime']:.2f} | {r['cumtime']:.2f} |" for r in pf["top_tottime"]]
+    return "\n".join(lines)
 
 
 def _windows(cache: Path) -> tuple[int, list[tuple[str, int]]]:
@@ -391,8 +492,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     p.add_argument("--hours", type=float, default=2.0, help="corpus to profile ingest on (default: the quick one)")
+    p.add_argument("--per-file", type=int, metavar="N", help="profile only the per-file overhead, on N files of 30 s")
     a = p.parse_args(argv)
     out = a.out.resolve()
+    if a.per_file:
+        from bench.per_file import corpus as short_corpus
+
+        tree = short_corpus(out, a.per_file)
+        pf = profile_per_file(tree.root, out / "work" / "profile-per-file-cache")
+        (out / "profile-per-file.json").write_text(json.dumps(pf, indent=1))
+        print(per_file_markdown(pf))
+        return
     corpus = make_corpus(out, a.hours, SEED)
     result = {"ingest": profile_ingest(corpus.root, out / "work" / "profile-cache"),
               "reads": profile_reads(out / "work" / "eegcache-s10"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +98,75 @@ def derived(results: dict) -> dict[str, Any]:
     for stride, size in results["eegcache_strides"]["sizes"].items():
         d["disk_per_hour"][f"eegcache/{stride}"] = size["total"] / h
         d["disk_per_hour"][f"eegcache-objects/{stride}"] = size["objects"] / h
+    if "per_file" in results:
+        d["per_file"] = per_file_figures(results)
     return d
+
+
+def per_file_figures(results: dict) -> dict[str, dict[str, Any]]:
+    """The per-file-overhead figures by worker count (``bench.per_file``), from the medians: EEG-h/s per core of
+    ingest and of the floor on the same short files, their ratio, and the overhead in ms per file,
+    ``(ingest − floor) / files × workers`` (workers capped at the cores: a worker waiting for a core adds no work)."""
+    pf = results["per_file"]
+    cpu = results["machine"]["cpu_count"] or 1
+    out = {}
+    for w, ing in pf["eegcache"].items():
+        flo = pf["floor"][w]
+        cores = min(int(w), cpu)
+        hours = flo["runs"][0]["eeg_hours"]  # what both processed: the files eegcache can ingest
+        t_ing, t_floor = ing["seconds"]["median"], flo["seconds"]["median"]
+        out[w] = {
+            "workers": int(w), "files": pf["files"], "file_s": pf["file_s"], "eeg_hours": hours,
+            "ingest_seconds": t_ing, "floor_seconds": t_floor,
+            "ingest_rate": rates(ing["runs"], hours, cores), "floor_rate": rates(flo["runs"], hours, cores),
+            "ratio_to_floor": t_floor / t_ing,
+            "overhead_ms_per_file": (t_ing - t_floor) / pf["files"] * cores * 1e3,
+        }
+        cpu_s = [statistics.median(r["cpu_seconds"] for r in e["runs"]) for e in (ing, flo) if "cpu_seconds" in e["runs"][0]]
+        if len(cpu_s) == 2:  # CPU overhead per file: steadier on a shared machine, blind to waits (fsync, locks)
+            out[w]["cpu_overhead_ms_per_file"] = (cpu_s[0] - cpu_s[1]) / pf["files"] * 1e3
+    return out
+
+
+def per_file_targets(results: dict) -> list[Target]:
+    """≥ 0.8× the floor and ≤ 5 ms of overhead per file on the short-file tree, per worker count."""
+    out = []
+    for w, f in per_file_figures(results).items():
+        what = f"{f['files']:,} files of {f['file_s']} s, {w} worker{'s' if int(w) > 1 else ''}"
+        detail = (f"ingest {secs(f['ingest_seconds'])} vs floor {secs(f['floor_seconds'])}; "
+                  f"{f['overhead_ms_per_file']:.1f} ms overhead per file")
+        if "cpu_overhead_ms_per_file" in f:
+            detail += f" ({f['cpu_overhead_ms_per_file']:.1f} ms of it CPU)"
+        out.append(Target(f"per_file_vs_floor_{w}", f"per-file: ingest ≥ 0.8× the floor ({what})", f["ratio_to_floor"], 0.8,
+                          True, detail))
+        out.append(Target(f"per_file_overhead_{w}", f"per-file overhead ≤ 5 ms per file ({what})",
+                          f["overhead_ms_per_file"], 5.0, False, detail))
+    return out
+
+
+def per_file_rows(results: dict) -> list[tuple[str, str, str, list[str]]]:
+    """(figure, eegcache cell, floor cell, target keys) of the per-file rows."""
+    rows = []
+    for w, f in per_file_figures(results).items():
+        rows.append((f"Per-file overhead: {f['files']:,} files of {f['file_s']} s, EEG-h/s per core, "
+                     f"{w} worker{'s' if int(w) > 1 else ''}",
+                     f"{spread(f['ingest_rate'])}; {f['ratio_to_floor']:.2f}× the floor, "
+                     f"{f['overhead_ms_per_file']:.1f} ms per file over it", spread(f["floor_rate"]),
+                     [f"per_file_vs_floor_{w}", f"per_file_overhead_{w}"]))
+    return rows
+
+
+def per_file_report(results: dict) -> str:
+    """The per-file figures alone (``python -m bench --only per-file`` without a full run's results)."""
+    ts = {t.key: t for t in per_file_targets(results)}
+    m = results["machine"]
+    lines = [f"Machine: {m['cpu_count']} × {m['cpu_model']}; load average (1/5/15 min) "
+             f"{m.get('load_average_at_start')} at start, {m.get('load_average_at_end')} at end.",
+             f"Repeats: {results['config']['repeats']} (median, min–max).", ""]
+    lines += [f"- **{t.status}** {t.text}: {num(t.value)} — {t.detail}" for t in ts.values()]
+    lines += ["", "| Figure | eegcache | floor (read + preprocess) | Target |", "|---|---|---|---|"]
+    lines += [f"| {fig} | {eeg} | {floor} | {_tcell(ts, *keys)} |" for fig, eeg, floor, keys in per_file_rows(results)]
+    return "\n".join(lines)
 
 
 def _median(s: dict) -> float | None:
@@ -161,6 +230,8 @@ def targets(results: dict) -> list[Target]:
     out.append(Target("disk_vs_npy", "… at ≤ 0.6× the npy cache's disk size (10 s stride)",
                       _ratio(read_cache, npy_bytes), 0.6, False))
     out += braindecode_targets(results)
+    if "per_file" in results:
+        out += per_file_targets(results)
     s = results["eegcache_strides"]
     out.append(Target("reingest_unchanged", "re-ingest of an unchanged tree ≤ hashing every EDF byte",
                       _ratio(_median(s["unchanged"]["seconds"]), _median(s["hash_all_edfs"]["seconds"])), 1.0, False,
@@ -307,6 +378,9 @@ def table(results: dict) -> str:
         f"{spread(s['new_stride']['seconds'], secs)}, EDFs read: {edf_read}",
         f"rebuild: {spread(wc['npz']['10']['seconds'], secs)}", f"rebuild: {spread(wc['npy']['10']['seconds'], secs)}",
         "—", _tcell(ts, "new_stride_no_edf"))
+    if "per_file" in results:
+        for figure, eeg_cell, floor_cell, keys in per_file_rows(results):
+            row(figure, eeg_cell, "—", "—", floor_cell, _tcell(ts, *keys))
     header = ["Figure", "eegcache", "npz (compressed)", "npy (mmap)", "braindecode", "floor (read + preprocess)",
               "Target"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

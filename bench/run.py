@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import braindecode_venv, contenders, index_scale, machine, reads
+from bench import braindecode_venv, contenders, index_scale, machine, per_file, reads
 from bench.corpus import SEED, STRIDES_S, WINDOW_S, Corpus, make_corpus
 from bench.timing import repeat, run_child, summary
 from eegcache.index.db import INDEX_FILE
@@ -43,14 +43,16 @@ class BenchConfig:
     read_budget_s: float = 3.0  # seconds per random-read run
     max_batches: int = 40
     loader_budget_s: float = 4.0
-    only: str | None = None  # "reads": re-measure the read figures of a previous run
+    only: str | None = None  # "reads" / "per-file": (re-)measure only these figures
+    per_file_files: int = 2000  # the per-file-overhead tree: this many TUSZ-shaped files ...
+    per_file_s: int = per_file.FILE_S  # ... of this many seconds each
     resume: bool = False  # skip the phases found in OUT/results.partial.json (a run that stopped part-way)
     with_braindecode: bool = False  # make braindecode's venv if absent and run it as a contender
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> BenchConfig:
         values = {"hours": 2.0, "quick": True, "index_windows": 1_000_000, "read_budget_s": 0.5,
-                  "loader_budget_s": 1.0, "max_reads": 1000, "max_batches": 15}
+                  "loader_budget_s": 1.0, "max_reads": 1000, "max_batches": 15, "per_file_files": 300}
         return cls(**{**values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -361,6 +363,7 @@ def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, An
     phase("counts_corpus", lambda: {"counts_corpus": corpus_counts(work, cfg.repeats, log)})
     phase("counts_scaled", scaled)
     phase("reads", lambda: {"reads": read_figures(corpus, work, cfg, log)})
+    phase("per_file", lambda: {"per_file": per_file_figures(cfg, log)})
     results["corpus"]["processed_eeg_hours"] = results["floor"]["1"]["runs"][0]["eeg_hours"]
     results["corpus"]["windows_at_10s_stride"] = results["reads"]["windows"]
     results["machine"]["load_average_at_end"] = machine.load_average()
@@ -369,7 +372,27 @@ def run_all(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, An
     return results
 
 
-PHASES = ("eegcache", "eegcache_strides", "counts_corpus", "counts_scaled", "reads")
+PHASES = ("eegcache", "eegcache_strides", "counts_corpus", "counts_scaled", "reads", "per_file")
+
+
+def per_file_figures(cfg: BenchConfig, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """The per-file overhead: ``cfg.per_file_files`` files of ``cfg.per_file_s`` s, floor and ingest, 1 worker and
+    all cores (``bench.per_file``)."""
+    return per_file.measure(Path(cfg.out).resolve(), cfg.per_file_files, cfg.workers, cfg.repeats, log,
+                            cfg.per_file_s, cfg.seed)
+
+
+def rerun_per_file(cfg: BenchConfig, results: dict[str, Any] | None, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """The per-file figures alone, merged into a previous run's results when there is one (same ``--out``)."""
+    if results is None:
+        results = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "config": cfg.to_dict(),
+                   "machine": machine.machine(), "versions": machine.versions()}
+    else:
+        results.setdefault("reruns", []).append({"what": "per-file", "at": datetime.now(UTC).isoformat(
+            timespec="seconds"), "load_average": machine.load_average()})
+    results["per_file"] = per_file_figures(cfg, log)
+    results["machine"]["load_average_at_end"] = machine.load_average()
+    return results
 
 
 def rerun_reads(cfg: BenchConfig, results: dict[str, Any], log: Callable[[str], None] = _log) -> dict[str, Any]:

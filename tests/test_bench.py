@@ -5,14 +5,17 @@ from __future__ import annotations
 import copy
 import json
 
-from bench import braindecode_venv, report
+import pytest
+
+from bench import braindecode_venv, per_file, report
 from bench.__main__ import main, parse_args
 from bench.run import BenchConfig
+from bench.timing import summary
 
 
 def test_bench_writes_every_figure(tmp_path, capsys):
     cfg = BenchConfig.quick_config(out=tmp_path, hours=0.1, repeats=1, tusz_windows=5_000, index_windows=10_000,
-                                   read_budget_s=0.1, loader_budget_s=0.2, max_batches=2, max_reads=50)
+                                   read_budget_s=0.1, loader_budget_s=0.2, max_batches=2, max_reads=50, per_file_files=6)
     main(config=cfg)
     r = json.loads((tmp_path / "results.json").read_text())
 
@@ -54,8 +57,13 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert all(t["status"] in ("PASS", "MISS", "PENDING") for t in r["targets"])
     table = capsys.readouterr().out.rsplit("| Figure |", 1)[1]
     for row in ("Build, EEG-h/s", "Disk per EEG-hour", "Class counts, corpus", "Epoch draw", "Random single-window",
-                "DataLoader", "Peak resident memory", "Re-ingest", "Add a new stride"):
+                "DataLoader", "Peak resident memory", "Re-ingest", "Add a new stride", "Per-file overhead: 6 files of 30 s"):
         assert row in table
+    pf = r["per_file"]
+    assert pf["files"] == pf["corpus"]["edf_files"] == 6 and pf["file_s"] == 30
+    assert set(pf["floor"]) == set(pf["eegcache"]) == {"1", w}
+    assert all(run["edf_read"] > 0 and run["cpu_seconds"] > 0 for run in pf["eegcache"]["1"]["runs"])
+    assert {f"per_file_vs_floor_{n}" for n in ("1", w)} | {f"per_file_overhead_{n}" for n in ("1", w)} <= keys
 
     _report_with_braindecode(r)
 
@@ -86,3 +94,49 @@ def test_braindecode_venv_absent_is_reported_not_fatal(tmp_path, monkeypatch) ->
     assert got["installed"] is False and "absent" in got["note"]
     assert parse_args(["--quick", "--with-braindecode"]).with_braindecode is True
     assert parse_args(["--quick"]).with_braindecode is False
+
+
+def _per_file_results(floor_s: list[float], ingest_s: list[float], workers: int = 2, cpu: int = 2) -> dict:
+    """Made-up per-file results, shaped as ``bench.per_file.measure`` writes them."""
+    def entry(seconds: list[float]) -> dict:
+        return {"seconds": summary(seconds), "runs": [{"seconds": x, "eeg_hours": 2.0, "cpu_seconds": x / 2}
+                                                      for x in seconds]}
+
+    ws = sorted({"1", str(workers)})
+    return {"machine": {"cpu_count": cpu, "cpu_model": "test", "load_average_at_start": None},
+            "config": {"repeats": len(floor_s)},
+            "per_file": {"files": 1000, "file_s": 30, "corpus": {},
+                         "floor": {k: entry(floor_s) for k in ws}, "eegcache": {k: entry(ingest_s) for k in ws}}}
+
+
+def test_per_file_arithmetic() -> None:
+    """Ratio = floor / ingest (medians); overhead = (ingest − floor) / files × workers, workers capped at the cores."""
+    r = _per_file_results([10.0, 12.0, 11.0], [16.0, 14.0, 15.0], workers=4, cpu=2)
+    f = report.per_file_figures(r)
+    assert f["1"]["ratio_to_floor"] == pytest.approx(11 / 15)
+    assert f["1"]["overhead_ms_per_file"] == pytest.approx(4.0)  # (15 − 11) s / 1000 files × 1
+    assert f["4"]["overhead_ms_per_file"] == pytest.approx(8.0)  # × 2 cores, not 4 workers
+    assert f["1"]["ingest_rate"]["median"] == pytest.approx(2.0 / 15)
+    assert f["4"]["floor_rate"]["median"] == pytest.approx(2.0 / 11 / 2)
+    assert f["1"]["cpu_overhead_ms_per_file"] == pytest.approx(2.0)  # CPU seconds of all processes, not per core
+    status = {t.key: t.status for t in report.per_file_targets(r)}
+    assert status == {"per_file_vs_floor_1": "MISS", "per_file_overhead_1": "PASS",
+                      "per_file_vs_floor_4": "MISS", "per_file_overhead_4": "MISS"}
+    fast = {t.key: t.status for t in report.per_file_targets(_per_file_results([10.0], [10.004], workers=1))}
+    assert fast == {"per_file_vs_floor_1": "PASS", "per_file_overhead_1": "PASS"}
+
+
+def test_only_per_file_alone(tmp_path, monkeypatch, capsys) -> None:
+    """``--only per-file`` without a previous run reports the per-file figures alone (measure stubbed: no timing)."""
+    made = _per_file_results([10.0], [12.0])["per_file"]
+    monkeypatch.setattr(per_file, "measure", lambda out, files, workers, *a, **k: {**made, "files": files})
+    cfg = parse_args(["--only", "per-file", "--out", str(tmp_path), "--per-file-files", "1000", "--repeats", "1",
+                      "--workers", "2"])
+    assert (cfg.only, cfg.per_file_files) == ("per-file", 1000)
+    r = main(config=cfg)
+    assert {t["key"] for t in r["targets"]} == {"per_file_vs_floor_1", "per_file_overhead_1", "per_file_vs_floor_2",
+                                                "per_file_overhead_2"}
+    assert json.loads((tmp_path / "results.json").read_text())["derived"]["per_file"]["1"]["overhead_ms_per_file"] == \
+        pytest.approx(2.0)
+    assert "| Per-file overhead: 1,000 files of 30 s, EEG-h/s per core, 1 worker |" in capsys.readouterr().out
+    assert parse_args(["--quick"]).per_file_files == 300 and parse_args([]).per_file_files == 2000

@@ -233,3 +233,72 @@ def test_concurrency_stress(reference: Reference, tmp_path: Path) -> None:
         results = _together(reference, cache, [(), ("--workers", "2"), ()])
         _no_trouble(results, reference.rc)
         _assert_final(cache, reference)
+
+
+# --- claims taken in batches (many short files) ------------------------------------------------------------------
+
+# Short files: each claim batch holds many of them, so a kill lands while the process holds claims on files it has
+# registered, files it is preparing and files it has not started.
+SHORT_TREE = tuple(
+    Rec(("train", "dev", "eval")[i % 3], f"aaaaab{chr(97 + i // 6)}{chr(97 + i % 6)}", 1 + i % 2, 2003, "01_tcp_ar",
+        0, fs=250, duration_s=30 + 5 * (i % 3), events=((5.0, 12.5),) if i % 4 == 0 else (), seed=100 + i)
+    for i in range(18)
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def short_reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    base = tmp_path_factory.mktemp("short")
+    root = base / "src"
+    write_tree(root, SHORT_TREE)
+    cache = base / "reference"
+    t0 = time.monotonic()
+    done = run_cli("ingest", root, "--cache", cache, "--quiet", "--json", "--window", "10", "--stride", "5")
+    wall = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    return Reference(root, cache, done.returncode, _summary(done.stdout), index_snapshot(cache), wall)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigkill_in_the_middle_of_a_claim_batch(short_reference: Reference, tmp_path: Path, workers: str) -> None:
+    """Killed while it holds a batch of claims, some of its files registered and others not: every registered
+    recording is complete (the same status and windows as in an uninterrupted run), none is partial, and a rerun
+    takes the dead process's claims over at once, prepares only what was not registered and reaches the
+    uninterrupted index."""
+    ref, cache = short_reference, tmp_path / "cache"
+    args = ("--window", "10", "--stride", "5", "--workers", workers)
+    proc = _start(ref.root, cache, *args)
+    seen = (0, 0)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            seen = query(cache, "SELECT (SELECT count(*) FROM claims), (SELECT count(*) FROM recordings)")[0]
+        except Exception:  # noqa: BLE001 - the index or its tables may not exist yet
+            pass
+        if seen[0] >= 2 and seen[1] >= 1:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the ingest ended before it was seen holding claims with recordings registered"
+    _kill(proc)
+    claims, registered = query(cache, "SELECT (SELECT count(*) FROM claims), (SELECT count(*) FROM recordings)")[0]
+    assert claims >= 1 and 1 <= registered < len(SHORT_TREE), (claims, registered)
+    _check_invariants(cache)
+    want = {row[1]: row for row in ref.snapshot["status"]}
+    done_before = index_snapshot(cache)
+    for row in done_before["status"]:
+        assert row == want[row[1]], "a registered recording differs from the uninterrupted run's"
+    windows_of = {r[0] for r in done_before["status"]}
+    assert done_before["windows"] == [w for w in ref.snapshot["windows"] if w[0] in windows_of]
+    rerun = _start(ref.root, cache, *args)
+    try:
+        rerun.wait(timeout=max(30.0, 4 * ref.wall_s))
+    except subprocess.TimeoutExpired:
+        _kill(rerun)
+        raise AssertionError("the rerun was still waiting (for the killed run's claims)") from None
+    out, err = _output(rerun)
+    assert rerun.returncode == 0, err[-2000:]
+    summary = _summary(out)
+    assert summary["unchanged"] == registered and summary["unchanged"] + summary["ingested"] + \
+        summary["reused"] == len(SHORT_TREE), summary
+    assert query(cache, "SELECT count(*) FROM claims") == [(0,)]
+    _assert_final(cache, ref)

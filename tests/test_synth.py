@@ -145,6 +145,22 @@ def test_quick_signal_keeps_the_plan_and_changes_only_signals(tmp_path, small):
     assert (tmp_path / "quick" / first).with_suffix(".edf").read_bytes() != (reference / first).with_suffix(".edf").read_bytes()
 
 
+def test_file_s_gives_many_files_of_that_length(tmp_path):
+    """A short-segment tree (the bench's per-file figure): every file exactly ``file_s`` long, every split there,
+    TUSZ names and annotations, seizures within the files."""
+    recs = synthesize(tmp_path, hours=40 * 30 / 3600, seed=3, quick_signal=True, file_s=30)
+    assert len(recs) == 40 and {r.duration_s for r in recs} == {30}
+    assert {r.split for r in recs} == {"train", "dev", "eval"}
+    assert any(r.events for r in recs) and all(0 <= a < b <= 30 for r in recs for a, b in r.events)
+    for r in recs:
+        assert TUSZ_PATH.search(r.edf_path.relative_to(tmp_path).as_posix()) or \
+            OLD_STYLE_PATH.search(r.edf_path.relative_to(tmp_path).as_posix())
+        assert r.edf_path.with_suffix(".csv_bi").is_file()
+    readable_one = next(r for r in recs if not r.bad_start_date)
+    with pyedflib.EdfReader(str(readable_one.edf_path)) as f:
+        assert f.getFileDuration() == 30
+
+
 def test_edf_headers_read_back_with_pyedflib(tree):
     _, recs = tree
     orders, slow, synonyms, decoys = set(), 0, 0, 0

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, bindparam, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from eegcache.index.db import writer
@@ -47,21 +47,30 @@ class Claims:
 
     def try_claim(self, source_path: str) -> bool:
         """Take the file unless another live process holds it."""
+        return source_path in self.try_claim_many([source_path])
+
+    def try_claim_many(self, source_paths: list[str]) -> set[str]:
+        """Take each of these files that no other live process holds, in one transaction (a transaction per
+        file cost more than the claim itself on a tree of short files). Returns the ones taken."""
         now = time.time()
         with writer(self.engine).begin() as conn:
-            row = conn.execute(select(Claim.owner, Claim.expires_at).where(Claim.source_path == source_path)).first()
-            if row is not None and row.owner != self.owner and row.expires_at > now and not dead_here(row.owner):
-                return False
+            held = {r.source_path: r for r in conn.execute(
+                select(Claim.source_path, Claim.owner, Claim.expires_at).where(Claim.source_path.in_(source_paths)))}
+            taken = {p for p in source_paths if p not in held or held[p].owner == self.owner
+                     or held[p].expires_at <= now or dead_here(held[p].owner)}
             values = {"owner": self.owner, "expires_at": now + self.lease_s}
-            if row is None:
-                conn.execute(Claim.__table__.insert().values(source_path=source_path, **values))
-            else:
-                conn.execute(update(Claim).where(Claim.source_path == source_path).values(**values))
-        return True
+            if new := [{"source_path": p, **values} for p in taken if p not in held]:
+                conn.execute(Claim.__table__.insert(), new)
+            if old := [{"path": p, **values} for p in taken if p in held]:
+                conn.execute(update(Claim).where(Claim.source_path == bindparam("path")), old)
+        return taken
 
     def release(self, source_path: str) -> None:
+        self.release_many([source_path])
+
+    def release_many(self, source_paths: list[str]) -> None:
         with writer(self.engine).begin() as conn:
-            conn.execute(delete(Claim).where(Claim.source_path == source_path, Claim.owner == self.owner))
+            conn.execute(delete(Claim).where(Claim.source_path.in_(source_paths), Claim.owner == self.owner))
 
     def release_all(self) -> None:
         with writer(self.engine).begin() as conn:
@@ -91,6 +100,9 @@ class Claims:
             pass
 
 
+_RELEASE = delete(Claim).where(Claim.source_path == bindparam("path"))  # built once: it runs once per file
+
+
 def release_in(conn, source_path: str) -> None:
     """Drop a file's claim inside the transaction that registers its result."""
-    conn.execute(delete(Claim).where(Claim.source_path == source_path))
+    conn.execute(_RELEASE, {"path": source_path})

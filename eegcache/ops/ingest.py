@@ -7,6 +7,7 @@ at most an unreferenced object or staging folder, which the next run reuses or `
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -14,18 +15,19 @@ import shutil
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, case, delete, func, or_, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
@@ -216,13 +218,30 @@ def _checkpoint(step: str, path: Path) -> None:
     that the tests replace to change a source file at that moment."""
 
 
+_read_dirs = threading.local()
+
+
+def _read_dir() -> Path:
+    """This thread's private folder for copies of sources, made once (a folder made and removed per file cost more
+    than copying a short file) and removed when the process that made it exits (a forked child makes its own)."""
+    held = getattr(_read_dirs, "held", None)
+    if held is None or held[0] != os.getpid() or not held[1].is_dir():
+        held = _read_dirs.held = (os.getpid(), Path(tempfile.mkdtemp(prefix="eegcache-read-")))
+        atexit.register(_remove_read_dir, *held)
+    return held[1]
+
+
+def _remove_read_dir(pid: int, folder: Path) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextmanager
 def _private_copy(path: Path):
     """A copy of ``path`` that nobody else writes (in $TMPDIR, same file name for messages) and the sha256 of its
     bytes, hashed while copying: what the readers parse is exactly what is hashed."""
-    folder = Path(tempfile.mkdtemp(prefix="eegcache-read-"))
+    copy = _read_dir() / path.name
     try:
-        copy = folder / path.name
         digest = hashlib.sha256()
         with open(path, "rb") as src, open(copy, "wb") as dst:
             while block := src.read(1 << 20):
@@ -230,7 +249,13 @@ def _private_copy(path: Path):
                 dst.write(block)
         yield copy, digest.hexdigest()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        copy.unlink(missing_ok=True)
+
+
+# A source up to this size is copied (and hashed while copied) before its object is looked up: one pass over its
+# bytes instead of a hash and then a copy, the copy wasted only when the object exists already. A larger one is
+# hashed first, so that an existing object costs no copy of it.
+COPY_FIRST_BYTES = 64 << 20
 
 
 def prepare(task: Task) -> Prepared:
@@ -280,10 +305,6 @@ def _retry_next_run(result: Prepared) -> None:
 
 
 def _prepare(task: Task, result: Prepared) -> None:
-    import numpy as np  # see the imports
-
-    from eegcache.pipeline.labels import label_mask
-
     src = result.source_path
     name = task.edf.name
     _checkpoint("prepare", task.edf)
@@ -318,8 +339,34 @@ def _prepare(task: Task, result: Prepared) -> None:
     result.annotation_sha256 = hashlib.sha256(ann_bytes).hexdigest()
     annotation = parse_annotation(ann_path, decode_annotation(ann_path, ann_bytes))
     _checkpoint("annotation-read", ann_path)
-    result.edf_sha256 = known or keys.file_digest(task.edf)
-    _checkpoint("edf-hashed", task.edf)
+    with ExitStack() as copies:
+        copy = None
+        if known is None and st.st_size <= COPY_FIRST_BYTES:
+            copy, result.edf_sha256 = copies.enter_context(_private_copy(task.edf))
+            if _stamp(task.edf.stat()) != _stamp(st):
+                raise SourceChanged(task.edf)  # changed while it was copied: the copy may be torn
+        else:
+            result.edf_sha256 = known or keys.file_digest(task.edf)
+        _checkpoint("edf-hashed", task.edf)
+        mask = _publish_object(task, result, spec, annotation, st, copy, copies)
+    # The object (new or reused) is the bytes' own, whatever happens now; but the size and mtime recorded beside
+    # the digests must be those of the bytes that were hashed, or a later run would call a changed file unchanged.
+    if _stamp(task.edf.stat()) != _stamp(st):
+        raise SourceChanged(task.edf)
+    if _stamp(ann_path.stat()) != _stamp(ast):
+        raise SourceChanged(ann_path, annotation_of=name)
+    result.windows = _windows_for(mask, task.shapes)
+
+
+def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotation, st: os.stat_result,
+                    copy: Path | None, copies: ExitStack) -> np.ndarray:
+    """Find or make the recording's object (stored already, or its signal stored under other labels, or read and
+    preprocessed from ``copy``, made here when it was not made before the digest); returns its label mask."""
+    import numpy as np  # see the imports
+
+    from eegcache.pipeline.labels import label_mask
+
+    name = task.edf.name
     result.label_key = keys.label_key(result.annotation_sha256)
     result.object_key = keys.object_key(result.edf_sha256, spec, result.label_key)
     store = open_store(task.cache, task.store_url)
@@ -328,55 +375,51 @@ def _prepare(task: Task, result: Prepared) -> None:
         mask = np.asarray(group["labels"][...])
         _take_attrs(result, group)
         result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
+        return mask
+    signal_key = keys.signal_key(result.edf_sha256, spec)
+    donor = store.signal_donor(signal_key)
+    if donor is not None:  # the signal is stored under other labels: reuse it, read no EDF
+        group = store.open(donor)
+        signal = np.asarray(group["signal"][...])
+        _take_attrs(result, group)
     else:
-        signal_key = keys.signal_key(result.edf_sha256, spec)
-        donor = store.signal_donor(signal_key)
-        if donor is not None:  # the signal is stored under other labels: reuse it, read no EDF
-            group = store.open(donor)
-            signal = np.asarray(group["signal"][...])
-            _take_attrs(result, group)
-        else:
-            with _private_copy(task.edf) as (copy, digest):
-                if digest != result.edf_sha256 or _stamp(task.edf.stat()) != _stamp(st):
-                    raise SourceChanged(task.edf)  # the bytes about to be parsed are not those hashed
-                raw = read_recording(copy, spec.channels, spec.missing_electrodes, spec.montage)
-            _checkpoint("edf-read", task.edf)
-            from eegcache.pipeline.preprocess import preprocess  # scipy.signal: only when there is work
-            signal = preprocess(raw.data, raw.fs, spec)
-            if not np.isfinite(signal).all():
-                raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
-            result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
-            result.channel_names = raw.names
-            result.n_channels, result.n_samples = signal.shape
-            result.preprocessed = True
-        result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
-        duration = result.n_samples / spec.fs
-        if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
-            result.warnings.append(
-                f"annotation duration {annotation.duration_s:.2f} s differs from the recording's {duration:.2f} s"
-            )
-        mask = label_mask(result.events, result.n_samples, spec.fs)
-        attrs = {
-            "key": result.object_key, "label_key": result.label_key, "spec": spec.stored().to_dict(),
-            "channels": list(result.channel_names or spec.channels), "fs": spec.fs, "reader": result.reader,
-            "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
-            "events": [list(e) for e in result.events],
-        }
-        if spec.montage != "referential":
-            attrs["montage"] = spec.montage
-        if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
-            attrs["power_line_hz"] = result.info["power_line_hz"]
-            attrs["notch_hz"] = list(spec.notch_hz)
-        store.write(result.object_key, signal, mask, attrs)
-        store.note_signal(signal_key, result.object_key)
-        result.checksums = store.checksums(result.object_key)
-    # The object (new or reused) is the bytes' own, whatever happens now; but the size and mtime recorded beside
-    # the digests must be those of the bytes that were hashed, or a later run would call a changed file unchanged.
-    if _stamp(task.edf.stat()) != _stamp(st):
-        raise SourceChanged(task.edf)
-    if _stamp(ann_path.stat()) != _stamp(ast):
-        raise SourceChanged(ann_path, annotation_of=name)
-    result.windows = _windows_for(mask, task.shapes)
+        if copy is None:
+            copy, digest = copies.enter_context(_private_copy(task.edf))
+            if digest != result.edf_sha256 or _stamp(task.edf.stat()) != _stamp(st):
+                raise SourceChanged(task.edf)  # the bytes about to be parsed are not those hashed
+        raw = read_recording(copy, spec.channels, spec.missing_electrodes, spec.montage)
+        copies.close()  # parsed: the copy is not needed any more
+        _checkpoint("edf-read", task.edf)
+        from eegcache.pipeline.preprocess import preprocess  # scipy.signal: only when there is work
+        signal = preprocess(raw.data, raw.fs, spec)
+        if not np.isfinite(signal).all():
+            raise EdfError(f"{name}: preprocessing produced non-finite values (implausible calibration)")
+        result.reader, result.orig_fs, result.filled = raw.reader, raw.fs, raw.filled
+        result.channel_names = raw.names
+        result.n_channels, result.n_samples = signal.shape
+        result.preprocessed = True
+    result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
+    duration = result.n_samples / spec.fs
+    if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
+        result.warnings.append(
+            f"annotation duration {annotation.duration_s:.2f} s differs from the recording's {duration:.2f} s"
+        )
+    mask = label_mask(result.events, result.n_samples, spec.fs)
+    attrs = {
+        "key": result.object_key, "label_key": result.label_key, "spec": spec.stored().to_dict(),
+        "channels": list(result.channel_names or spec.channels), "fs": spec.fs, "reader": result.reader,
+        "orig_fs": result.orig_fs, "filled_channels": list(result.filled),
+        "events": [list(e) for e in result.events],
+    }
+    if spec.montage != "referential":
+        attrs["montage"] = spec.montage
+    if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
+        attrs["power_line_hz"] = result.info["power_line_hz"]
+        attrs["notch_hz"] = list(spec.notch_hz)
+    store.write(result.object_key, signal, mask, attrs)
+    store.note_signal(signal_key, result.object_key)
+    result.checksums = store.checksums(result.object_key)
+    return mask
 
 
 def _take_attrs(result: Prepared, group) -> None:
@@ -398,13 +441,38 @@ def _json(value) -> str | None:
     return json.dumps(list(value)) if value else None
 
 
+class _Sql:
+    """The statements ``register`` runs for every recording, built once: building and caching a statement cost
+    SQLAlchemy several times what SQLite takes to run it."""
+
+    recording = select(Recording.id, Recording.object_key, Recording.status, Recording.edf_sha256,
+                       Recording.annotation_sha256).where(
+        Recording.dataset_id == bindparam("dataset_id"), Recording.rel_path == bindparam("rel_path"),
+        Recording.pipeline_id == bindparam("pipeline_id"))
+    insert_recording = Recording.__table__.insert()
+    update_recording = Recording.__table__.update().where(Recording.__table__.c.id == bindparam("rec_id"))
+    delete_windows = delete(Window).where(Window.recording_id == bindparam("rec_id"))
+    delete_events = delete(SeizureEvent).where(SeizureEvent.recording_id == bindparam("rec_id"))
+    insert_events = SeizureEvent.__table__.insert()
+    referenced = delete(UnreferencedObject).where(UnreferencedObject.object_key == bindparam("key"))
+    object_key = select(StoredObject.key).where(StoredObject.key == bindparam("key"))
+    insert_object = StoredObject.__table__.insert()
+    insert_files = ObjectFile.__table__.insert()
+    twins = (select(Recording.id, Recording.status, Recording.rel_path, Recording.source_missing,
+                    Recording.object_key, Dataset.name.label("dataset"))
+             .join(Dataset, Dataset.id == Recording.dataset_id)
+             .where(Recording.pipeline_id == bindparam("pipeline_id"), Recording.edf_sha256 == bindparam("edf"),
+                    Recording.annotation_sha256 == bindparam("ann"),
+                    Recording.status.in_(bindparam("statuses", expanding=True))))
+
+
 def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared) -> str:
     """Write one prepared recording in ONE transaction. Returns the status that was recorded."""
     spec = target.pipeline.spec
     now = datetime.now(UTC).replace(tzinfo=None)
     with writer(engine).begin() as conn:
-        rec = conn.execute(select(Recording.id, Recording.object_key, Recording.status, Recording.edf_sha256,
-                                  Recording.annotation_sha256).where(*_identity(target, item.rel_path))).first()
+        rec = conn.execute(_Sql.recording, {"dataset_id": target.dataset.id, "rel_path": item.rel_path,
+                                            "pipeline_id": target.pipeline.id}).first()
         status, reason = item.status, item.reason
         if rec is not None and rec.status == "ingested" and (
                 status != "ingested" or (rec.edf_sha256, rec.annotation_sha256) != (item.edf_sha256, item.annotation_sha256)):
@@ -414,7 +482,7 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
         if status != "failed":
             _ensure_object(conn, store, item.spec or spec, item, now)
             # referenced again: gc's grace period for it starts afresh when it is next unreferenced
-            conn.execute(delete(UnreferencedObject).where(UnreferencedObject.object_key == item.object_key))
+            conn.execute(_Sql.referenced, {"key": item.object_key})
         ann_rel = target.dataset.rel_path(Path(item.annotation_path)) if item.annotation_path else None
         values = dict(
             dataset_id=target.dataset.id, rel_path=item.rel_path, pipeline_id=target.pipeline.id, source_missing=False,
@@ -430,18 +498,18 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
             **(item.info or recording_info(target.dataset.layout, item.rel_path)),
         )
         if rec is None:
-            rec_id = conn.execute(Recording.__table__.insert().values(**values)).inserted_primary_key[0]
+            rec_id = conn.execute(_Sql.insert_recording, values).inserted_primary_key[0]
         else:
             rec_id = rec.id
             if rec.object_key != values["object_key"] or status != "ingested":
-                conn.execute(delete(Window).where(Window.recording_id == rec_id))
-            conn.execute(Recording.__table__.update().where(Recording.id == rec_id).values(**values))
+                conn.execute(_Sql.delete_windows, {"rec_id": rec_id})
+            conn.execute(_Sql.update_recording, {**values, "rec_id": rec_id})
         release_in(conn, target.claim(item.rel_path))
-        conn.execute(delete(SeizureEvent).where(SeizureEvent.recording_id == rec_id))
+        conn.execute(_Sql.delete_events, {"rec_id": rec_id})
         if status == "ingested":
             if item.events:
                 conn.execute(
-                    SeizureEvent.__table__.insert(),
+                    _Sql.insert_events,
                     [{"recording_id": rec_id, "start_s": a, "stop_s": b, "event_type": t or None}
                      for (a, b), t in zip(item.events, _types(item), strict=True)],
                 )
@@ -460,11 +528,6 @@ def _types(item: Prepared) -> tuple[str, ...]:
     return item.event_types if len(item.event_types) == len(item.events) else ("",) * len(item.events)
 
 
-def _identity(target: Target, rel_path: str) -> tuple:
-    return (Recording.dataset_id == target.dataset.id, Recording.rel_path == rel_path,
-            Recording.pipeline_id == target.pipeline.id)
-
-
 def _twin_reason(dataset: str, rel_path: str) -> str:
     return f"same EDF and annotation bytes as {dataset}/{rel_path}; stored and windowed once"
 
@@ -472,12 +535,8 @@ def _twin_reason(dataset: str, rel_path: str) -> str:
 def _twins(conn, pipeline_id: int, edf_sha256, annotation_sha256, statuses=("ingested", "skipped")):
     """Recordings of one pipeline with these EDF and annotation bytes, the windows' owner first: present sources
     before missing ones, then by (dataset name, relative path), so every run (serial or concurrent) agrees."""
-    rows = conn.execute(
-        select(Recording.id, Recording.status, Recording.rel_path, Recording.source_missing, Recording.object_key,
-               Dataset.name.label("dataset"))
-        .join(Dataset, Dataset.id == Recording.dataset_id)
-        .where(Recording.pipeline_id == pipeline_id, Recording.edf_sha256 == edf_sha256,
-               Recording.annotation_sha256 == annotation_sha256, Recording.status.in_(statuses))).all()
+    rows = conn.execute(_Sql.twins, {"pipeline_id": pipeline_id, "edf": edf_sha256, "ann": annotation_sha256,
+                                     "statuses": list(statuses)}).all()
     return sorted(rows, key=lambda r: (bool(r.source_missing), r.dataset, r.rel_path))
 
 
@@ -591,7 +650,7 @@ class ObjectVanished(RuntimeError):
 
 
 def _ensure_object(conn, store: ObjectStore, spec: PreprocessSpec, item: Prepared, now: datetime) -> None:
-    registered = conn.execute(select(StoredObject.key).where(StoredObject.key == item.object_key)).first()
+    registered = conn.execute(_Sql.object_key, {"key": item.object_key}).first()
     if registered and item.checksums is None:
         return
     # Inside the write transaction, so gc (which also takes the write lock) cannot remove it under us.
@@ -607,8 +666,8 @@ def _ensure_object(conn, store: ObjectStore, spec: PreprocessSpec, item: Prepare
         conn.execute(delete(ObjectFile).where(ObjectFile.object_key == item.object_key))
         conn.execute(StoredObject.__table__.update().where(StoredObject.key == item.object_key).values(**values))
     else:
-        conn.execute(StoredObject.__table__.insert().values(key=item.object_key, **values))
-    conn.execute(ObjectFile.__table__.insert(), [
+        conn.execute(_Sql.insert_object, {"key": item.object_key, **values})
+    conn.execute(_Sql.insert_files, [
         {"object_key": item.object_key, "path": c.path, "size": c.size, "sha256": c.sha256} for c in checksums
     ])
 
@@ -780,7 +839,7 @@ def ingest(
         bar = tqdm(total=len(edfs), initial=unchanged + len(failed_before), unit="file", disable=not progress,
                    desc="ingest")
         with Claims(engine, claim_lease_s) as claims:
-            replan = lambda task: plan(engine, store, target, [task.edf], requested, True)[0]  # noqa: E731
+            replan = lambda batch: plan(engine, store, target, [t.edf for t in batch], requested, True)[0]  # noqa: E731
             for task, item in _schedule(tasks, config.workers, claims, replan, target):
                 if item is None:  # another process ingested it meanwhile
                     summary.unchanged += 1
@@ -855,34 +914,60 @@ def _failed(task: Task, reason: str) -> Prepared:
     return Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed", reason=reason)
 
 
+# Files are claimed a few at a time, in one transaction: up to this many, and only as many as make about a second of
+# work (by size), so that on a tree of long files concurrent processes still divide the work file by file.
+CLAIM_BATCH_FILES = 32
+CLAIM_BATCH_BYTES = 16 << 20
+
+
+def _claim_batch(pending: deque) -> list[Task]:
+    batch, size = [], 0
+    while pending and len(batch) < CLAIM_BATCH_FILES and (not batch or size < CLAIM_BATCH_BYTES):
+        task = pending.popleft()
+        batch.append(task)
+        try:
+            size += task.edf.stat().st_size
+        except OSError:  # prepare says what is wrong with it
+            pass
+    return batch
+
+
 def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: Target):
     """Yield (task, Prepared) for each task this process claims and prepares, and (task, None) for tasks another
     process finished while this one waited. Tasks claimed elsewhere wait until their owner registers them or
-    its claim expires."""
+    its claim expires. ``replan(tasks)`` gives the tasks, among these just claimed, that still need work."""
     pending = deque(tasks)
+    ready: deque[Task] = deque()  # claimed by this process and re-planned, not started yet
     waiting: list[Task] = []
     new_pool = lambda: ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))  # noqa: E731
     # Worker processes take a second or two to start: not worth it for a handful of files (e.g. retried failures).
     pool = new_pool() if workers > 1 and len(tasks) > workers else None
     in_flight: dict = {}
     try:
-        while pending or waiting or in_flight:
-            while pending and (pool is None or len(in_flight) < workers + 1):
-                task = pending.popleft()
-                try:
-                    claimed = claims.try_claim(target.claim(task.rel_path))
-                    fresh = replan(task) if claimed else None  # another process may have finished it meanwhile
-                except SQLAlchemyError as exc:  # the index cannot be written (disk full...): fail this file, go on
-                    yield task, _failed(task, f"{task.edf.name}: the index is not writable ({getattr(exc, 'orig', exc)})")
+        while pending or ready or waiting or in_flight:
+            while (ready or pending) and (pool is None or len(in_flight) < workers + 1):
+                if not ready:
+                    batch = _claim_batch(pending)
+                    try:
+                        claimed = claims.try_claim_many([target.claim(t.rel_path) for t in batch])
+                        mine = [t for t in batch if target.claim(t.rel_path) in claimed]
+                        # another process may have finished some of them meanwhile
+                        fresh = {t.rel_path: t for t in replan(mine)} if mine else {}
+                        if done_elsewhere := [t for t in mine if t.rel_path not in fresh]:
+                            claims.release_many([target.claim(t.rel_path) for t in done_elsewhere])
+                    except SQLAlchemyError as exc:  # the index cannot be written (disk full...): fail these, go on
+                        for task in batch:
+                            yield task, _failed(task, f"{task.edf.name}: the index is not writable "
+                                                      f"({getattr(exc, 'orig', exc)})")
+                        continue
+                    waiting.extend(t for t in batch if target.claim(t.rel_path) not in claimed)
+                    for task in mine:
+                        if task.rel_path in fresh:
+                            ready.append(fresh[task.rel_path])
+                        else:
+                            yield task, None
                     continue
-                if not claimed:
-                    waiting.append(task)
-                    continue
-                if not fresh:
-                    claims.release(target.claim(task.rel_path))
-                    yield task, None
-                    continue
-                task = fresh[0]
+                task = ready.popleft()
                 if pool is None:
                     yield task, prepare(task)
                 else:
@@ -897,7 +982,7 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: T
                     # (and retried by the next run); a fresh pool carries on with the rest.
                     pool.shutdown(cancel_futures=True)
                     pool = new_pool()
-            elif waiting and not pending:
+            elif waiting and not pending and not ready:
                 time.sleep(POLL_S)
                 pending.extend(waiting)
                 waiting = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from eegcache.pipeline.spec import LABEL_RULES_VERSION, PIPELINE_VERSION, PreprocessSpec
@@ -33,7 +34,13 @@ def signal_key(edf_digest: str, spec: PreprocessSpec) -> str:
     """Key of the preprocessed signal alone: EDF bytes, canonical spec, pipeline version. Objects that share it
     hold the same signal, so a new label mask for known EDF bytes never needs the EDF again. Read-time steps
     (``window_filter``) are not hashed: they do not change what is stored."""
-    return _digest({"edf": edf_digest, "spec": json.loads(spec.stored().canonical_json()), "pipeline": PIPELINE_VERSION})
+    return _digest({"edf": edf_digest, "spec": _spec(spec.stored()), "pipeline": PIPELINE_VERSION})
+
+
+@lru_cache(maxsize=256)
+def _spec(spec: PreprocessSpec) -> dict:
+    """A spec as its keys hash it (specs are frozen: decoded once per spec, not once per file; never mutated)."""
+    return json.loads(spec.canonical_json())
 
 
 def object_key(edf_digest: str, spec: PreprocessSpec, labels: str) -> str:
@@ -43,4 +50,4 @@ def object_key(edf_digest: str, spec: PreprocessSpec, labels: str) -> str:
 
 def spec_digest(spec: PreprocessSpec) -> str:
     """Short identity of a spec, recorded per object so stats can group by it."""
-    return _digest({"spec": json.loads(spec.canonical_json()), "pipeline": PIPELINE_VERSION})[:16]
+    return _digest({"spec": _spec(spec), "pipeline": PIPELINE_VERSION})[:16]

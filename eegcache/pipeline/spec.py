@@ -10,6 +10,7 @@ import dataclasses
 import json
 import tomllib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,12 @@ class PreprocessSpec:
 
     def canonical_json(self) -> str:
         """Stable text for hashing: sorted keys, no whitespace, floats as Python writes them."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return _canonical_json(self)
+
+
+@lru_cache(maxsize=256)  # specs are frozen: serialised once per spec, not once per file
+def _canonical_json(spec: PreprocessSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 _LATER_DEFAULTS = {"montage": DEFAULT_MONTAGE, "mains_notch": True, "chain": "filter-first", "resample": "poly",

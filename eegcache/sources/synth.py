@@ -130,7 +130,8 @@ class _File:
         return Path("edf", self.split, self.subject, self.session, self.montage, self.stem)
 
 
-def synthesize(out: Path, hours: float = 2.0, seed: int = 0, *, quick_signal: bool = False) -> list[SynthRecording]:
+def synthesize(out: Path, hours: float = 2.0, seed: int = 0, *, quick_signal: bool = False,
+               file_s: int | None = None) -> list[SynthRecording]:
     """Write a TUSZ-like tree of about ``hours`` EEG-hours under ``out/edf`` and return its ground truth.
 
     Splits take about 60/25/15 % of the hours; a tiny ``hours`` still gives each split one file of at least 60 s
@@ -138,9 +139,11 @@ def synthesize(out: Path, hours: float = 2.0, seed: int = 0, *, quick_signal: bo
 
     The same (hours, seed) gives the same bytes. ``quick_signal`` mixes the background from 9 sources instead
     of 25 (about a third less CPU, for large benchmark corpora); the tree, annotations and seizures stay the same.
+    ``file_s`` makes every file exactly that long (a short-segment corpus: many files, each paying ingest's fixed
+    cost per file); the names, quirks and seizure statistics stay TUSZ's.
     """
     out = Path(out).resolve()
-    files = _plan(hours, np.random.default_rng([seed, 0]))
+    files = _plan(hours, np.random.default_rng([seed, 0]), file_s)
     recordings = []
     for index, f in enumerate(files):
         base = out / f.relpath()
@@ -171,9 +174,15 @@ def synthesize(out: Path, hours: float = 2.0, seed: int = 0, *, quick_signal: bo
 # The plan: names, durations, channel traits and seizures, all from one generator.
 
 
-def _plan(hours: float, rng: np.random.Generator) -> list[_File]:
+def _plan(hours: float, rng: np.random.Generator, file_s: int | None = None) -> list[_File]:
     total_s = max(hours, 0.0) * 3600
-    by_split = {split: _durations(split, _SHARE[split] * total_s, rng) for split in SPLITS}
+    if file_s is None:
+        by_split = {split: _durations(split, _SHARE[split] * total_s, rng) for split in SPLITS}
+    else:
+        n = max(len(SPLITS), round(total_s / file_s))
+        counts = {"dev": max(1, round(n * _SHARE["dev"])), "eval": max(2, round(n * _SHARE["eval"]))}
+        counts["train"] = max(1, n - counts["dev"] - counts["eval"])
+        by_split = {split: [_File(split, int(file_s)) for _ in range(counts[split])] for split in SPLITS}
     _assign_patients(by_split, rng)
     files = [f for split in SPLITS for f in by_split[split]]
     _assign_traits(files, by_split, rng)

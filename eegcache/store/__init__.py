@@ -11,12 +11,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eegcache.store.base import MARKER, OBJECTS, SIGNALS, STAGING, TRASH, ObjectStore, age, pid_alive, writer_alive
+from eegcache.store.base import (
+    MARKER,
+    OBJECTS,
+    SIGNALS,
+    STAGING,
+    TRASH,
+    ObjectStore,
+    age,
+    fsync_all,
+    pid_alive,
+    writer_alive,
+)
 from eegcache.store.layout import LABEL_CHUNK, SHARD_SAMPLES, SIGNAL_CHUNK, FileChecksum, fsync_tree, object_digest
 from eegcache.store.local import LocalObjectStore
 
 __all__ = ["LABEL_CHUNK", "MARKER", "OBJECTS", "SHARD_SAMPLES", "SIGNALS", "SIGNAL_CHUNK", "STAGING", "TRASH", "FileChecksum",
-           "LocalObjectStore", "ObjectStore", "age", "fsync_tree", "object_digest", "open_store", "pid_alive",
+           "LocalObjectStore", "ObjectStore", "age", "fsync_all", "fsync_tree", "object_digest", "open_store", "pid_alive",
            "writer_alive"]
 
 
