@@ -25,9 +25,10 @@ def _cpu_seconds() -> float:
 
 def main(argv: list[str]) -> None:
     task, args = argv[0], json.loads(argv[1])
-    # eegcache imports scipy.signal on first use (a no-op ingest never needs it); the child's imports are not
-    # part of a build's time (braindecode's runner imports MNE before its clock too), so import it here.
+    # eegcache imports scipy.signal and zarr on first use (a no-op ingest never needs them); the child's imports
+    # are not part of a build's time (braindecode's runner imports MNE before its clock too), so import them here.
     import scipy.signal  # noqa: F401
+    import zarr  # noqa: F401
 
     before = _cpu_seconds()
     result = TASKS[task](**args)
