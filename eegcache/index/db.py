@@ -245,7 +245,9 @@ def _not_writable(cache: Path) -> str | None:
         return f"the cache folder {cache} is not writable by this user"
     for name in (INDEX_FILE, f"{INDEX_FILE}-wal", f"{INDEX_FILE}-shm"):
         path = cache / name
-        if path.exists() and not os.access(path, os.W_OK):
+        # exists() again after a failed access(): another process closing the last connection deletes the -wal
+        # between the two calls, and a file that is gone is not a file this user cannot write.
+        if path.exists() and not os.access(path, os.W_OK) and path.exists():
             return f"the index file {path} is not writable by this user"
     return None
 
