@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eegcache.store.layout import FileChecksum, write_group
+from eegcache.store.layout import FileChecksum, fsync_dir, write_group
 
 if TYPE_CHECKING:
     import numpy as np
@@ -136,14 +136,6 @@ _fsync_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the pid that made 
 _fsync_lock = threading.Lock()
 
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_all(root: Path) -> None:
     """Flush every file and folder below ``root`` to disk, so that a rename publishes durable data: the same
     fsyncs as ``layout.fsync_tree``, issued together from a few threads. One after the other, each waits for its
@@ -159,7 +151,7 @@ def fsync_all(root: Path) -> None:
         if _fsync_pool is None or _fsync_pool[0] != os.getpid():
             _fsync_pool = (os.getpid(), ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="eegcache-fsync"))
         pool = _fsync_pool[1]
-    futures = [pool.submit(_fsync_path, p) for p in paths]
+    futures = [pool.submit(fsync_dir, p) for p in paths]
     wait(futures)
     for f in futures:
         f.result()

@@ -115,7 +115,8 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
+    """Flush one file or folder (os.open of a folder read-only is how its entries are flushed)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
