@@ -143,6 +143,41 @@ def test_four_overlapping_ingests_stress(serial: Serial, tmp_path: Path) -> None
     print("\nFIGURES test_four_overlapping_ingests_stress: 10 rounds x 4 processes, 0 inconsistencies")
 
 
+# --- creating a new index -------------------------------------------------------------------------------------
+
+OPEN_INDEX = r"""
+import sys
+from pathlib import Path
+from eegcache.index.db import open_index
+open_index(Path(sys.argv[1])).dispose()
+"""
+
+
+def test_processes_opening_a_new_index_wait_for_its_creator(tmp_path: Path) -> None:
+    """Regression (CI): one of four ingests started together on a new cache failed with "database is locked".
+    Two connections switching a new SQLite file to WAL at once deadlock, and SQLite fails one without waiting.
+    So no process touches a file that is not yet WAL without the creation lock: while this test holds the lock,
+    four processes opening the new cache create nothing; once it is released they all open the same WAL index."""
+    import fcntl
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with open(cache / ".index.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_INDEX, str(cache)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        time.sleep(2.0)  # long enough for each process to import eegcache and reach the lock
+        assert all(p.poll() is None for p in procs)
+        index = cache / "index.sqlite"
+        assert not index.exists() or index.stat().st_size == 0
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    results = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0, 0, 0], [err[-2000:] for _, err in results]
+    assert all(LOCKED not in err for _, err in results)
+    assert (cache / "index.sqlite").read_bytes()[18:20] == b"\x02\x02"  # WAL
+    assert query(cache, "SELECT count(*) FROM alembic_version") == [(1,)]
+
+
 # --- gc while ingest runs ---------------------------------------------------------------------------------------
 
 GC_LOOP = r"""

@@ -214,20 +214,41 @@ def open_index(cache: Path, url: str | None = None, *, upgrade_schema: bool = Tr
                               "do); the read-only commands (sql, stats, trainer sample/fit/evaluate) work without "
                               "write access")
     engine = make_engine(url or default_url(cache))
-    try:
-        current = check_schema(engine)
-    except DatabaseError as err:  # e.g. "file is not a database"
-        engine.dispose()
-        where = url or str(Path(cache) / INDEX_FILE)
-        raise IndexError_(f"cannot read the index {where}: {err.orig}; it was left untouched") from None
-    if upgrade_schema and current != head_revision():
-        if url is None:  # a new SQLite file: one process creates it while the others wait
+    where = url or str(cache / INDEX_FILE)
+    if url is None and not _in_wal_mode(cache / INDEX_FILE):
+        # A new (or not yet WAL) SQLite file: its first connection switches it to WAL, which takes an exclusive
+        # lock without waiting on busy_timeout, so a second process doing the same at that moment would fail with
+        # "database is locked". One process creates and migrates it while the others wait on this lock.
+        with _file_lock(cache / ".index.lock"):
+            if _read_schema(engine, where) != head_revision() and upgrade_schema:
+                upgrade(engine)
+        return engine
+    if _read_schema(engine, where) != head_revision() and upgrade_schema:
+        if url is None:  # one process migrates while the others wait
             with _file_lock(cache / ".index.lock"):
                 if current_revision(engine) != head_revision():
                     upgrade(engine)
         else:  # the writer lock serialises upgraders; Alembic skips what is already applied
             upgrade(engine)
     return engine
+
+
+def _read_schema(engine: Engine, where: str) -> str | None:
+    try:
+        return check_schema(engine)
+    except DatabaseError as err:  # e.g. "file is not a database"
+        engine.dispose()
+        raise IndexError_(f"cannot read the index {where}: {err.orig}; it was left untouched") from None
+
+
+def _in_wal_mode(index_file: Path) -> bool:
+    """Whether the SQLite file's header says WAL (file format versions 2 at bytes 18-19), read without SQLite."""
+    try:
+        with open(index_file, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return header[:16] == b"SQLite format 3\0" and header[18:20] == b"\x02\x02"
 
 
 def writer(engine: Engine) -> Engine:
