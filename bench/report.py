@@ -343,7 +343,10 @@ def table(results: dict) -> str:
 
     def eeg(by: dict) -> str:
         cell = f"{spread(by['eegcache'])} ({reader})"
-        return cell + (f" · zarr-python {spread(by['eegcache-zarr'])}" if "eegcache-zarr" in by else "")
+        for backend, label in (("tensorstore", "tensorstore"), ("zarr", "zarr-python")):
+            if f"eegcache-{backend}" in by:
+                cell += f" · {label} {spread(by[f'eegcache-{backend}'])}"
+        return cell
 
     row("Random single-window reads/s, one process", eeg(rr), spread(rr["npz"]), spread(rr["npy"]), "—",
         _tcell(ts, "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reads_per_core", "reads_vs_braindecode"),

@@ -228,15 +228,15 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
             "JOIN recordings r ON r.id = w.recording_id JOIN datasets d ON d.id = r.dataset_id "
             "WHERE w.window_set_id = ? ORDER BY w.id",
             (_window_set_id(cache, READ_STRIDE_S),))]
+    from eegcache.store.reader import available_backends
+
+    general = [b for b in ("tensorstore", "zarr") if b in available_backends()]  # beside auto's default
     factories = {
         "eegcache": eegcache_dataset(cache, refs),
-        "eegcache-zarr": eegcache_dataset(cache, refs, reader="zarr"),
+        **{f"eegcache-{b}": eegcache_dataset(cache, refs, reader=b) for b in general},
         "npz": lambda: reads.NpzWindows(work / "npz-s10", corpus.root, refs, WINDOW, stride),
         "npy": lambda: reads.NpyWindows(work / "npy-s10", corpus.root, refs, WINDOW, stride),
     }
-    from eegcache.store.reader import available_backends
-
-    available_backends()  # imports the reading libraries: a one-off per process, not part of a read
     bd_folder = work / "braindecode-s10"
     with_bd = bd_folder.is_dir() and braindecode_venv.venv_python().exists()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in [*factories, *(["braindecode"] if with_bd else [])]}
@@ -264,7 +264,7 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
     from eegcache.store.reader import choose_backend
 
     out = {"windows": len(refs), "random_reads": random_reads, "dataloader": loader,
-           "reader": {"eegcache": choose_backend(), "eegcache-zarr": "zarr"}}
+           "reader": {"eegcache": choose_backend(), **{f"eegcache-{b}": b for b in general}}}
     if with_bd:
         out["braindecode"] = {**braindecode_loader(bd_folder, cfg, loader, log), "random_reads": bd_random}
     return out
@@ -295,7 +295,7 @@ def trainer_dataset() -> Any:
 
 def eegcache_dataset(cache: Path, refs: list[reads.WindowRef], reader: str | None = None) -> Callable[[], Any]:
     """A factory of the eegcache dataset: the trainer's own when it exists, the bench's minimal one otherwise;
-    ``reader`` None is the default window reader (tensorstore with the fast extra), ``"zarr"`` the fallback."""
+    ``reader`` None is the default window reader (``auto``), else a backend by name (eegcache.store.reader)."""
     cls = trainer_dataset()
     if cls is None:
         return lambda: reads.EegcacheWindows(cache, refs, WINDOW, reader)

@@ -41,8 +41,9 @@ def test_bench_writes_every_figure(tmp_path, capsys):
         scaled = r["counts_scaled"][n]
         assert sum(scaled["eegcache"]["table"]["counts"].values()) == int(n)
         assert scaled["npz_manifest"]["load"]["median"] > 0 and "status" in scaled["epoch_draw"]
-    assert set(r["reads"]["random_reads"]) == {"eegcache", "eegcache-zarr", "npz", "npy"}
-    assert r["reads"]["reader"] == {"eegcache": "tensorstore", "eegcache-zarr": "zarr"}  # dev installs the fast extra
+    assert set(r["reads"]["random_reads"]) == {"eegcache", "eegcache-tensorstore", "eegcache-zarr", "npz", "npy"}
+    # the default reader, beside the general ones (dev installs the fast extra)
+    assert r["reads"]["reader"] == {"eegcache": "direct", "eegcache-tensorstore": "tensorstore", "eegcache-zarr": "zarr"}
     # braindecode was not asked for: said so, its targets pending, and nothing of its venv touched.
     assert r["braindecode"]["installed"] is False and "--with-braindecode" in r["braindecode"]["note"]
     pending = {t["key"]: t["status"] for t in r["targets"]}
@@ -50,7 +51,7 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert pending["reads_per_core"] in ("PASS", "MISS")
     assert {"0", "2", w} <= set(r["reads"]["dataloader"]["workers"])
     for by_store in r["reads"]["dataloader"]["workers"].values():
-        assert all(by_store[s]["median"] > 0 for s in ("eegcache", "eegcache-zarr", "npz", "npy"))
+        assert all(by_store[s]["median"] > 0 for s in ("eegcache", "eegcache-tensorstore", "eegcache-zarr", "npz", "npy"))
     keys = {t["key"] for t in r["targets"]}
     assert {"ingest_vs_floor_1", "ingest_vs_npz_10s", "disk_10s", "counts_10M_table", "counts_tusz_view", "epoch_10M",
             "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reingest_unchanged", "new_stride_no_edf"} <= keys

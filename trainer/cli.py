@@ -165,7 +165,7 @@ _FIT_FIELDS = {
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader worker processes.")
 @store_option
-@click.option("--reader", type=click.Choice(["auto", "tensorstore", "zarrs", "zarr"]), default="auto", show_default=True,
+@click.option("--reader", type=click.Choice(["auto", "direct", "tensorstore", "zarrs", "zarr"]), default="auto", show_default=True,
               envvar="EEGCACHE_READER", help="The library windows are read with (the same bytes whichever): auto is "
                                              "the fastest installed. Env: EEGCACHE_READER.")
 @click.option("--model", type=click.Choice(["tiny", "base", "seizure-transformer"]), default="tiny", show_default=True)

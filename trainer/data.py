@@ -1,8 +1,9 @@
 """Windows as torch samples: slices of the stored continuous arrays, never EDF reads, never materialised copies.
 
 One query at construction maps every window id to (object, start sample); ``__getitem__`` slices ``signal`` and
-``labels`` out of that object's Zarr group (a 60 s window touches one or two 64 s chunks) through the store's
-``WindowReader`` (``eegcache.store.reader``: tensorstore with the ``fast`` extra, zarr-python otherwise). Arrays are
+``labels`` out of that object's Zarr group (a 60 s window decodes about its own bytes: 2,048-sample inner chunks of
+one shard) through the store's ``WindowReader`` (``eegcache.store.reader``: by default the direct shard reader, which
+is fork-safe, so DataLoader workers read as fast as the parent). Arrays are
 opened lazily and per process: the dataset is pickled (spawn) or copied (fork) into DataLoader workers, and each
 worker opens its own handles on first use rather than sharing the parent's. ``__getitems__`` serves a whole batch
 in one call (the DataLoader uses it), so a batch's reads are issued together.

@@ -67,7 +67,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 16
     workers: int = 0
-    reader: str = "auto"  # the window-reading library (eegcache.store.reader): auto | tensorstore | zarrs | zarr
+    reader: str = "auto"  # the window-reading library (eegcache.store.reader): auto | direct | tensorstore | zarrs | zarr
     model: str = "tiny"
     seed: int = 0
     device: str = "cpu"

@@ -4,17 +4,20 @@
 as numpy arrays, exactly the bytes zarr-python would return. The objects are plain Zarr v3 whatever reads them;
 only the reading library differs:
 
+- ``direct``: the shards ingest writes, read by byte range, CRC32C-checked by google-crc32c and decoded by numcodecs'
+  Blosc (``eegcache.store.shards``; no thread pool, so fork-safe). An object whose metadata is not that layout
+  (an earlier layout, another writer) is read by the next backend in ``AUTO`` instead;
 - ``tensorstore`` (the ``fast`` extra): tensorstore's ``zarr3`` driver on the object's files, no zarr-python
-  per-call path at all (the fastest here; see bench/RESULTS.md);
+  per-call path at all;
 - ``zarrs``: zarr-python with the ``zarrs`` codec pipeline (Rust codecs; zarr-python's own slicing). Only when asked
   for by name: zarrs-python 0.2.3 does not check the CRC32C when it reads part of a chunk, so a damaged chunk is
   returned as samples instead of failing (tests/test_reader.py keeps a strict xfail on it);
 - ``zarr``: plain zarr-python, always available: the fallback.
 
-The backend is chosen once per reader: ``backend=`` (one of the names above, or ``auto``, the default: tensorstore
-when it imports, else zarr-python; the trainer's ``--reader`` / ``$EEGCACHE_READER`` pass it). A backend asked
-for by name that cannot be imported is an error; ``auto`` falls back quietly. Remote stores (``s3://``) always read
-through zarr-python.
+The backend is chosen once per reader: ``backend=`` (one of the names above, or ``auto``, the default: direct,
+with tensorstore when it imports, else zarr-python, for other objects; the trainer's ``--reader`` /
+``$EEGCACHE_READER`` pass it). A backend asked for by name that cannot be imported is an error; ``auto`` falls back
+quietly. Remote stores (``s3://``) always read through zarr-python. Speeds: bench/RESULTS.md.
 
 Handles are per process: a reader used in a process it was not created in (a forked DataLoader worker) drops its
 handles and reopens them. Neither tensorstore nor zarrs is fork-safe once its thread pools run (a forked child can
@@ -34,15 +37,16 @@ import numpy as np
 if TYPE_CHECKING:
     from eegcache.store import ObjectStore
 
-BACKENDS = ("tensorstore", "zarrs", "zarr")
-AUTO = ("tensorstore", "zarr")  # what auto chooses from: the backends that refuse a damaged chunk
+BACKENDS = ("direct", "tensorstore", "zarrs", "zarr")
+AUTO = ("direct", "tensorstore", "zarr")  # what auto chooses from: the backends that refuse a damaged chunk
+GENERAL = ("tensorstore", "zarr")  # what reads an object ``direct`` does not (another layout)
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 
 _started: dict[str, int] = {}  # backend -> the process in which it started its thread pools (tensorstore, zarrs)
 
 
 def _importable(name: str) -> bool:
-    if name == "zarr":
+    if name in ("zarr", "direct"):  # numcodecs and google-crc32c come with zarr
         return True
     if _started.get(name, os.getpid()) != os.getpid():
         return False  # forked from a process that runs this library's thread pools: not safe here
@@ -110,13 +114,29 @@ class WindowReader:
             return "zarrs"
         return _auto()
 
+    def _general(self) -> str:
+        """The backend for an object ``direct`` does not read: the first general one that is safe here."""
+        return next(name for name in GENERAL if _importable(name))
+
     def _open(self, key: str) -> tuple[Any, Any]:
         self._check_process()
         handles = self._handles.get(key)
         if handles is None:
-            opener = {"tensorstore": self._open_tensorstore, "zarrs": self._open_zarrs, "zarr": self._open_zarr}
-            handles = self._handles[key] = opener[self.backend](key)
+            handles = self._handles[key] = self._opener(self.backend, key)
         return handles
+
+    def _opener(self, backend: str, key: str) -> tuple[str, Any, Any]:
+        """``(backend, signal, labels)`` of one object: the backend that reads it, and its two array handles."""
+        if backend == "direct":
+            from eegcache.store.shards import ShardedArray
+
+            folder = self.store.path(key)
+            signal, labels = ShardedArray.open(folder / "signal"), ShardedArray.open(folder / "labels")
+            if signal is not None and labels is not None:
+                return "direct", signal, labels
+            backend = self._general()
+        opener = {"tensorstore": self._open_tensorstore, "zarrs": self._open_zarrs, "zarr": self._open_zarr}
+        return (backend, *opener[backend](key))
 
     def _open_zarr(self, key: str) -> tuple[Any, Any]:
         group = self.store.open(key)
@@ -150,8 +170,10 @@ class WindowReader:
         """``(signal[:, start:stop], labels[start:stop])`` of object ``key``, as numpy arrays (numpy slice
         semantics: a stop past the end is cut at the end)."""
         self._check_process()
-        signal, labels = self._open(key)
-        if self.backend != "tensorstore":
+        backend, signal, labels = self._open(key)
+        if backend == "direct":
+            return signal.read(start, stop), labels.read(start, stop)
+        if backend != "tensorstore":
             return np.asarray(signal[:, start:stop]), np.asarray(labels[start:stop])
         n = signal.shape[1]
         lo, hi = max(0, min(start, n)), max(0, min(stop, n))
@@ -168,7 +190,7 @@ class WindowReader:
             return [self.read(*item) for item in items]
         futures = []
         for key, start, stop in items:
-            signal, labels = self._open(key)
+            _, signal, labels = self._open(key)  # all tensorstore: only direct hands objects to another backend
             n = signal.shape[1]
             lo, hi = max(0, min(start, n)), max(0, min(stop, n))
             hi = max(lo, hi)
@@ -176,4 +198,4 @@ class WindowReader:
         return [(s.result(), lab.result()) for s, lab in futures]
 
     def shape(self, key: str) -> tuple[int, int]:
-        return tuple(int(n) for n in self._open(key)[0].shape)
+        return tuple(int(n) for n in self._open(key)[1].shape)

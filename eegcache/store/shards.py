@@ -1,0 +1,166 @@
+"""Reading a window straight from the shards eegcache writes: byte ranges, CRC32C in hardware, Blosc decode.
+
+The ``direct`` window reader. For the one layout ingest writes (``eegcache.store.layout``: the sharding codec
+along time, inner chunks ``bytes → blosc → crc32c``, shard index ``bytes → crc32c`` at the end of the shard) a
+window is a handful of inner chunks of one shard file, and what the general readers spend beyond reading and
+decoding them is their own machinery: zarr-python's per-chunk async path (~10 ms per 60 s window), and in
+tensorstore a software CRC32C that is ~40 % of its read (bench/RESULTS.md, 2026-12-02). Here the index and the
+chunks are read with ``os.pread``, checked with google-crc32c (the hardware CRC zarr-python itself uses), and
+decoded by numcodecs' Blosc (zarr's own Blosc), one thread, no thread pool: safe in forked DataLoader workers.
+
+Only metadata this module understands exactly is read this way (``ShardedArray.open`` returns None otherwise, and
+the reader uses a general backend for that object): objects of an earlier layout or written by other tools still
+read, through tensorstore or zarr-python. tests/test_reader.py checks the bytes against zarr-python's at chunk and
+shard edges, and that a damaged chunk or shard index fails the read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_EMPTY = np.uint64(2**64 - 1)  # the shard index's (offset, nbytes) of an inner chunk that was never written
+_DTYPES = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "uint8": "u1"}
+
+
+class DamagedChunk(OSError):
+    """A chunk or shard index whose CRC32C does not match: the file is damaged (``verify`` names it)."""
+
+
+def _little_bytes(codec: dict) -> bool:
+    return codec.get("name") == "bytes" and (codec.get("configuration") or {}).get("endian", "little") == "little"
+
+
+def _crc(data) -> int:
+    import google_crc32c
+
+    return google_crc32c.value(data)
+
+
+@dataclass(frozen=True)
+class ShardedArray:
+    """One array of an object, sharded along its last axis (time) with every channel in each chunk."""
+
+    folder: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: float
+    shard: int  # samples per shard
+    chunk: int  # samples per inner chunk
+
+    @classmethod
+    def open(cls, folder: Path) -> ShardedArray | None:
+        """The array in ``folder`` when its metadata is the layout this module reads, else None."""
+        try:
+            meta = json.loads((folder / "zarr.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        try:
+            return cls._from_metadata(folder, meta)
+        except (KeyError, TypeError, ValueError, IndexError):
+            return None
+
+    @classmethod
+    def _from_metadata(cls, folder: Path, meta: dict) -> ShardedArray | None:
+        shape = tuple(int(n) for n in meta["shape"])
+        codecs = meta["codecs"]
+        if (meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or meta.get("storage_transformers")
+                or meta["data_type"] not in _DTYPES or len(shape) not in (1, 2) or len(codecs) != 1
+                or meta["chunk_grid"]["name"] != "regular"
+                or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+                or codecs[0]["name"] != "sharding_indexed"):
+            return None
+        conf = codecs[0]["configuration"]
+        inner, index = conf["codecs"], conf["index_codecs"]
+        if (conf.get("index_location", "end") != "end" or len(inner) != 3 or not _little_bytes(inner[0])
+                or inner[1]["name"] != "blosc" or inner[2]["name"] != "crc32c"
+                or len(index) != 2 or not _little_bytes(index[0]) or index[1]["name"] != "crc32c"):
+            return None
+        shard = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+        chunk = [int(n) for n in conf["chunk_shape"]]
+        if len(shape) == 2 and not (shard[0] == chunk[0] == shape[0]):
+            return None  # channels split over chunks: not a layout ingest writes
+        if shard[-1] % chunk[-1]:
+            return None
+        fill = meta["fill_value"]
+        if not isinstance(fill, int | float):
+            return None  # "NaN" and friends: not what ingest writes
+        return cls(folder, shape, np.dtype(_DTYPES[meta["data_type"]]), fill, shard[-1], chunk[-1])
+
+    @property
+    def per_shard(self) -> int:
+        return self.shard // self.chunk
+
+    def _shard_path(self, s: int) -> Path:
+        # chunk key encoding "default" with "/": c/<channel shard>/<time shard>, c/<time shard> for 1-D
+        return self.folder / "c" / "0" / str(s) if len(self.shape) == 2 else self.folder / "c" / str(s)
+
+    def _index(self, fd: int, path: Path) -> np.ndarray:
+        """The shard's index: ``(offset, nbytes)`` per inner chunk, CRC32C-checked."""
+        size = os.fstat(fd).st_size
+        nbytes = self.per_shard * 16 + 4
+        raw = os.pread(fd, nbytes, size - nbytes) if size >= nbytes else b""
+        if len(raw) != nbytes or _crc(np.frombuffer(raw, np.uint8)[:-4]) != int.from_bytes(raw[-4:], "little"):
+            raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
+        return np.frombuffer(raw, dtype="<u8", count=self.per_shard * 2).reshape(self.per_shard, 2)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """``array[..., start:stop]`` (numpy slice semantics on the last axis)."""
+        n = self.shape[-1]
+        lo, hi = max(0, min(start, n)), max(0, min(stop, n))
+        hi = max(lo, hi)
+        out = np.empty((*self.shape[:-1], hi - lo), dtype=self.dtype)
+        if hi == lo:
+            return out
+        first, last = lo // self.chunk, (hi - 1) // self.chunk
+        for s in range(first // self.per_shard, last // self.per_shard + 1):
+            j0, j1 = max(first, s * self.per_shard), min(last, (s + 1) * self.per_shard - 1)
+            path = self._shard_path(s)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # a shard never written: all fill value
+                out[..., max(lo, j0 * self.chunk) - lo:min(hi, (j1 + 1) * self.chunk) - lo] = self.fill_value
+                continue
+            try:
+                rows = self._index(fd, path)[j0 - s * self.per_shard:j1 - s * self.per_shard + 1]
+                self._read_chunks(fd, path, rows, j0, lo, hi, out)
+            finally:
+                os.close(fd)
+        return out
+
+    def _read_chunks(self, fd: int, path: Path, rows: np.ndarray, j0: int, lo: int, hi: int, out: np.ndarray):
+        """Inner chunks ``j0, j0 + 1, ...`` (their ``rows`` of the shard index) into their part of ``out``."""
+        import numcodecs.blosc
+
+        written = ~((rows[:, 0] == _EMPTY) & (rows[:, 1] == _EMPTY))
+        span = None
+        if written.any():  # the chunks of a window lie one after the other in the shard: one read for them all
+            begin, end = int(rows[written, 0].min()), int((rows[written, 0] + rows[written, 1]).max())
+            if end - begin <= 2 * int(rows[written, 1].sum()):
+                span = (begin, np.frombuffer(os.pread(fd, end - begin, begin), np.uint8))
+        decoded = np.empty((*self.shape[:-1], self.chunk), dtype=self.dtype)
+        threads, numcodecs.blosc.use_threads = numcodecs.blosc.use_threads, False  # one core, no thread pool
+        try:
+            for i, (offset, length) in enumerate(rows.tolist()):
+                j = j0 + i
+                a, b = max(lo, j * self.chunk), min(hi, (j + 1) * self.chunk)
+                if not written[i]:
+                    out[..., a - lo:b - lo] = self.fill_value
+                    continue
+                if span is not None:
+                    raw = span[1][offset - span[0]:offset - span[0] + length]
+                else:
+                    raw = np.frombuffer(os.pread(fd, length, offset), np.uint8)
+                body = raw[:-4]
+                if len(raw) != length or _crc(body) != int.from_bytes(raw[-4:].tobytes(), "little"):
+                    raise DamagedChunk(f"{path}: inner chunk {j % self.per_shard} fails its CRC32C (the file is damaged)")
+                if int.from_bytes(raw[4:8].tobytes(), "little") != decoded.nbytes:  # the Blosc header's size
+                    raise DamagedChunk(f"{path}: inner chunk {j % self.per_shard} decodes to the wrong size")
+                numcodecs.blosc.decompress(body, decoded)
+                out[..., a - lo:b - lo] = decoded[..., a - j * self.chunk:b - j * self.chunk]
+        finally:
+            numcodecs.blosc.use_threads = threads
