@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from conftest import OVERLAP, SYNONYMS_CSV
 from edf_factory import cli, query, write_rec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import eegcache.store.base
 import eegcache.store.layout
