@@ -178,6 +178,31 @@ def test_processes_opening_a_new_index_wait_for_its_creator(tmp_path: Path) -> N
     assert query(cache, "SELECT count(*) FROM alembic_version") == [(1,)]
 
 
+def test_opening_the_index_keeps_this_process_s_sqlite_locks(tmp_path: Path) -> None:
+    """Regression (CI: "database disk image is malformed" in the state machine). open_index must never open and
+    close the database file itself: that drops every POSIX lock the process holds on it, so another process closing
+    its last connection believes it is alone and deletes the WAL under this process's open connections. Here a
+    connection stays open while open_index runs again, then another process opens and closes the index: the WAL
+    must still be there."""
+    import sqlite3
+
+    cache = tmp_path / "cache"
+    open_index(cache).dispose()
+    held = sqlite3.connect(cache / "index.sqlite")
+    try:
+        held.execute("SELECT count(*) FROM alembic_version").fetchone()
+        assert (cache / "index.sqlite-wal").exists()
+        open_index(cache).dispose()
+        closer = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                                 "c.execute('SELECT count(*) FROM sqlite_master').fetchone(); c.close()",
+                                 str(cache / "index.sqlite")], capture_output=True, text=True, timeout=60)
+        assert closer.returncode == 0, closer.stderr
+        assert (cache / "index.sqlite-wal").exists(), "another process deleted the WAL under an open connection"
+        assert held.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    finally:
+        held.close()
+
+
 # --- gc while ingest runs ---------------------------------------------------------------------------------------
 
 GC_LOOP = r"""

@@ -242,13 +242,24 @@ def _read_schema(engine: Engine, where: str) -> str | None:
 
 
 def _in_wal_mode(index_file: Path) -> bool:
-    """Whether the SQLite file's header says WAL (file format versions 2 at bytes 18-19), read without SQLite."""
-    try:
-        with open(index_file, "rb") as f:
-            header = f.read(20)
-    except OSError:
+    """Whether the SQLite file is already in WAL mode, asked through SQLite on a read-only connection. Never by
+    reading the file ourselves: closing any descriptor of a database file drops every POSIX lock this process
+    holds on it, including those of its open SQLite connections, and with them the guarantee that nobody deletes the
+    WAL under them (SQLite's "how to corrupt your database", 2.2; CI saw "database disk image is malformed")."""
+    import sqlite3
+
+    if not index_file.is_file():
         return False
-    return header[:16] == b"SQLite format 3\0" and header[18:20] == b"\x02\x02"
+    try:
+        conn = sqlite3.connect(f"{index_file.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error:
+        return False
+    try:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    except sqlite3.Error:  # empty (being created), not a database, or no -shm can be made: the locked path decides
+        return False
+    finally:
+        conn.close()
 
 
 def writer(engine: Engine) -> Engine:
