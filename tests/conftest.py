@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,18 +72,16 @@ def standard(tmp_path_factory: pytest.TempPathFactory) -> Standard:
 @pytest.fixture
 def cache_copy(standard: Standard, tmp_path: Path) -> Path:
     """A private copy of the standard cache (same source paths) for a test that changes it."""
-    target = tmp_path / "cache"
-    for attempt in range(3):
-        try:
-            shutil.copytree(standard.cache, target)
-            return target
-        except shutil.Error:
-            # An engine another test left on the standard cache may be closed by the garbage collector while this
-            # copies: SQLite then checkpoints and deletes the -wal file between the listing and its copy. The
-            # checkpointed database is complete, so a second copy is consistent.
-            shutil.rmtree(target, ignore_errors=True)
-            if attempt == 2:
-                raise
+    return copy_cache(standard.cache, tmp_path / "cache")
+
+
+def copy_cache(source: Path, target: Path) -> Path:
+    """A copy of a cache folder. The index goes through SQLite's backup API (a consistent snapshot), never by copying
+    its files: closing a descriptor of a database file drops this process's POSIX locks on it, under engines other
+    tests left open on the source."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("index.sqlite*"))
+    with closing(sqlite3.connect(source / "index.sqlite")) as src, closing(sqlite3.connect(target / "index.sqlite")) as dst:
+        src.backup(dst)
     return target
 
 

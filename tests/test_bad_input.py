@@ -7,12 +7,11 @@ One tree holds every case beside good files; it is ingested once through the rea
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, SHORT, TSE_512
+from conftest import IS_ROOT, SHORT, TSE_512, copy_cache
 from edf_factory import (
     Rec,
     cli,
@@ -200,7 +199,7 @@ def test_non_utf8_name_is_recorded_readably(bad_run: Run) -> None:
 def test_rerun_fails_the_same_and_keeps_the_good(bad_run: Run, tmp_path: Path) -> None:
     """A second run over the same bad tree: same statuses, the good files untouched, exit 1 again."""
     cache = tmp_path / "cache"
-    shutil.copytree(bad_run.cache, cache)
+    copy_cache(bad_run.cache, cache)
     before = query(cache, "SELECT recording, status, reason, n_windows FROM recording_status ORDER BY source_path")
     again = cli("ingest", bad_run.root, "--cache", cache, "--quiet")
     assert again.returncode == 1

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr.storage._local as zarr_local
+from conftest import copy_cache
 from edf_factory import Rec, eegcache_cmd, index_snapshot, object_dirs, query, write_tree
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -96,7 +97,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     assert stored == {path_text(edf): key for edf, key in predicted.items()}
     snapshot = index_snapshot(cache)
     strides = base / "strides"
-    shutil.copytree(cache, strides)
+    copy_cache(cache, strides)
     assert run_ingest(root, strides, stride_s=30.0).failed == 0
     return Reference(root, cache, edfs, predicted, snapshot, index_snapshot(strides))
 

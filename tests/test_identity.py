@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import copy_cache
 from edf_factory import (
     Rec,
     eegcache_cmd,
@@ -337,14 +338,14 @@ def test_kill_during_a_reroot_then_rerun_equals_an_uninterrupted_one(built, tmp_
     several moments; the next run leaves exactly the index an uninterrupted re-root leaves."""
     root, cache, _ = built
     reference = tmp_path / "reference"
-    shutil.copytree(cache, reference)
+    copy_cache(cache, reference)
     copy = tmp_path / "copy"
     shutil.copytree(root, copy, copy_function=shutil.copyfile)
     ingest_json(copy, reference)
     expected = windows(reference), [r[:6] for r in status(reference)]
     for delay in (0.4, 1.0, 1.8):
         trial = tmp_path / f"trial-{delay}"
-        shutil.copytree(cache, trial)
+        copy_cache(cache, trial)
         proc = subprocess.Popen(eegcache_cmd("ingest", copy, "--cache", trial, "--quiet"), start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)

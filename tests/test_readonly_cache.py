@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Standard
+from conftest import Standard, copy_cache
 
 IS_ROOT = os.geteuid() == 0
 DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-all"]
@@ -84,7 +84,7 @@ def ro_cache(request, standard: Standard, tmp_path: Path):
 
 def _copy(standard: Standard, target: Path) -> Path:
     """A copy of the standard cache with no WAL side files (checkpointed, then closed: as an idle cache is)."""
-    shutil.copytree(standard.cache, target)
+    copy_cache(standard.cache, target)
     conn = sqlite3.connect(target / "index.sqlite")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

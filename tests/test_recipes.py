@@ -11,6 +11,7 @@ import sqlite3
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import copy_cache
 from trainer_fixtures import add_recording, hand_index, migrated_index, real_cache
 
 from eegcache.pipeline.preprocess import window_filter
@@ -122,9 +123,7 @@ def test_read_time_filter_equals_the_filter_applied_to_the_stored_window(small, 
     wf = WindowFilter((0.5, 120.0), 3, (1.0, 60.0))
     spec = PreprocessSpec(bandpass_hz=None, notch_hz=(), window_filter=wf)
     copy = tmp_path / "cache"
-    import shutil
-
-    shutil.copytree(cache, copy)
+    copy_cache(cache, copy)
     conn = sqlite3.connect(copy / "index.sqlite")
     conn.execute("UPDATE pipelines SET spec_json = ?", (spec.canonical_json(),))
     conn.commit()
