@@ -35,7 +35,8 @@ from eegcache.index.db import INDEX_FILE
 from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
 from eegcache.store import LocalObjectStore
 
-# (label, module file suffix, function name): the stages of eegcache.ops.ingest.prepare/register, in order.
+# (label, module file suffix, function name): the stages of eegcache.ops.prepare.prepare and
+# eegcache.ops.register.register, in order.
 STAGES = (
     ("open index + plan (alembic check, SQL)", "eegcache/index/db.py", "open_index"),
     ("sha256 of the EDF (content key)", "eegcache/pipeline/keys.py", "file_digest"),
@@ -46,8 +47,8 @@ STAGES = (
     ("store.write: zarr encode + write + fsync + rename", "eegcache/store/base.py", "write"),
     ("  of which fsync of every file", "eegcache/store/layout.py", "fsync_tree"),
     ("store.checksums: re-read + sha256 every file", "eegcache/store/local.py", "checksums"),
-    ("window rows (numpy)", "eegcache/ops/ingest.py", "_windows_for"),
-    ("register: one SQL transaction per recording", "eegcache/ops/ingest.py", "register"),
+    ("window rows (numpy)", "eegcache/ops/prepare.py", "_windows_for"),
+    ("register: one SQL transaction per recording", "eegcache/ops/register.py", "register"),
 )
 
 
@@ -85,11 +86,12 @@ def profile_ingest(src: Path, cache: Path) -> dict[str, Any]:
 
 
 # (label, module, attribute): what a 1-worker ingest of many short files spends per file, in the order it happens.
+# Each is patched where the run looks it up: plan and register in eegcache.ops.ingest, their caller.
 PER_FILE_STAGES = (
     ("claims and plans: the run's, then a claim + re-plan per batch", "eegcache.index.claims", "Claims.try_claim_many"),
     ("", "eegcache.ops.ingest", "plan"),
-    ("private copy of the EDF, sha256 while copying", "eegcache.ops.ingest", "_private_copy"),
-    ("read EDF (pyedflib / MNE)", "eegcache.ops.ingest", "read_recording"),
+    ("private copy of the EDF, sha256 while copying", "eegcache.ops.prepare", "_private_copy"),
+    ("read EDF (pyedflib / MNE)", "eegcache.ops.prepare", "read_recording"),
     ("preprocess (resample, filters, z-score)", "eegcache.pipeline.preprocess", "preprocess"),
     ("zarr write of the object (layout.write_group)", "eegcache.store.base", "write_group"),
     ("fsync of its files and folders (together)", "eegcache.store.base", "fsync_all"),

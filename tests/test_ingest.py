@@ -54,7 +54,7 @@ from edf_factory import (
     write_rec,
 )
 
-import eegcache.ops.ingest
+import eegcache.ops.prepare
 import eegcache.pipeline.keys
 import eegcache.pipeline.preprocess
 import eegcache.sources.edf
@@ -200,7 +200,7 @@ def test_clipped_events_warned_and_overlaps_merged(standard: Standard) -> None:
 
 class _Spy:
     """Wraps library functions to record which files they were called on. The EDF readers parse a private copy
-    of the source (hashed while it is made: eegcache.ops.ingest._private_copy); making it counts as reading the source."""
+    of the source (hashed while it is made: eegcache.ops.prepare._private_copy); making it counts as reading the source."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.edfs: list[str] = []
@@ -209,7 +209,7 @@ class _Spy:
         real_read, real_header, real_digest = edf.read_recording, edf.read_header, keys.file_digest
         real_pre = eegcache.pipeline.preprocess.preprocess
 
-        real_copy = eegcache.ops.ingest._private_copy
+        real_copy = eegcache.ops.prepare._private_copy
 
         def source(path) -> None:
             if "eegcache-read-" not in str(path):  # the copy of a source already recorded
@@ -236,11 +236,11 @@ class _Spy:
             self.preprocessed += 1
             return real_pre(*a, **k)
 
-        for module in (eegcache.sources.edf, eegcache.ops.ingest):
+        for module in (eegcache.sources.edf, eegcache.ops.prepare):
             monkeypatch.setattr(module, "read_recording", read_recording)
             monkeypatch.setattr(module, "read_header", read_header)
         monkeypatch.setattr(eegcache.pipeline.keys, "file_digest", file_digest)
-        monkeypatch.setattr(eegcache.ops.ingest, "_private_copy", private_copy)
+        monkeypatch.setattr(eegcache.ops.prepare, "_private_copy", private_copy)
         monkeypatch.setattr(eegcache.pipeline.preprocess, "preprocess", preprocess)
 
 
@@ -488,8 +488,8 @@ def test_an_unchanged_failed_file_is_not_read_again_unless_asked(tree, tmp_path:
     first = run_cli("ingest", root, "--cache", cache, "--quiet", "--json")
     assert first.returncode == 1 and json.loads(first.stdout)["failed"] == 1
     reads: list[str] = []  # file names: the reader parses a private copy of the file
-    original = eegcache.ops.ingest.read_recording
-    monkeypatch.setattr(eegcache.ops.ingest, "read_recording",
+    original = eegcache.ops.prepare.read_recording
+    monkeypatch.setattr(eegcache.ops.prepare, "read_recording",
                         lambda path, *a, **k: reads.append(Path(path).name) or original(path, *a, **k))
     again = ingest(root, cache, IngestConfig(), progress=False)
     assert (again.failed, again.failed_unchanged, again.unchanged) == (1, 1, 1) and reads == []

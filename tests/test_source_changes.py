@@ -2,7 +2,7 @@
 reads it is never stored under a key that is not its content's, and never recorded with a size and mtime that are
 not those of the bytes that were hashed.
 
-The changes are injected deterministically between the steps of ``prepare`` (``eegcache.ops.ingest._checkpoint``: in
+The changes are injected deterministically between the steps of ``prepare`` (``eegcache.ops.prepare._checkpoint``: in
 process, and in real ``eegcache ingest`` processes with worker processes through a ``sitecustomize`` shim), and
 once for real: a thread rewrites a file between two versions while real ``eegcache ingest`` processes run. After
 each, every object in the store holds what a fresh ingest of the bytes its key names gives (signal and labels, by
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from edf_factory import Rec, eegcache_cmd, query, write_rec
 
-import eegcache.ops.ingest as ingest_mod
+import eegcache.ops.prepare as prepare_mod
 from eegcache.ops.ingest import CHANGE_ATTEMPTS, ingest
 from eegcache.pipeline.spec import IngestConfig
 from eegcache.sources.annotations import find_annotation
@@ -157,7 +157,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, step: str, path: Path, change, time
             fired[0] += 1
             change()
 
-    monkeypatch.setattr(ingest_mod, "_checkpoint", checkpoint)
+    monkeypatch.setattr(prepare_mod, "_checkpoint", checkpoint)
     return fired
 
 
@@ -278,7 +278,7 @@ SHIM = f"""
 import os
 if os.environ.get({CHANGE_ENV!r}):
     import json, pathlib
-    import eegcache.ops.ingest as _ingest
+    import eegcache.ops.prepare as _prepare
     _spec = json.loads(os.environ[{CHANGE_ENV!r}])
 
     def _checkpoint(step, path, _spec=_spec):
@@ -295,7 +295,7 @@ if os.environ.get({CHANGE_ENV!r}):
             stamp = max(__import__("time").time_ns(), os.stat(target).st_mtime_ns + 1_000_000_000)
             os.utime(target, ns=(stamp, stamp))
 
-    _ingest._checkpoint = _checkpoint
+    _prepare._checkpoint = _checkpoint
 """
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eegcache.ops import ingest as ingest_mod
+from eegcache.ops import prepare as prepare_mod
 from eegcache.store import LocalObjectStore, fsync_all
 
 
@@ -65,17 +65,17 @@ def test_after_fork_the_child_fsyncs_and_copies_on_its_own(tmp_path: Path) -> No
     leaves the parent's folder alone when it exits."""
     store = LocalObjectStore(tmp_path / "store")
     store.write("ab" * 32, np.zeros((2, 100), np.float32), np.zeros(100, np.uint8), {})
-    parent_dir = ingest_mod._read_dir()
+    parent_dir = prepare_mod._read_dir()
     pid = os.fork()
     if pid == 0:  # the child: exit status says what went wrong
         code = 0
         try:
             store.write("cd" * 32, np.zeros((2, 100), np.float32), np.zeros(100, np.uint8), {})
-            code = 0 if store.exists("cd" * 32) and ingest_mod._read_dir() != parent_dir else 2
+            code = 0 if store.exists("cd" * 32) and prepare_mod._read_dir() != parent_dir else 2
         except BaseException:  # noqa: BLE001
             code = 3
         finally:
-            ingest_mod._remove_read_dir(os.getpid(), ingest_mod._read_dir())  # what its atexit does
+            prepare_mod._remove_read_dir(os.getpid(), prepare_mod._read_dir())  # what its atexit does
             os._exit(code)
     deadline = time.monotonic() + 60
     while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
@@ -84,4 +84,4 @@ def test_after_fork_the_child_fsyncs_and_copies_on_its_own(tmp_path: Path) -> No
         os.kill(pid, 9)
         raise AssertionError("the forked child hung in fsync_all")
     assert os.waitstatus_to_exitcode(done[1]) == 0
-    assert parent_dir.is_dir() and ingest_mod._read_dir() == parent_dir
+    assert parent_dir.is_dir() and prepare_mod._read_dir() == parent_dir

@@ -31,7 +31,7 @@ def remove(engine: Engine, store: ObjectStore, *, dataset: str | None = None, pi
            missing: bool = False, dry_run: bool = False) -> RemoveReport:
     """Remove the recordings matching every given condition: of ``dataset``, of ``pipeline``, whose source file is
     gone (``missing``). At least one condition is required."""
-    from eegcache.ops.ingest import settle_twins
+    from eegcache.ops.register import settle_twins
 
     if dataset is None and pipeline is None and not missing:
         raise RemoveError("say what to remove: --missing, --dataset NAME and/or --pipeline NAME")

@@ -20,7 +20,7 @@ class RepairOutcome:
 
 def repair(engine: Engine, cache: Path, report: VerifyReport, store_url: str | None = None) -> RepairOutcome:
     """Delete each damaged object folder and re-ingest the recordings that use it from their sources."""
-    from eegcache.ops.ingest import reingest_recordings
+    from eegcache.ops.register import reingest_recordings
 
     outcome = RepairOutcome()
     store = open_store(cache, store_url)

@@ -306,7 +306,7 @@ def transfer(src: Side, dst: Side, *, split: str | None = None, where: str | Non
 
 def _transfer(src: Side, dst: Side, *, split: str | None, where: str | None, overwrite: bool,
               progress: bool) -> TransferSummary:
-    from eegcache.ops.ingest import settle_twins
+    from eegcache.ops.register import settle_twins
 
     t0 = time.perf_counter()
     summary = TransferSummary()
