@@ -106,9 +106,9 @@ def main() -> None:
               help="Stored channels: the 19 electrodes as recorded (referential, default), their common average, "
                    "SzCORE's 18 bipolar pairs (double-banana) or TUSZ's 22 TCP pairs (tcp).")
 @click.option("--compute", type=click.Choice(["float32-fft", "float64"]),
-              help="How the preprocessing is computed (a new pipeline's default: float32-fft, float32 with FFT "
-                   "zero-phase filters, within 1e-4 of float64 after the z-score, about half its time; float64: "
-                   "every release before, what a pipeline stored before keeps).")
+              help="How the preprocessing is computed. float32-fft (a new pipeline's default): float32, the "
+                   "zero-phase filters applied by FFT; float64 within 1e-4 x std + 4e-6 x peak, in 0.35-0.7x its "
+                   "CPU time. float64: every earlier release's output, what a pipeline stored before keeps.")
 @click.option("--layout", type=click.Choice(["auto", "bids", "folder"]),
               help="The source tree's layout (default auto: TUSZ, BIDS by its dataset_description.json, else a "
                    "folder of EDFs). bids forces BIDS-EEG.")
