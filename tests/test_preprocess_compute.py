@@ -164,6 +164,17 @@ def test_the_kernel_is_the_filters_squared_magnitude_response() -> None:
     assert zp.dc_gain == 0.0 and zp.ends >= zp.half and zp.edge > 2 * zp.ends - 64 and 5 * 256 < zp.half < 20 * 256
 
 
+def test_filters_slower_than_the_recording_make_no_kernel() -> None:
+    """A band-pass from 1e-5 Hz (valid; its transient lasts days): float32-fft filters all of it in float64, as
+    float64 does, instead of making a kernel longer than the recording."""
+    x = np.random.default_rng(0).normal(0.0, 20.0, (2, 256 * 120)) + 300.0
+    zero_phase.cache_clear()
+    fast = preprocess(x, 256.0, PreprocessSpec(bandpass_hz=(1e-5, 100.0)))
+    assert zero_phase.cache_info().currsize == 0
+    exact = preprocess(x, 256.0, PreprocessSpec(bandpass_hz=(1e-5, 100.0), compute="float64"))
+    assert_within_tolerance(fast, exact)
+
+
 # --- real EDF files ----------------------------------------------------------------------------------------------
 
 

@@ -124,12 +124,36 @@ class ZeroPhase:
     dc_gain: float  # |H(0)|²: what the filters make of a constant
 
 
+def _stages(fs: float, bandpass_hz: tuple[float, float] | None, notches: tuple[float, ...]) -> list[np.ndarray]:
+    from scipy import signal as sps
+
+    stages = [] if bandpass_hz is None else [_bandpass_sos(fs, bandpass_hz)]
+    return stages + [sps.tf2sos(*sps.iirnotch(f0, Q=30.0, fs=fs)) for f0 in notches]
+
+
 def _decay(sos: np.ndarray, tol: float) -> int:
     """Samples for the slowest pole's transient to fall below ``tol`` of its start."""
     from scipy import signal as sps
 
     radius = float(np.abs(sps.sos2zpk(sos)[1]).max(initial=0.0))
+    if radius >= 1.0:
+        return 1 << 62
     return 1 if radius <= 0 else int(np.ceil(np.log(tol) / np.log(radius)))
+
+
+@lru_cache(maxsize=64)
+def _decays(fs: float, bandpass_hz: tuple[float, float] | None, notches: tuple[float, ...]) -> tuple[int, int]:
+    """The filters' transients end to end (samples): to KERNEL_TOL, and to ENDS_TOL."""
+    stages = _stages(fs, bandpass_hz, notches)
+    return sum(_decay(s, KERNEL_TOL) for s in stages), sum(_decay(s, ENDS_TOL) for s in stages)
+
+
+@lru_cache(maxsize=64)
+def _dc_gain(fs: float, bandpass_hz: tuple[float, float] | None, notches: tuple[float, ...]) -> float:
+    """|H(0)|² of the filters: what they make of a constant."""
+    from scipy import signal as sps
+
+    return float(np.prod([np.abs(sps.sosfreqz(s, worN=[0.0])[1][0]) ** 2 for s in _stages(fs, bandpass_hz, notches)]))
 
 
 @lru_cache(maxsize=64)
@@ -137,10 +161,10 @@ def zero_phase(fs: float, bandpass_hz: tuple[float, float] | None, notches: tupl
     """_filters64's band-pass and notches at ``fs`` as one zero-phase kernel."""
     from scipy import signal as sps
 
-    stages = [] if bandpass_hz is None else [_bandpass_sos(fs, bandpass_hz)]
-    stages += [sps.tf2sos(*sps.iirnotch(f0, Q=30.0, fs=fs)) for f0 in notches]
+    stages = _stages(fs, bandpass_hz, notches)
     sos = np.vstack(stages)
-    impulse = np.zeros(2 * sum(_decay(stage, KERNEL_TOL) for stage in stages) + 64)
+    kernel_decays, decays = _decays(fs, bandpass_hz, notches)
+    impulse = np.zeros(2 * kernel_decays + 64)
     impulse[0] = 1.0
     h = sps.sosfilt(sos, impulse)
     g = sps.fftconvolve(h, h[::-1])  # lags -(n-1)..(n-1)
@@ -149,8 +173,7 @@ def zero_phase(fs: float, bandpass_hz: tuple[float, float] | None, notches: tupl
     weight[1:] *= 2  # both sides
     beyond = weight.sum() - np.cumsum(weight)  # beyond[k]: share of |g| at lags > k
     half = int(np.argmax(beyond <= KERNEL_TOL * weight.sum()))
-    dc_gain = float(np.prod([np.abs(sps.sosfreqz(stage, worN=[0.0])[1][0]) ** 2 for stage in stages]))
-    decays = sum(_decay(stage, ENDS_TOL) for stage in stages)
+    dc_gain = _dc_gain(fs, bandpass_hz, notches)
     ends = max(half, decays)
     edge = max(ends + decays + 64, 4 * 27 * 2)  # and long enough for _filters64 to filter it (_long_enough)
     return ZeroPhase(g[centre - half: centre + half + 1].astype(np.float32), half, ends, edge, dc_gain)
@@ -162,8 +185,11 @@ def _filters_fft(y: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float
         return y, 1.0
     from scipy import fft as sfft
 
-    zp = zero_phase(spec.fs, spec.bandpass_hz, _notches(spec))
-    n, half, ends, edge = y.shape[-1], zp.half, zp.ends, zp.edge
+    n, key = y.shape[-1], (spec.fs, spec.bandpass_hz, _notches(spec))
+    if n <= 2 * (2 * _decays(*key)[1] + 64):  # all ends (a lower bound of 2 * edge): no kernel made
+        return _filters64(y.astype(np.float64), spec).astype(np.float32), _dc_gain(*key)
+    zp = zero_phase(*key)
+    half, ends, edge = zp.half, zp.ends, zp.edge
     if n <= 2 * edge:
         return _filters64(y.astype(np.float64), spec).astype(np.float32), zp.dc_gain
     out = np.empty_like(y)
