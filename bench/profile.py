@@ -9,6 +9,8 @@
 - codecs: the same signal re-encoded with other codecs (size, decode time);
 - layouts: the cache's objects rewritten under other layouts (inner chunk, shard, codecs), each read at the same
   random windows through tensorstore and zarr-python, with its size per EEG-hour: what chose ``eegcache.store.layout``.
+- ``--preprocess``: only the EDF read and each stage of ``preprocess`` under each ``compute`` (float64, float32-fft),
+  CPU ms per EEG-hour on the corpus, rounds interleaved.
 - ``--per-file N``: only the per-file overhead: the wall-clock milliseconds per file of each stage of a 1-worker
   ingest of the tree of N files of 30 s (``bench.per_file``; stage timers, not cProfile, whose cost per Python
   call would inflate the SQL and zarr layers), beside the floor on the same files, and cProfile's top functions.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import pstats
 import shutil
@@ -181,6 +184,81 @@ def per_file_markdown(pf: dict[str, Any]) -> str:
     lines += [f"| {k} | {v:.2f} |" for k, v in pf["stages_ms_per_file"].items()]
     lines += ["", "| top functions by own time (cProfile) | calls | tottime s | cumtime s |", "|---|---|---|---|"]
     lines += [f"| `{r['function']}` | {r['calls']} | {r['tottime']:.2f} | {r['cumtime']:.2f} |" for r in pf["top_tottime"]]
+    return "\n".join(lines)
+
+
+# (label, attribute of eegcache.pipeline.preprocess): the stages of preprocess, timed by wrappers (CPU time).
+PREPROCESS_STAGES = (
+    ("resample (resample_poly; float32-fft: and its offset's taper)", "resample"),
+    ("filters: float64 sosfiltfilt + filtfilt (float32-fft: the ends only)", "_filters64"),
+    ("filters: float32-fft in all (FFT convolution + float64 ends)", "_filters_fft"),
+    ("z-score", "_zscore"),
+)
+
+
+def profile_preprocess(src: Path, rounds: int = 3) -> dict[str, Any]:
+    """CPU milliseconds per EEG-hour of the EDF read and of each stage of ``preprocess`` under each ``compute``, on
+    every EDF of ``src`` (the default spec, zero-filled missing electrodes), rounds interleaved (per file: read, then
+    float64, then float32-fft), medians over rounds (the first round pays the imports: MNE's for the start-date
+    files)."""
+    import statistics
+
+    from eegcache.pipeline import preprocess as pp
+    from eegcache.pipeline.spec import COMPUTES
+    from eegcache.sources.edf import EdfError, read_recording
+    from eegcache.sources.tree import discover
+
+    spec = PreprocessSpec(missing_electrodes="zero")
+    edfs = discover(src)
+    per_round: list[dict[str, float]] = []
+    hours = 0.0
+    originals = {attr: getattr(pp, attr) for _label, attr in PREPROCESS_STAGES}
+    acc: dict[str, float] = {}
+
+    def timed(label: str, fn):
+        def wrapper(*a, **k):
+            t0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0.0) + time.process_time() - t0
+        return wrapper
+
+    try:
+        for r in range(rounds):
+            acc.clear()
+            for edf in edfs:
+                t0 = time.process_time()
+                try:
+                    raw = read_recording(edf, spec.channels, spec.missing_electrodes)
+                except EdfError:
+                    continue
+                acc["read EDF (read_recording)"] = acc.get("read EDF (read_recording)", 0.0) + time.process_time() - t0
+                if r == 0:
+                    hours += raw.data.shape[1] / raw.fs / 3600
+                for compute in COMPUTES[::-1]:  # float64 first
+                    for label, attr in PREPROCESS_STAGES:
+                        setattr(pp, attr, timed(f"{compute}: {label}", originals[attr]))
+                    t0 = time.process_time()
+                    pp.preprocess(raw.data, raw.fs, dataclasses.replace(spec, compute=compute))
+                    acc[f"{compute}: preprocess in all"] = acc.get(f"{compute}: preprocess in all", 0.0) + \
+                        time.process_time() - t0
+                    for _label, attr in PREPROCESS_STAGES:
+                        setattr(pp, attr, originals[attr])
+            per_round.append(dict(acc))
+    finally:
+        for attr, fn in originals.items():
+            setattr(pp, attr, fn)
+    labels = sorted({k for d in per_round for k in d}, key=lambda k: (k.split(":")[0] != "read EDF (read_recording)",
+                                                                       k.split(":")[0], "in all" in k, k))
+    ms = {k: statistics.median(d.get(k, 0.0) for d in per_round) / hours * 1e3 for k in labels}
+    return {"eeg_hours": hours, "files": len(edfs), "rounds": rounds, "ms_per_eeg_hour": ms}
+
+
+def preprocess_markdown(pr: dict[str, Any]) -> str:
+    lines = [f"EDF read and preprocessing stages, CPU ms per EEG-hour ({pr['files']} files, {pr['eeg_hours']:.2f} "
+             f"EEG-hours, median of {pr['rounds']} interleaved rounds):", "", "| stage | ms per EEG-hour |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in pr["ms_per_eeg_hour"].items()]
     return "\n".join(lines)
 
 
@@ -495,8 +573,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/out"))
     p.add_argument("--hours", type=float, default=2.0, help="corpus to profile ingest on (default: the quick one)")
     p.add_argument("--per-file", type=int, metavar="N", help="profile only the per-file overhead, on N files of 30 s")
+    p.add_argument("--preprocess", action="store_true", help="profile only the EDF read and the preprocessing stages "
+                   "(each compute), on the corpus of --hours")
     a = p.parse_args(argv)
     out = a.out.resolve()
+    if a.preprocess:
+        pr = profile_preprocess(make_corpus(out, a.hours, SEED).root)
+        (out / "profile-preprocess.json").write_text(json.dumps(pr, indent=1))
+        print(preprocess_markdown(pr))
+        return
     if a.per_file:
         from bench.per_file import corpus as short_corpus
 

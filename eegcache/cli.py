@@ -105,6 +105,10 @@ def main() -> None:
 @click.option("--montage", type=click.Choice(["referential", "average", "double-banana", "tcp"]),
               help="Stored channels: the 19 electrodes as recorded (referential, default), their common average, "
                    "SzCORE's 18 bipolar pairs (double-banana) or TUSZ's 22 TCP pairs (tcp).")
+@click.option("--compute", type=click.Choice(["float32-fft", "float64"]),
+              help="How the preprocessing is computed. float32-fft (a new pipeline's default): float32, the "
+                   "zero-phase filters applied by FFT; float64 within 1e-4 x std + 4e-6 x peak, in 0.35-0.7x its "
+                   "CPU time. float64: every earlier release's output, what a pipeline stored before keeps.")
 @click.option("--layout", type=click.Choice(["auto", "bids", "folder"]),
               help="The source tree's layout (default auto: TUSZ, BIDS by its dataset_description.json, else a "
                    "folder of EDFs). bids forces BIDS-EEG.")
@@ -120,7 +124,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, config_file, fs, dtype, missing_electrodes,
-           montage, layout, dataset, pipeline, replace, retry_failed, claim_lease, as_json, quiet):
+           montage, compute, layout, dataset, pipeline, replace, retry_failed, claim_lease, as_json, quiet):
     """Ingest every EDF under SRC into the cache. Bad files are reported and skipped; exit 1 if any failed."""
     from eegcache.ops.ingest import ingest as run_ingest
     from eegcache.pipeline.spec import load_config
@@ -131,7 +135,8 @@ def ingest(src, cache, db_url, store_url, window, stride, workers, recipe, confi
         config = load_config(config_file, recipe=chosen, overrides={
                                            "window": window, "stride": stride, "workers": workers, "fs": fs,
                                            "dtype": dtype, "missing_electrodes": missing_electrodes,
-                                           "montage": montage, "layout": layout, "dataset": dataset,
+                                           "montage": montage, "compute": compute, "layout": layout,
+                                           "dataset": dataset,
                                            "pipeline": pipeline, "replace": replace, "retry_failed": retry_failed})
         summary = run_ingest(src, cache, config, db_url=db_url, store_url=store_url, progress=not quiet,
                              claim_lease_s=claim_lease)

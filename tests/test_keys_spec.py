@@ -41,6 +41,7 @@ def specs(draw) -> PreprocessSpec:
         fixed_notch_hz=draw(st.sampled_from([(), (1.0,)])),
         chain=draw(st.sampled_from(["filter-first", "zscore-first"] if zscore else ["filter-first"])),
         window_filter=draw(st.sampled_from([None, {"bandpass_hz": [0.5, fs / 4], "order": 3, "notch_hz": [1.0]}])),
+        compute=draw(st.sampled_from(["float32-fft", "float64"])),
     )
 
 
@@ -80,6 +81,8 @@ def _changed(spec: PreprocessSpec, field: str, data: st.DataObject) -> Preproces
         return dataclasses.replace(spec, fixed_notch_hz=() if spec.fixed_notch_hz else (1.0,))
     if field == "window_filter":
         return dataclasses.replace(spec, window_filter=None if spec.window_filter else {"bandpass_hz": [0.5, 30.0]})
+    if field == "compute":
+        return dataclasses.replace(spec, compute="float64" if spec.compute == "float32-fft" else "float32-fft")
     assert field == "missing_electrodes"
     return dataclasses.replace(spec, missing_electrodes="zero" if spec.missing_electrodes == "fail" else "fail")
 
@@ -128,8 +131,9 @@ def test_any_field_change_changes_the_key(spec: PreprocessSpec, field: str, edf:
 
 
 def test_new_fields_at_defaults_leave_the_canonical_json_as_before():
-    """Fields added later are absent from the canonical JSON at their defaults: existing keys never change."""
-    assert PreprocessSpec().canonical_json() == (
+    """Fields added later are absent from the canonical JSON at the value they had before they existed (their
+    defaults, but compute's: float64): existing keys never change."""
+    assert PreprocessSpec(compute="float64").canonical_json() == (
         '{"bandpass_hz":[0.5,120.0],"channels":["Fp1","F3","C3","P3","O1","F7","T3","T5","Fz","Cz","Pz","Fp2","F4",'
         '"C4","P4","O2","F8","T4","T6"],"dtype":"float32","fs":256.0,"missing_electrodes":"fail","notch_hz":[60.0],'
         '"zscore":true}')
@@ -167,12 +171,13 @@ def test_versions_are_part_of_the_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_key_is_stable() -> None:
-    """The default spec's canonical text is pinned: a change here silently invalidates every user's cache and
-    must come with a pipeline version bump."""
+    """The default spec's canonical text is pinned: a change here silently changes the keys of every new pipeline
+    built with the defaults and must come with a pipeline version bump. (The default became float32-fft when
+    ``compute`` was added; pipelines stored before keep their text, read back as float64: see below.)"""
     assert PreprocessSpec().canonical_json() == (
         '{"bandpass_hz":[0.5,120.0],"channels":["Fp1","F3","C3","P3","O1","F7","T3","T5","Fz","Cz","Pz","Fp2",'
-        '"F4","C4","P4","O2","F8","T4","T6"],"dtype":"float32","fs":256.0,"missing_electrodes":"fail",'
-        '"notch_hz":[60.0],"zscore":true}'
+        '"F4","C4","P4","O2","F8","T4","T6"],"compute":"float32-fft","dtype":"float32","fs":256.0,'
+        '"missing_electrodes":"fail","notch_hz":[60.0],"zscore":true}'
     )
 
 
@@ -244,9 +249,18 @@ PRE_ISSUE_11_DEFAULT_JSON = (
 
 
 def test_fields_added_later_keep_existing_keys() -> None:
-    assert PreprocessSpec().canonical_json() == PRE_ISSUE_11_DEFAULT_JSON
+    """A stored spec's JSON that does not name a later field reads back as the value it had before the field
+    existed: compute float64 (not today's default), so an old pipeline keeps its algorithm, text, digest and keys."""
+    legacy = PreprocessSpec(compute="float64")
+    assert legacy.canonical_json() == PRE_ISSUE_11_DEFAULT_JSON
     old = PreprocessSpec.from_dict(json.loads(PRE_ISSUE_11_DEFAULT_JSON))
-    assert old == PreprocessSpec() and keys.spec_digest(old) == keys.spec_digest(PreprocessSpec())
+    assert old == legacy and old.compute == "float64" and keys.spec_digest(old) == keys.spec_digest(legacy)
+    assert old.canonical_json() == PRE_ISSUE_11_DEFAULT_JSON
+    assert keys.object_key("0" * 64, old, keys.label_key(None)) != keys.object_key("0" * 64, PreprocessSpec(),
+                                                                                  keys.label_key(None))
+    # Settings a person writes (a config file, a recipe, flags) that do not name it take the default.
+    assert PreprocessSpec.from_settings(json.loads(PRE_ISSUE_11_DEFAULT_JSON)) == PreprocessSpec()
+    assert load_config(None, {}).spec.compute == "float32-fft"
     tcp = PreprocessSpec(montage="tcp", mains_notch=False)
     assert json.loads(tcp.canonical_json())["montage"] == "tcp" and '"mains_notch":false' in tcp.canonical_json()
     assert PreprocessSpec.from_dict(json.loads(tcp.canonical_json())) == tcp

@@ -19,7 +19,7 @@ from eegcache.index.db import writer
 from eegcache.index.models import Pipeline, WindowSet
 from eegcache.index.sql import insert_ignore
 from eegcache.pipeline import keys
-from eegcache.pipeline.spec import IngestConfig, PreprocessSpec
+from eegcache.pipeline.spec import DEFAULT_COMPUTE, IngestConfig, PreprocessSpec
 
 
 class PipelineError(InputError):
@@ -44,8 +44,16 @@ def _differences(old: PreprocessSpec, new: PreprocessSpec) -> list[str]:
 
 
 def requested_spec(config: IngestConfig, stored: PreprocessSpec | None) -> PreprocessSpec:
-    """The stored pipeline's spec with the user's explicit settings on top (or the whole spec for library callers)."""
-    if stored is None or config.explicit is None:
+    """The stored pipeline's spec with the user's explicit settings on top (or the whole spec for library callers).
+
+    A library caller's spec names every field, ``compute`` too: one at the default compute asks for a stored
+    pipeline's own (a pipeline built before ``compute`` existed is float64, and must be neither refused nor rebuilt
+    by a caller who never chose); ``replace`` takes the spec as given."""
+    if stored is None:
+        return config.spec
+    if config.explicit is None:
+        if not config.replace and config.spec.compute == DEFAULT_COMPUTE:
+            return dataclasses.replace(config.spec, compute=stored.compute)
         return config.spec
     return dataclasses.replace(stored, **{name: getattr(config.spec, name) for name in config.explicit})
 

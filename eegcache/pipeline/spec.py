@@ -27,6 +27,12 @@ MONTAGES = ("referential", "average", "double-banana", "tcp")
 DEFAULT_MONTAGE = "referential"
 CHAINS = ("filter-first", "zscore-first")
 RESAMPLERS = ("poly", "fft")
+# How the declared steps are computed (eegcache.pipeline.preprocess). float64: float64 throughout, the filters run
+# sample by sample (sosfiltfilt, filtfilt), the only way before this field existed. float32-fft: float32, the
+# zero-phase filters applied as one FFT convolution with their combined zero-phase impulse response, float64 filters
+# on the first and last ~25 s; within 1e-4 (after the z-score) of float64, about half its time.
+COMPUTES = ("float32-fft", "float64")
+DEFAULT_COMPUTE = "float32-fft"
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,9 @@ class PreprocessSpec:
     resample: str = "poly"  # poly: scipy.signal.resample_poly by the exact ratio | fft: scipy.signal.resample
     fixed_notch_hz: tuple[float, ...] = ()  # notches applied as given (after notch_hz), whatever the power line
     window_filter: WindowFilter | None = None  # applied per window on read (not stored; see WindowFilter)
+    # New specs compute in float32 with FFT filters; a stored spec that does not name it (every spec written before
+    # the field existed) means float64 (see from_dict), so an existing pipeline keeps its algorithm and its keys.
+    compute: str = DEFAULT_COMPUTE  # float32-fft | float64 (COMPUTES)
 
     def __post_init__(self) -> None:
         # Numbers are normalised so that equal specs serialise (and so key) equally: fs=256 and fs=256.0 are one.
@@ -140,6 +149,8 @@ class PreprocessSpec:
             raise ValueError(f"resample must be one of {RESAMPLERS}, got {self.resample!r}")
         if self.window_filter is not None:
             self.window_filter.check(self.fs)
+        if self.compute not in COMPUTES:
+            raise ValueError(f"compute must be one of {COMPUTES}, got {self.compute!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -148,8 +159,8 @@ class PreprocessSpec:
         data["notch_hz"] = list(self.notch_hz)
         data["fixed_notch_hz"] = list(self.fixed_notch_hz)
         data["window_filter"] = self.window_filter.to_dict() if self.window_filter is not None else None
-        for name, default in _LATER_DEFAULTS.items():  # absent when default: existing keys never change
-            if data[name] == default:
+        for name, before in _ABSENT.items():  # absent at the value it had before it existed: existing keys never change
+            if data[name] == before:
                 del data[name]
         return data
 
@@ -170,6 +181,13 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        """A spec as stored (``to_dict``, canonical JSON: a pipeline's, an object's). A field it does not name has
+        the value it had before the field existed (``compute``: float64), which is not always today's default."""
+        return cls.from_settings({**{k: v for k, v in _ABSENT.items() if k not in data}, **data})
+
+    @classmethod
+    def from_settings(cls, data: dict[str, Any]) -> PreprocessSpec:
+        """A spec from settings a person wrote (config file, recipe, flags): a field not given has its default."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -192,8 +210,11 @@ def _canonical_json(spec: PreprocessSpec) -> str:
     return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
 
 
-_LATER_DEFAULTS = {"montage": DEFAULT_MONTAGE, "mains_notch": True, "chain": "filter-first", "resample": "poly",
-                   "fixed_notch_hz": [], "window_filter": None}
+# Fields added after the first release, at the value each had before it existed (every earlier spec behaved so):
+# absent from the canonical JSON at that value (so every earlier key stays what it was) and read back as it. It is
+# the default for all but ``compute``, whose default is the newer float32-fft.
+_ABSENT = {"montage": DEFAULT_MONTAGE, "mains_notch": True, "chain": "filter-first", "resample": "poly",
+           "fixed_notch_hz": [], "window_filter": None, "compute": "float64"}
 
 
 @dataclass(frozen=True)
@@ -246,7 +267,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None, reci
             top[key] = value
         else:
             preprocess[key] = value
-    spec = PreprocessSpec.from_dict(preprocess)
+    spec = PreprocessSpec.from_settings(preprocess)
     pipeline = str(top.get("pipeline", "default"))
     if not pipeline.strip() or len(pipeline) > 128:
         raise ValueError(f"pipeline name {pipeline!r} must be 1 to 128 characters")

@@ -113,7 +113,7 @@ def parse_recipe(data: dict[str, Any], source: str = "") -> Recipe:
     from eegcache.pipeline.spec import PreprocessSpec
 
     try:
-        PreprocessSpec.from_dict(preprocess)
+        PreprocessSpec.from_settings(preprocess)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"recipe {source}: [pipeline.preprocess]: {exc}") from None
     return Recipe(name, version, description, source, pipeline, preprocess, tables["train"], tables["evaluate"])

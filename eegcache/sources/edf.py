@@ -170,33 +170,46 @@ def read_recording(path: Path, channels: tuple[str, ...], missing_policy: str = 
         raise EdfError(f"{path.name}: implausible EEG sampling rate {fs:g} Hz "
                        f"(samples per record / record duration; expected {MIN_RATE_HZ:g}–{MAX_RATE_HZ:g} Hz)")
     n = header.n_records * header.samples_per_record[present[0]]
+    # A referential montage is a plain copy of the picked rows (the stored values of every earlier release): each
+    # electrode is read straight into its output row, and rows of zero-filled electrodes stay zero. Other montages
+    # read the sources, then combine them.
+    if montage == "referential":
+        targets = [(int(row), present[int(col)]) for row, col in zip(*np.nonzero(recipe.matrix), strict=True)]
+        rows = np.zeros((len(recipe.names), n), dtype=np.float64)
+    else:
+        targets = list(enumerate(present))
+        rows = np.zeros((len(present), n), dtype=np.float64)
     try:
-        rows, reader = _read_pyedflib(path, present), "pyedflib"
+        _read_pyedflib(path, targets, rows)
+        reader = "pyedflib"
     except Exception as first:  # noqa: BLE001 - pyedflib raises OSError or plain Exception by version
+        rows[:] = 0.0
         try:
-            rows, reader = _read_mne(path, [header.labels[i] for i in present]), "mne"
+            signals = _read_mne(path, [header.labels[i] for i in present])
         except Exception as second:  # noqa: BLE001
             raise EdfError(f"{path.name}: unreadable EDF (pyedflib: {first}; mne: {second})") from None
-    sources = np.zeros((len(present), n), dtype=np.float64)
-    for j, signal in enumerate(rows):
-        sources[j, : min(n, signal.shape[0])] = signal[:n]
-    if montage == "referential":  # a plain copy of the picked rows: the stored values of every earlier release
-        data = np.zeros((len(recipe.names), n), dtype=np.float64)
-        for out, col in zip(*np.nonzero(recipe.matrix), strict=True):
-            data[out] = sources[col]
-    else:
-        data = recipe.apply(sources)
-    if not np.isfinite(data).all() or (data.size and np.abs(data).max() > MAX_AMPLITUDE_UV):
+        for row, index in targets:
+            signal = signals[present.index(index)]
+            rows[row, : min(n, signal.shape[0])] = signal[:n]
+        reader = "mne"
+    data = rows if montage == "referential" else recipe.apply(rows)
+    # One pass each for min and max (NaN propagates through both, so a non-finite value fails too).
+    if data.size and not max(-float(data.min()), float(data.max())) <= MAX_AMPLITUDE_UV:
         raise EdfError(f"{path.name}: the signal holds non-finite or implausible values (above {MAX_AMPLITUDE_UV:g} µV): "
                        "check the physical range of its channels")
     return RawRecording(data, fs, reader, recipe.filled, header.duration_s, recipe.names)
 
 
-def _read_pyedflib(path: Path, indices: list[int]) -> list[np.ndarray]:
+def _read_pyedflib(path: Path, targets: list[tuple[int, int]], out: np.ndarray) -> None:
+    """Each (row, signal index) of ``targets``: the signal in µV into ``out[row]`` (as much of it as fits), through
+    the buffer-filling call behind ``EdfReader.readSignal`` (no array per signal, no copy)."""
     import pyedflib
 
     with pyedflib.EdfReader(str(path)) as reader:
-        return [reader.readSignal(i) for i in indices]
+        counts = reader.getNSamples()
+        for row, index in targets:
+            m = min(out.shape[1], int(counts[index]))
+            reader.readsignal(index, 0, m, out[row, :m])
 
 
 def _read_mne(path: Path, names: list[str]) -> list[np.ndarray]:
