@@ -35,10 +35,11 @@ def _little_bytes(codec: dict) -> bool:
     return codec.get("name") == "bytes" and (codec.get("configuration") or {}).get("endian", "little") == "little"
 
 
-def _crc(data) -> int:
+def _crc_ok(raw: np.ndarray) -> bool:
+    """Whether bytes that end in a little-endian CRC32C of the rest (zarr's ``crc32c`` codec) are intact."""
     import google_crc32c
 
-    return google_crc32c.value(data)
+    return len(raw) >= 4 and google_crc32c.value(raw[:-4]) == int.from_bytes(raw[-4:].tobytes(), "little")
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,10 @@ class ShardedArray:
         """The shard's index: ``(offset, nbytes)`` per inner chunk, CRC32C-checked."""
         size = os.fstat(fd).st_size
         nbytes = self.per_shard * 16 + 4
-        raw = os.pread(fd, nbytes, size - nbytes) if size >= nbytes else b""
-        if len(raw) != nbytes or _crc(np.frombuffer(raw, np.uint8)[:-4]) != int.from_bytes(raw[-4:], "little"):
+        raw = np.frombuffer(os.pread(fd, nbytes, size - nbytes) if size >= nbytes else b"", np.uint8)
+        if len(raw) != nbytes or not _crc_ok(raw):
             raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
-        return np.frombuffer(raw, dtype="<u8", count=self.per_shard * 2).reshape(self.per_shard, 2)
+        return raw[:-4].view("<u8").reshape(self.per_shard, 2)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """``array[..., start:stop]`` (numpy slice semantics on the last axis)."""
@@ -155,12 +156,11 @@ class ShardedArray:
                     raw = span[1][offset - span[0]:offset - span[0] + length]
                 else:
                     raw = np.frombuffer(os.pread(fd, length, offset), np.uint8)
-                body = raw[:-4]
-                if len(raw) != length or _crc(body) != int.from_bytes(raw[-4:].tobytes(), "little"):
+                if len(raw) != length or not _crc_ok(raw):
                     raise DamagedChunk(f"{path}: inner chunk {j % self.per_shard} fails its CRC32C (the file is damaged)")
                 if int.from_bytes(raw[4:8].tobytes(), "little") != decoded.nbytes:  # the Blosc header's size
                     raise DamagedChunk(f"{path}: inner chunk {j % self.per_shard} decodes to the wrong size")
-                numcodecs.blosc.decompress(body, decoded)
+                numcodecs.blosc.decompress(raw[:-4], decoded)
                 out[..., a - lo:b - lo] = decoded[..., a - j * self.chunk:b - j * self.chunk]
         finally:
             numcodecs.blosc.use_threads = threads
