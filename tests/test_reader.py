@@ -24,7 +24,7 @@ import eegcache.store.layout
 from eegcache.ops.ingest import ingest
 from eegcache.pipeline.spec import IngestConfig
 from eegcache.store import LABEL_CHUNK, SHARD_SAMPLES, SIGNAL_CHUNK, LocalObjectStore, ObjectStore
-from eegcache.store.layout import shard_samples
+from eegcache.store.layout import FileChecksum, folder_checksums, shard_samples
 from eegcache.store.reader import BACKENDS, WindowReader, available_backends, choose_backend
 
 N = 3 * LABEL_CHUNK + 1234  # one shard of ~25 inner signal chunks; labels: three full chunks and a partial one
@@ -33,7 +33,7 @@ SMALL_SHARD = 2 * LABEL_CHUNK  # SHARD_SAMPLES for the object of several shards 
 OLD_CHUNK, OLD_LABEL_CHUNK = 16384, 65536  # the layout before 2026-12-02
 
 
-def write_old_layout(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
+def write_old_layout(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> list[FileChecksum]:
     """An object as eegcache wrote it before 2026-12-02 (no sharding: 16,384-sample signal chunks, 65,536-sample
     label chunks, Blosc-lz4 with bit shuffle + CRC32C), kept here to test that such objects stay readable."""
     from zarr.codecs import BloscCodec, Crc32cCodec
@@ -47,6 +47,7 @@ def write_old_layout(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs
     lab = group.create_array("labels", shape=labels.shape, dtype=np.uint8, chunks=(OLD_LABEL_CHUNK,),
                              compressors=codecs, dimension_names=("time",))
     lab[...] = labels
+    return folder_checksums(folder)
 
 
 def _object(rng: np.random.Generator, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +148,9 @@ def test_direct_reads_equal_zarr_python_on_any_sharded_array(data, channels, chu
     shard size, 1-D or 2-D, with runs of zeros (inner chunks and whole shards zarr never writes: the fill value)."""
     import tempfile
 
-    from eegcache.store.layout import _label_codecs, _signal_codecs
+    from zarr.codecs import BloscCodec, Crc32cCodec
+
+    from eegcache.store.layout import LABEL_BLOSC, SIGNAL_BLOSC
     from eegcache.store.shards import ShardedArray
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
@@ -164,7 +167,7 @@ def test_direct_reads_equal_zarr_python_on_any_sharded_array(data, channels, chu
         lead = () if one_d else (channels,)
         array = group.create_array("a", shape=values.shape, dtype=dtype, chunks=(*lead, chunk),
                                    shards=(*lead, chunk * per_shard),
-                                   compressors=_label_codecs() if dtype == "uint8" else _signal_codecs())
+                                   compressors=[BloscCodec(**(LABEL_BLOSC if dtype == "uint8" else SIGNAL_BLOSC)), Crc32cCodec()])
         array[...] = values
         direct = ShardedArray.open(Path(tmp) / "a")
         assert direct is not None and direct.shape == values.shape

@@ -80,9 +80,9 @@ def test_store_write_is_atomic_and_idempotent(tmp_path: Path) -> None:
     signal = np.random.default_rng(0).standard_normal((3, 40_000)).astype(np.float32)
     labels = (np.arange(40_000) % 1000 < 100).astype(np.uint8)
     key = "ab" * 32
-    assert store.write(key, signal, labels, {"k": 1}) is True
+    assert store.write(key, signal, labels, {"k": 1}) is not None
     files = {p: p.read_bytes() for p in store.path(key).rglob("*") if p.is_file()}
-    assert store.write(key, signal * 2, labels, {"k": 2}) is False
+    assert store.write(key, signal * 2, labels, {"k": 2}) is None
     assert {p: p.read_bytes() for p in store.path(key).rglob("*") if p.is_file()} == files
     assert not any((tmp_path / "staging").iterdir())
     group = store.open(key)

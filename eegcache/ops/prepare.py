@@ -353,9 +353,9 @@ def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotati
     if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
         attrs["power_line_hz"] = result.info["power_line_hz"]
         attrs["notch_hz"] = list(spec.notch_hz)
-    store.write(result.object_key, signal, mask, attrs)
+    written = store.write(result.object_key, signal, mask, attrs)
     store.note_signal(signal_key, result.object_key)
-    result.checksums = store.checksums(result.object_key)
+    result.checksums = written or store.checksums(result.object_key)  # None: another writer published it first
     return mask
 
 

@@ -42,16 +42,16 @@ class ObjectStore(ABC):
         self.staging_root.mkdir(parents=True, exist_ok=True)
         return self.staging_root / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
 
-    def write(self, key: str, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> bool:
-        """Publish an object. Returns False when an identical object was already there (content addressing
-        makes that a success: the bytes would be the same)."""
+    def write(self, key: str, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> list[FileChecksum] | None:
+        """Publish an object; returns the checksums of the files it wrote, or None when an identical object was
+        already there (content addressing makes that a success: the bytes would be the same)."""
         if self.exists(key):
-            return False
+            return None
         staging = self._staging(key)
         try:
-            write_group(staging, signal, labels, attrs)
+            checksums = write_group(staging, signal, labels, attrs)
             fsync_all(staging)
-            return self._publish(key, staging)
+            return checksums if self._publish(key, staging) else None
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

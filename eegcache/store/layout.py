@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-# zarr (~0.3 s) and numpy (~0.1 s) are imported where an object is written: a run with nothing to do never pays.
+# numpy (~0.1 s) is imported where an object is written: a run with nothing to do never pays.
 
 SIGNAL_CHUNK = 2048  # samples per inner chunk: 8 s at 256 Hz, ~156 KB of float32 for 19 channels
 LABEL_CHUNK = 16384  # labels per inner chunk: 16 KB of uint8, ~2 per window read
@@ -48,20 +48,12 @@ def object_digest(checksums: list[FileChecksum]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _signal_codecs() -> list:
-    # On preprocessed (z-scored) float32 EEG, LZ4HC at level 1 with byte shuffle is both smaller than LZ4 with bit
-    # shuffle and about twice as fast to decode, at about the same encoding cost (bench/RESULTS.md, 2026-12-02).
-    # The CRC32C makes a damaged inner chunk fail on read; the sharding codec adds one to the shard index.
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    return [BloscCodec(cname="lz4hc", clevel=1, shuffle="shuffle"), Crc32cCodec()]
-
-
-def _label_codecs() -> list:
-    # A 0/1 mask: bit shuffle turns it into long runs that LZ4 packs to almost nothing.
-    from zarr.codecs import BloscCodec, Crc32cCodec
-
-    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
+# On preprocessed (z-scored) float32 EEG, LZ4HC at level 1 with byte shuffle is both smaller than LZ4 with bit
+# shuffle and about twice as fast to decode, at about the same encoding cost (bench/RESULTS.md, 2026-12-02). A 0/1
+# label mask: bit shuffle turns it into long runs that LZ4 packs to almost nothing. Each inner chunk carries a
+# CRC32C, and so does each shard's index.
+SIGNAL_BLOSC = {"cname": "lz4hc", "clevel": 1, "shuffle": "shuffle"}
+LABEL_BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
 
 
 def shard_samples(n_samples: int, chunk: int) -> int:
@@ -71,25 +63,33 @@ def shard_samples(n_samples: int, chunk: int) -> int:
     return max(chunk, min(SHARD_SAMPLES, whole))
 
 
-def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> None:
-    """Write one object's group into an empty local folder (a staging folder: publishing is the store's job)."""
+def group_files(signal: np.ndarray, labels: np.ndarray, attrs: dict) -> dict[str, bytes]:
+    """Every file of one object, by '/'-separated path: the bytes zarr-python would write for this group
+    (``eegcache.store.shards.encode_array``; tests/test_shards_write.py compares them)."""
     import numpy as np
-    import zarr
-    from zarr.storage import LocalStore
 
-    group = zarr.open_group(LocalStore(folder), mode="w", zarr_format=3, attributes=attrs)
-    channels, n = signal.shape
-    sig = group.create_array(
-        "signal", shape=signal.shape, dtype=signal.dtype, chunks=(channels, SIGNAL_CHUNK),
-        shards=(channels, shard_samples(n, SIGNAL_CHUNK)), compressors=_signal_codecs(),
-        dimension_names=("channel", "time"),
-    )
-    sig[...] = signal
-    lab = group.create_array(
-        "labels", shape=labels.shape, dtype=np.uint8, chunks=(LABEL_CHUNK,),
-        shards=(shard_samples(labels.shape[0], LABEL_CHUNK),), compressors=_label_codecs(), dimension_names=("time",),
-    )
-    lab[...] = labels
+    from eegcache.store.shards import encode_array, metadata_bytes
+
+    files = {"zarr.json": metadata_bytes({"attributes": attrs, "zarr_format": 3, "node_type": "group"})}
+    labels = np.asarray(labels, dtype=np.uint8)
+    for name, data, chunk, blosc, dims in (("signal", signal, SIGNAL_CHUNK, SIGNAL_BLOSC, ("channel", "time")),
+                                           ("labels", labels, LABEL_CHUNK, LABEL_BLOSC, ("time",))):
+        shard = shard_samples(data.shape[-1], chunk)
+        files.update({f"{name}/{rel}": blob for rel, blob in encode_array(data, chunk, shard, blosc, dims).items()})
+    return files
+
+
+def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> list[FileChecksum]:
+    """Write one object's group into a new local folder (a staging folder: publishing is the store's job);
+    returns the checksums of its files, hashed from the bytes written."""
+    out = []
+    for rel, blob in group_files(signal, labels, attrs).items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(blob)
+        out.append(FileChecksum(rel, len(blob), hashlib.sha256(blob).hexdigest()))
+    return sorted(out, key=lambda c: c.path)
 
 
 def folder_checksums(root: Path) -> list[FileChecksum]:
