@@ -82,14 +82,21 @@ def group_files(signal: np.ndarray, labels: np.ndarray, attrs: dict) -> dict[str
 def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> list[FileChecksum]:
     """Write one object's group into a new local folder (a staging folder: publishing is the store's job);
     returns the checksums of its files, hashed from the bytes written."""
+    files = group_files(signal, labels, attrs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for sub in sorted({parent for rel in files for parent in _parents(rel)}):  # parents before children
+        (folder / sub).mkdir()
     out = []
-    for rel, blob in group_files(signal, labels, attrs).items():
-        path = folder / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
+    for rel, blob in files.items():
+        with open(folder / rel, "wb") as f:
             f.write(blob)
         out.append(FileChecksum(rel, len(blob), hashlib.sha256(blob).hexdigest()))
     return sorted(out, key=lambda c: c.path)
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def folder_checksums(root: Path) -> list[FileChecksum]:
