@@ -23,7 +23,6 @@ import random
 import shutil
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr.storage._local as zarr_local
 from conftest import copy_cache
 from edf_factory import Rec, eegcache_cmd, index_snapshot, object_dirs, query, write_tree
 from sqlalchemy import event
@@ -183,16 +181,18 @@ def os_error(code: int, filename: object = None) -> OSError:
     return OSError(code, os.strerror(code), None if filename is None else os.fspath(filename))
 
 
-def chunk_write(setattr_: Callable, key: str, nth: int, code: int = errno.ENOSPC) -> Fault:
-    """zarr's write of the nth file (metadata or chunk) of the target object fails."""
-    fault, original = Fault(), zarr_local._put
+def file_write(setattr_: Callable, key: str, nth: int, code: int = errno.ENOSPC) -> Fault:
+    """The write of the nth file (metadata or shard) of the target object fails half-way: half its bytes are on
+    disk, then the disk is full (or fails)."""
+    fault, original = Fault(), eegcache.store.layout.write_file
 
-    def _put(path, *args, **kwargs):
+    def write_file(path, blob):
         if key in str(path) and fault.hit(nth):
+            original(path, blob[:len(blob) // 2])
             raise os_error(code, path)
-        return original(path, *args, **kwargs)
+        return original(path, blob)
 
-    setattr_(zarr_local, "_put", _put)
+    setattr_(eegcache.store.layout, "write_file", write_file)
     return fault
 
 
@@ -255,19 +255,6 @@ def pointer_fails(setattr_: Callable, key: str, nth: int, code: int = errno.ENOS
     return fault
 
 
-def readback_fails(setattr_: Callable, key: str, nth: int, code: int = errno.EIO) -> Fault:
-    """Reading the nth file of the published target object back (to checksum it for the index) fails."""
-    fault, original = Fault(), pathlib.Path.read_bytes
-
-    def read_bytes(self):
-        if key in str(self) and "objects" in self.parts and fault.hit(nth):
-            raise os_error(code, self)
-        return original(self)
-
-    setattr_(pathlib.Path, "read_bytes", read_bytes)
-    return fault
-
-
 @dataclass(frozen=True)
 class IoKind:
     install: Callable[..., Fault]
@@ -276,15 +263,14 @@ class IoKind:
 
 
 IO_FAULTS = {
-    "zarr write ENOSPC": IoKind(chunk_write, errno.ENOSPC, 5),
-    "zarr write EIO": IoKind(lambda s, k, n: chunk_write(s, k, n, errno.EIO), errno.EIO, 5),
+    "object file write ENOSPC": IoKind(file_write, errno.ENOSPC, 5),
+    "object file write EIO": IoKind(lambda s, k, n: file_write(s, k, n, errno.EIO), errno.EIO, 5),
     "fsync EIO": IoKind(fsync_fails, errno.EIO, 8),
     "fsync ENOSPC": IoKind(lambda s, k, n: fsync_fails(s, k, n, errno.ENOSPC), errno.ENOSPC, 8),
     "rename ENOSPC": IoKind(rename_fails, errno.ENOSPC, 1),
     "rename EIO": IoKind(lambda s, k, n: rename_fails(s, k, n, errno.EIO), errno.EIO, 1),
     "folder fsync after rename EIO": IoKind(publish_then_eio, errno.EIO, 1),
     "signal pointer ENOSPC": IoKind(pointer_fails, errno.ENOSPC, 1),
-    "checksum read-back EIO": IoKind(readback_fails, errno.EIO, 5),
 }
 
 
@@ -405,37 +391,34 @@ def test_io_fault_stress(reference: Reference, tmp_path: Path, monkeypatch: pyte
     print(f"\nFIGURES test_io_fault_stress: {trials} faults injected, 0 inconsistencies")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: eegcache/store/base.py ObjectStore.write: when one of zarr's concurrent chunk writes fails, the others are "
-    "still in flight (threads); write()'s finally-rmtree runs first and they recreate the staging folder. Since "
-    "01b1d91 gc keeps staging folders of live pids, so in a long-lived process (a service, a notebook) the leftover "
-    "is never collected. Fix: let zarr's in-flight writes finish (or retry the rmtree until the folder stays gone) "
-    "before re-raising"))
 def test_a_failed_object_write_leaves_no_staging_folder(
     reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first of the target's signal shards to be written fails (ENOSPC) while its sibling shards, on a slow
-    disk, are still being written: once everything has landed, no staging folder may remain. (A recording over
-    SHARD_SAMPLES has several shards; shards of LABEL_CHUNK samples give this short one three.)"""
-    edf = reference.edfs[0]  # 150 s: three signal shards, written concurrently by zarr
+    """The first of the target's signal shards to be written fails (ENOSPC) half-way: no staging folder remains,
+    however long one waits. (Regression: zarr-python wrote an object's shards concurrently, and the ones still in
+    flight recreated the staging folder after ``ObjectStore.write`` had removed it; the writer now writes an
+    object's files one after the other. A recording over SHARD_SAMPLES has several shards; shards of LABEL_CHUNK
+    samples give this short one three.)"""
+    edf = reference.edfs[0]  # 150 s: three signal shards
     key, cache = reference.keys[edf], tmp_path / "cache"
-    original, lock, state = zarr_local._put, threading.Lock(), {"failed": False}
+    original, state = eegcache.store.layout.write_file, {"failed": False, "after": []}
 
-    def _put(path, *args, **kwargs):
-        if key in str(path) and "/signal/c/" in str(path):
-            with lock:
-                first, state["failed"] = not state["failed"], True
-            if first:
-                raise os_error(errno.ENOSPC, path)
-            time.sleep(0.3)  # still being written when the first chunk's error reaches ObjectStore.write
-        return original(path, *args, **kwargs)
+    def write_file(path, blob):
+        if key in str(path) and state["failed"]:
+            state["after"].append(path)
+        elif key in str(path) and "/signal/c/" in str(path):
+            state["failed"] = True
+            original(path, blob[:len(blob) // 2])
+            raise os_error(errno.ENOSPC, path)
+        return original(path, blob)
 
     with monkeypatch.context() as mp:
-        mp.setattr(zarr_local, "_put", _put)
+        mp.setattr(eegcache.store.layout, "write_file", write_file)
         mp.setattr(eegcache.store.layout, "SHARD_SAMPLES", LABEL_CHUNK)
         summary = run_ingest(reference.root, cache)
     assert [p for p, _ in summary.failures] == [path_text(edf)]
-    time.sleep(1.0)  # every write has landed
+    assert state["failed"] and state["after"] == []  # nothing of the failed object is written after its error
+    time.sleep(0.5)
     staging = cache / "staging"
     assert not staging.exists() or list(staging.iterdir()) == [], list(staging.iterdir())
 
@@ -520,7 +503,7 @@ def test_cli_with_workers_reports_enospc_and_the_rerun_heals(reference: Referenc
     """A real ``eegcache ingest --workers 2``: the worker writing the target object hits ENOSPC; the run prints
     FAILED with the path and the reason, exits 1 without a traceback; the rerun heals."""
     edf, cache = reference.edfs[2], tmp_path / "cache"
-    done = run_faulty_cli(tmp_path, f"zarr write ENOSPC|{reference.keys[edf]}|3",
+    done = run_faulty_cli(tmp_path, f"object file write ENOSPC|{reference.keys[edf]}|3",
                           "ingest", reference.root, "--cache", cache, "--quiet", "--workers", "2")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]

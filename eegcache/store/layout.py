@@ -87,11 +87,15 @@ def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dic
     for sub in sorted({parent for rel in files for parent in _parents(rel)}):  # parents before children
         (folder / sub).mkdir()
     out = []
-    for rel, blob in files.items():
-        with open(folder / rel, "wb") as f:
-            f.write(blob)
+    for rel, blob in files.items():  # one after the other: when one fails, nothing is left writing
+        write_file(folder / rel, blob)
         out.append(FileChecksum(rel, len(blob), hashlib.sha256(blob).hexdigest()))
     return sorted(out, key=lambda c: c.path)
+
+
+def write_file(path: Path, blob: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(blob)
 
 
 def _parents(rel: str) -> list[str]:
