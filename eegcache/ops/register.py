@@ -117,7 +117,8 @@ def register(engine: Engine, store: ObjectStore, target: Target, item: Prepared)
                 conn.execute(_Sql.delete_windows, {"rec_id": rec_id})
             conn.execute(_Sql.update_recording, {**values, "rec_id": rec_id})
         release_in(conn, target.claim(item.rel_path))
-        conn.execute(_Sql.delete_events, {"rec_id": rec_id})
+        if rec is not None:  # a new row has no events yet
+            conn.execute(_Sql.delete_events, {"rec_id": rec_id})
         if status == "ingested":
             if item.events:
                 conn.execute(
