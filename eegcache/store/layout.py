@@ -8,7 +8,8 @@ handful of files (at most five up to 68 min at 256 Hz: three ``zarr.json`` and o
 file for all-zero labels). Inner chunks are Blosc-compressed (LZ4HC level 1 with byte shuffle for the signal, LZ4
 with bit shuffle for the labels) and carry a CRC32C (zarr's own codec), and so does each shard's index, so a damaged
 chunk or index fails on read; the index keeps a sha256 per file for ``verify``. Why these settings: bench/RESULTS.md
-(2026-12-02).
+(2026-12-02). The files are those zarr-python would write, made by ``eegcache.store.shards.encode_array`` without
+zarr-python's per-object cost (``write_group``).
 
 Anything that reads Zarr v3 (zarr-python, xarray, tensorstore, zarrs) reads an object; the layout is described by
 each array's own metadata, so objects written with an earlier layout (16,384-sample chunks without shards, before
