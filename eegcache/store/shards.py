@@ -3,7 +3,7 @@
 Writing (``encode_array``): an array's ``zarr.json`` and shard files as bytes, exactly the bytes zarr-python writes
 for the same array and codecs (tests/test_shards_write.py compares them file by file), in ~1/8 of the CPU time:
 zarr-python's synchronous API costs ~20 ms per object in event-loop round trips and thread hand-offs beyond the
-~3 ms of Blosc encoding, the largest part of ingest's per-file overhead on short files (bench/RESULTS.md,
+~2–3 ms of Blosc encoding, the largest part of ingest's per-file overhead on short files (bench/RESULTS.md,
 2026-12-02, evening).
 
 Reading: the ``direct`` window reader. For the one layout ingest writes (``eegcache.store.layout``: the sharding codec
@@ -45,6 +45,12 @@ def _bytes_codec(dtype: np.dtype) -> dict:
     return {"name": "bytes"} if dtype.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
 
 
+def shard_key(ndim: int, s: int) -> str:
+    """The file of time shard ``s`` (chunk key encoding "default" with "/"): c/<channel shard>/<time shard> for
+    2-D arrays (every channel in one shard), c/<time shard> for 1-D."""
+    return f"c/0/{s}" if ndim == 2 else f"c/{s}"
+
+
 def _with_crc(payload) -> bytes:
     import google_crc32c
 
@@ -82,7 +88,6 @@ def encode_array(data: np.ndarray, chunk: int, shard: int, blosc: dict,
         "attributes": {}, "dimension_names": list(dimension_names), "zarr_format": 3, "node_type": "array",
         "storage_transformers": []})}
     per_shard = shard // chunk
-    padded = np.zeros((*lead, chunk), dtype=dtype)
     for s in range(-(-n // shard)):
         index = np.full((per_shard, 2), _EMPTY, dtype="<u8")
         parts, offset = [], 0
@@ -91,10 +96,8 @@ def encode_array(data: np.ndarray, chunk: int, shard: int, blosc: dict,
             if a >= n:
                 break
             block = np.ascontiguousarray(data[..., a:a + chunk], dtype=dtype)
-            if block.shape[-1] < chunk:  # the last chunk: padded with the fill value to its whole shape
-                padded[...] = 0
-                padded[..., :block.shape[-1]] = block
-                block = padded
+            if block.shape[-1] < chunk:  # the array's last chunk: padded with the fill value to its whole shape
+                block = np.concatenate([block, np.zeros((*lead, chunk - block.shape[-1]), dtype)], axis=-1)
             if not block.view(np.uint8).any():
                 continue
             encoded = _with_crc(numcodecs.blosc.compress(block, config["cname"].encode(), config["clevel"],
@@ -104,7 +107,7 @@ def encode_array(data: np.ndarray, chunk: int, shard: int, blosc: dict,
             offset += len(encoded)
         if parts:
             parts.append(_with_crc(index.tobytes()))
-            files["/".join(["c", *("0" for _ in lead), str(s)])] = b"".join(parts)
+            files[shard_key(data.ndim, s)] = b"".join(parts)
     return files
 
 
@@ -178,8 +181,7 @@ class ShardedArray:
         return self.shard // self.chunk
 
     def _shard_path(self, s: int) -> Path:
-        # chunk key encoding "default" with "/": c/<channel shard>/<time shard>, c/<time shard> for 1-D
-        return self.folder / "c" / "0" / str(s) if len(self.shape) == 2 else self.folder / "c" / str(s)
+        return self.folder / shard_key(len(self.shape), s)
 
     def _index(self, fd: int, path: Path) -> np.ndarray:
         """The shard's index: ``(offset, nbytes)`` per inner chunk, CRC32C-checked."""
