@@ -140,15 +140,14 @@ def make_sampler(cache: Path, stride_s: float, max_windows: int | None):
 
 def measure_loader(cache: Path, ids, batch_size: int, workers: int, pin: bool, limit_s: float) -> dict:
     import torch
-    from torch.utils.data import DataLoader
 
     from trainer.data import WindowDataset, seed_worker
 
     dataset = WindowDataset(cache, ids)
     generator = torch.Generator()
     generator.manual_seed(SEED)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin,
-                        worker_init_fn=seed_worker, generator=generator)
+    loader = dataset.loader(batch_size, num_workers=workers, pin_memory=pin, worker_init_fn=seed_worker,
+                            generator=generator)
     t0 = time.perf_counter()
     first_s, t_first, windows, batches, capped = None, None, 0, 0, False
     iterator = iter(loader)

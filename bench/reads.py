@@ -142,6 +142,23 @@ class Stores:
         return store.__getitems__([i for _, i in indices])
 
 
+class PlainCollate:
+    """A dataset with its own loader (``WindowDataset.loader``) seen without it: what ``DataLoader(ds)`` with the
+    default collate makes of the same windows, measured beside it."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[i]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return self.dataset.__getitems__(indices)
+
+
 class _Batches:
     """A batch sampler whose batches are replaced between rounds, so persistent workers serve every round."""
 
@@ -155,20 +172,40 @@ class _Batches:
         return len(self.batches)
 
 
+class _Order:
+    """A sampler whose indices are replaced between rounds (for a dataset's own loader)."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def loader_rates(stores: dict[str, Any], window: int, workers: int, n_batches: dict[str, int], batch_size: int,
                  budget_s: float, repeats: int, seed: int) -> dict[str, Any]:
-    """Batches per second from one ``torch.utils.data.DataLoader`` per worker count, for each store in turn.
+    """Batches per second from ``torch.utils.data.DataLoader`` with ``workers`` workers, for each store in turn.
 
-    Workers are spawned once and persist across stores and rounds (start-up is not timed). Each round starts with
-    ``2 × workers`` (or 1) blank batches, so the clock starts with every worker idle and warm, then times
+    A store with a loader of its own (eegcache's ``WindowDataset.loader``) is read through it, as its users would;
+    the others share one DataLoader with the default collate. Workers are spawned once and persist across stores
+    and rounds (start-up is not timed). Each round starts with ``2 × workers`` (or 1) batches that are not timed
+    (blank ones where the shared loader serves them), so the clock starts with every worker warm, then times
     ``n_batches[store]`` shuffled batches (stopping early after ``budget_s`` seconds, with at least one batch). A
     store whose round took longer than ``budget_s`` is not repeated (the compressed npz: seconds per batch)."""
     import torch
     from torch.utils.data import DataLoader
 
+    context = "spawn" if workers else None
     sampler = _Batches()
-    loader = DataLoader(Stores(stores, window), batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                        multiprocessing_context="spawn" if workers else None)
+    shared = DataLoader(Stores({k: v for k, v in stores.items() if not hasattr(v, "loader")}, window),
+                        batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                        multiprocessing_context=context)
+    own = {name: (order, ds.loader(batch_size, sampler=order, num_workers=workers, persistent_workers=workers > 0,
+                                   multiprocessing_context=context))
+           for name, ds in stores.items() if hasattr(ds, "loader") for order in [_Order()]}
     n_warm = max(1, 2 * workers)
     rates: dict[str, list[float]] = {name: [] for name in stores}
     counts: dict[str, list[int]] = {name: [] for name in stores}
@@ -179,10 +216,14 @@ def loader_rates(stores: dict[str, Any], window: int, workers: int, n_batches: d
             want = n_batches[name]
             order = np.random.default_rng([seed, run]).permutation(len(ds))
             order = np.resize(order, want * batch_size)  # a small corpus repeats windows rather than end early
-            sampler.batches = [[(name, -1)] * batch_size for _ in range(n_warm)]
-            sampler.batches += [[(name, int(i)) for i in order[k : k + batch_size]]
-                                for k in range(0, order.size, batch_size)]
-            it = iter(loader)
+            if name in own:
+                own[name][0].indices = [*np.resize(order, n_warm * batch_size).tolist(), *order.tolist()]
+                it = iter(own[name][1])
+            else:
+                sampler.batches = [[(name, -1)] * batch_size for _ in range(n_warm)]
+                sampler.batches += [[(name, int(i)) for i in order[k : k + batch_size]]
+                                    for k in range(0, order.size, batch_size)]
+                it = iter(shared)
             for _ in range(n_warm):
                 next(it)
             t0 = time.perf_counter()
@@ -194,5 +235,5 @@ def loader_rates(stores: dict[str, Any], window: int, workers: int, n_batches: d
                     break
             rates[name].append(done / (time.perf_counter() - t0))
             counts[name].append(done)
-    del loader
+    del shared, own
     return {name: {**summary(rates[name]), "batches": counts[name]} for name in stores}

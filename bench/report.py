@@ -343,7 +343,8 @@ def table(results: dict) -> str:
 
     def eeg(by: dict) -> str:
         cell = f"{spread(by['eegcache'])} ({reader})"
-        for backend, label in (("tensorstore", "tensorstore"), ("zarr", "zarr-python")):
+        for backend, label in (("tensorstore", "tensorstore"), ("zarr", "zarr-python"),
+                               ("collate", "DataLoader(ds), default collate")):
             if f"eegcache-{backend}" in by:
                 cell += f" · {label} {spread(by[f'eegcache-{backend}'])}"
         return cell

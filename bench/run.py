@@ -257,8 +257,10 @@ def read_figures(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable) ->
     for w in sorted({0, 2, cfg.workers}):
         plan = {name: int(min(cfg.max_batches, max(max(1, w), round(
             cfg.loader_budget_s * random_reads[name]["median"] * max(1, w) / cfg.batch_size)))) for name in factories}
-        log(f"DataLoader, {w} worker(s): batches {plan} x{cfg.repeats}")
         stores = {name: make() for name, make in factories.items()}
+        if hasattr(stores["eegcache"], "loader"):  # and the same dataset through DataLoader's default collate
+            stores["eegcache-collate"], plan["eegcache-collate"] = reads.PlainCollate(stores["eegcache"]), plan["eegcache"]
+        log(f"DataLoader, {w} worker(s): batches {plan} x{cfg.repeats}")
         loader["workers"][str(w)] = reads.loader_rates(stores, WINDOW, w, plan, cfg.batch_size, 5 * cfg.loader_budget_s,
                                                        cfg.repeats, cfg.seed)
     from eegcache.store.reader import choose_backend
@@ -305,7 +307,8 @@ def eegcache_dataset(cache: Path, refs: list[reads.WindowRef], reader: str | Non
 
 def dataset_note() -> str:
     if trainer_dataset() is not None:
-        return "eegcache: trainer.data.WindowDataset; npz/npy: bench.reads minimal map-style datasets"
+        return ("eegcache: trainer.data.WindowDataset through its loader() (eegcache-collate: the same dataset in "
+                "DataLoader with the default collate); npz/npy: bench.reads minimal map-style datasets")
     return "bench.reads minimal map-style datasets (trainer.data does not exist yet)"
 
 

@@ -3,17 +3,21 @@
     from eegcache.torch import WindowDataset, BalancedSampler
     ds = WindowDataset(sel)                          # ds[i] -> (signal float32 [C, T], mask float32 [T])
     sampler = BalancedSampler(sel, seed=0)           # indices into ds; set_epoch(e) before each epoch
-    loader = torch.utils.data.DataLoader(ds, sampler=sampler, batch_size=32, num_workers=8)
+    loader = ds.loader(32, sampler=sampler, num_workers=8)     # or torch.utils.data.DataLoader(ds, ...)
 
 Index i means window ``sel.ids[i]`` everywhere. The dataset looks its windows up once (object key and start
-sample per window) and reads through the store layer's ``WindowReader`` (tensorstore with the ``fast`` extra,
-zarr-python otherwise; a local folder or ``s3://``), opening handles lazily in each DataLoader worker (fork or
+sample per window) and reads through the store layer's ``WindowReader`` (its own reader of the layout ingest writes, tensorstore or
+zarr-python for others; a local folder or ``s3://``), opening handles lazily in each DataLoader worker (fork or
 spawn). The sampler is the trainer's epoch draw (``eegcache.sampling.draw_epoch``) over the selection's classes:
 per epoch all partial-seizure windows, 0.3x as many full-seizure and 2.5x background by default, reseeded by
 (seed, epoch); with ``num_replicas`` it shards like ``DistributedSampler`` (same epoch on every rank, disjoint
 slices, padded so ranks run equal steps).
 
-torch is imported here only: ``import eegcache`` works without it.
+``ds.loader(batch_size, sampler=..., num_workers=...)`` is that DataLoader with batches read whole and handed over
+through shared memory allocated once (``eegcache.torch_loader``), rather than stacked into fresh shared memory per
+batch by the default collate: the same batches, faster wherever the workers are busy.
+
+torch is imported here and in ``eegcache.torch_loader`` only: ``import eegcache`` works without it.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class WindowDataset(Dataset):
         self.epoch = 0
         self.reader_backend = reader
         self._reader = None
+        self._channels: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -83,9 +88,11 @@ class WindowDataset(Dataset):
         """Channels of the stored signal, from the first object's metadata. No window is read, so a process that
         forks DataLoader workers afterwards has started no reading library: tensorstore is not fork-safe, and
         workers forked from a process that runs it must read through zarr-python, several times slower."""
-        from eegcache.store import open_store
+        if self._channels is None:
+            from eegcache.store import open_store
 
-        return int(open_store(*self._store).open(self.keys[0])["signal"].shape[0])
+            self._channels = int(open_store(*self._store).open(self.keys[0])["signal"].shape[0])
+        return self._channels
 
     def _item(self, i: int) -> tuple[str, int, int]:
         start = int(self._starts[i])
@@ -112,6 +119,38 @@ class WindowDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         return self._sample(int(i) % len(self), *self.read(int(i) % len(self)))
+
+    def read_batch(self, indices: list[int], signal: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` stacked, ``(signal [B, C, T], mask [B, T])`` float32, what the default collate makes of
+        them; written into ``signal`` and ``mask`` when given (``WindowLoader``'s shared slots). Without transforms
+        the reader decodes straight into the batch: no per-window array, no stacking copy."""
+        indices = [int(i) for i in indices]
+        for i in indices:
+            if not 0 <= i < len(self):
+                raise IndexError(i)
+        if signal is None:
+            signal = torch.empty((len(indices), self.channels, self.window_samples), dtype=torch.float32)
+            mask = torch.empty((len(indices), self.window_samples), dtype=torch.float32)
+        if self.read_transform is None and self.transform is None:
+            self.reader.read_into([self._item(i) for i in indices], signal.numpy(), mask.numpy())
+            return signal, mask
+        for row, (i, (s, lab)) in enumerate(zip(indices, self.reader.read_many([self._item(i) for i in indices]),
+                                                strict=True)):
+            s, lab = self._sample(i, s, lab)
+            if s.shape != signal.shape[1:]:
+                raise ValueError(f"a transform turned window {int(self.ids[i])} into {tuple(s.shape)}; batches are "
+                                 f"read into {tuple(signal.shape[1:])} (keep the window's shape, or use __getitem__)")
+            signal[row], mask[row] = s, lab
+        return signal, mask
+
+    def loader(self, batch_size: int, **kwargs):
+        """A ``torch.utils.data.DataLoader`` of batches of this dataset whose workers read each batch straight into
+        shared memory allocated once per iterator (``eegcache.torch_loader.WindowLoader``; keyword arguments as
+        DataLoader's, ``sampler``, ``shuffle``, ``drop_last``, ``num_workers``, ``pin_memory``, ...)."""
+        from eegcache.torch_loader import WindowLoader
+
+        return WindowLoader(self, batch_size, **kwargs)
 
 
 class BalancedSampler(Sampler[int]):

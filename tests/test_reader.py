@@ -140,6 +140,33 @@ def test_backend_bytes_equal_zarr_python(store, backend: str) -> None:
             _same(got, _truth(st, key, a, b))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_into_fills_a_batch_with_the_values_read_returns(store, backend: str) -> None:
+    """``read_into`` (what a DataLoader batch is read through) writes each window into its row, cast to the
+    buffer's dtype (float16 objects into float32, labels into a float32 mask), exactly ``read``'s values; a window
+    cut short by the object's end fails, naming the object, instead of leaving a row unwritten."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    st, written = store
+    rng = np.random.default_rng([16, BACKENDS.index(backend)])
+    reader = st.reader(backend)
+    items = [(key, int(a), int(a) + WINDOW) for key, (_, labels) in written.items()
+             for a in [*rng.integers(0, labels.size - WINDOW + 1, 3), labels.size - WINDOW]]
+    signal = np.full((len(items), 19, WINDOW), np.nan, np.float32)
+    mask = np.full((len(items), WINDOW), np.nan, np.float32)
+    reader.read_into(items, signal, mask)
+    for row, (key, a, b) in enumerate(items):
+        want_signal, want_labels = written[key][0][:, a:b], written[key][1][a:b]
+        assert signal[row].tobytes() == want_signal.astype(np.float32).tobytes()
+        assert mask[row].tobytes() == want_labels.astype(np.float32).tobytes()
+    key = next(iter(written))
+    n = written[key][1].size
+    with pytest.raises(ValueError, match=key):
+        reader.read_into([(key, n - 10, n - 10 + WINDOW)], signal[:1], mask[:1])
+    with pytest.raises(ValueError, match="2 rows"):
+        reader.read_into(items[:1], signal[:2], mask[:2])
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), channels=st.integers(1, 3), chunk=st.sampled_from([8, 32, 100]),
        per_shard=st.integers(1, 4), n=st.integers(1, 900), dtype=st.sampled_from(["float32", "float16", "uint8"]))

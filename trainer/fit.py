@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from eegcache.errors import StateError
@@ -466,8 +465,8 @@ def _train(config: TrainConfig, sampler: EpochSampler, window: int, val_recordin
             (run_dir / f"shards-epoch{epoch}-rank{world.rank}.json").write_text(json.dumps(draw.to_dict(with_ids=True)))
         dataset.set_epoch(epoch)
         order = np.searchsorted(sampler.windows.ids, draw.ids).tolist()  # the draw's windows, in training order
-        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=order, num_workers=config.workers,
-                            generator=generator, worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
+        loader = dataset.loader(config.batch_size, sampler=order, num_workers=config.workers, generator=generator,
+                                worker_init_fn=seed_worker, pin_memory=device.type == "cuda")
         net.train()
         loss_sum, seen, data_wait, step_time, t0 = 0.0, 0, 0.0, 0.0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress, leave=False)

@@ -197,5 +197,33 @@ class WindowReader:
             futures.append((signal[:, lo:hi].read(), labels[lo:hi].read()))
         return [(s.result(), lab.result()) for s, lab in futures]
 
+    def read_into(self, items: list[tuple[str, int, int]], signal: np.ndarray, labels: np.ndarray) -> None:
+        """Window ``items[j]`` into ``signal[j]`` (channels × samples) and ``labels[j]``, cast to their dtypes: a
+        batch buffer filled in place (``direct`` decodes straight into it). Every window must fill its row exactly."""
+        self._check_process()
+        if len(items) != len(signal) or len(items) != len(labels):
+            raise ValueError(f"{len(items)} windows do not fill buffers of {len(signal)} and {len(labels)} rows")
+        if self.backend != "direct":
+            got = self.read_many(items)
+        for j, item in enumerate(items):
+            if self.backend == "direct":
+                backend, sig, lab = self._open(item[0])
+                if backend == "direct" and sig.dtype == signal.dtype:
+                    sig.read(item[1], item[2], out=signal[j])
+                    _fill(labels[j], lab.read(item[1], item[2]), item)
+                    continue
+                got_j = self.read(*item)
+            else:
+                got_j = got[j]
+            _fill(signal[j], got_j[0], item)
+            _fill(labels[j], got_j[1], item)
+
     def shape(self, key: str) -> tuple[int, int]:
         return tuple(int(n) for n in self._open(key)[1].shape)
+
+
+def _fill(row: np.ndarray, data: np.ndarray, item: tuple[str, int, int]) -> None:
+    """``row[...] = data`` when the shapes agree; a window cut short (an object shorter than its index says) fails."""
+    if data.shape != row.shape:
+        raise ValueError(f"object {item[0]}: samples {item[1]}:{item[2]} read as {data.shape}, not {row.shape}")
+    np.copyto(row, data, casting="unsafe")

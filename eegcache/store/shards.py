@@ -192,12 +192,18 @@ class ShardedArray:
             raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
         return raw[:-4].view("<u8").reshape(self.per_shard, 2)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """``array[..., start:stop]`` (numpy slice semantics on the last axis)."""
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``array[..., start:stop]`` (numpy slice semantics on the last axis), decoded into ``out`` when given (an
+        array of exactly that shape and this array's dtype: a row of a shared batch buffer)."""
         n = self.shape[-1]
         lo, hi = max(0, min(start, n)), max(0, min(stop, n))
         hi = max(lo, hi)
-        out = np.empty((*self.shape[:-1], hi - lo), dtype=self.dtype)
+        shape = (*self.shape[:-1], hi - lo)
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype:
+            raise ValueError(f"{self.folder}: [{start}:{stop}] is {shape} {self.dtype}, not the {out.shape} {out.dtype} "
+                             "it was to be read into")
         if hi == lo:
             return out
         first, last = lo // self.chunk, (hi - 1) // self.chunk
