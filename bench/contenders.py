@@ -91,6 +91,23 @@ def eegcache_ingest(src: str, cache: str, workers: int, window_s: float, stride_
     return {**out, "seconds": seconds, "eeg_hours": hours}
 
 
+def eegcache_cli_noop(src: str, cache: str, window_s: float, stride_s: float) -> float:
+    """Wall seconds of ``eegcache ingest SRC --cache CACHE`` in a fresh interpreter on a tree it has ingested
+    already: what a user waits for when there is nothing to do (imports included). It must report no work."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "eegcache", "ingest", src, "--cache", cache, "--window", f"{window_s:g}",
+               "--stride", f"{stride_s:g}"]
+    t0 = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0 or "ingested 0" not in done.stdout:
+        raise RuntimeError(f"eegcache ingest of an unchanged tree did work or failed: {done.stdout[-500:]}"
+                           f"{done.stderr[-500:]}")
+    return seconds
+
+
 # --- per-recording window caches (what the field uses today) ---------------------------------------------------
 
 

@@ -159,7 +159,8 @@ def build_contenders(corpus: Corpus, work: Path, cfg: BenchConfig, log: Callable
 def eegcache_strides(corpus: Corpus, work: Path, workers: int, repeats: int, log: Callable) -> dict[str, Any]:
     """Ingest once at 60 s stride, add 15 s and 10 s from the stored masks (folder size after each), then time
     adding the 10 s set again (after deleting its rows) and re-ingesting the unchanged tree, all with the CLI's
-    default of 1 worker; one re-ingest with ``workers``; and the bound: sha256 of every EDF."""
+    default of 1 worker; one re-ingest with ``workers``; the CLI itself with nothing to do (start-up and imports
+    included); and the bound: sha256 of every EDF."""
     cache = _fresh(work / "eegcache-seq")
     src = str(corpus.root)
     sizes, steps = {}, {}
@@ -176,6 +177,8 @@ def eegcache_strides(corpus: Corpus, work: Path, workers: int, repeats: int, log
     log(f"eegcache: re-ingest of the unchanged tree x{repeats}")
     unchanged = [contenders.eegcache_ingest(src, str(cache), 1, WINDOW_S, READ_STRIDE_S) for _ in range(repeats)]
     unchanged_n = contenders.eegcache_ingest(src, str(cache), workers, WINDOW_S, READ_STRIDE_S)
+    log(f"eegcache: the CLI with nothing to do, in a fresh process x{repeats}")
+    cli = [contenders.eegcache_cli_noop(src, str(cache), WINDOW_S, READ_STRIDE_S) for _ in range(repeats)]
     edfs = corpus.edfs()
     hashing, _ = repeat(lambda: [keys.file_digest(p) for p in edfs], repeats)
     return {
@@ -183,6 +186,7 @@ def eegcache_strides(corpus: Corpus, work: Path, workers: int, repeats: int, log
         "new_stride": {"seconds": summary([r["seconds"] for r in new_stride]), "runs": new_stride},
         "unchanged": {"seconds": summary([r["seconds"] for r in unchanged]), "runs": unchanged},
         "unchanged_all_workers": {"workers": workers, **unchanged_n},
+        "unchanged_cli": {"seconds": summary(cli)},
         "hash_all_edfs": {"seconds": hashing, "bytes": sum(p.stat().st_size for p in edfs)},
     }
 

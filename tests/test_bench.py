@@ -32,7 +32,7 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     strides = r["eegcache_strides"]
     assert set(strides["sizes"]) == {"60", "15", "10"}
     assert all(run["edf_read"] == 0 for run in strides["new_stride"]["runs"] + strides["unchanged"]["runs"])
-    assert strides["hash_all_edfs"]["seconds"]["median"] > 0
+    assert strides["hash_all_edfs"]["seconds"]["median"] > 0 and strides["unchanged_cli"]["seconds"]["median"] > 0
     counts = r["counts_corpus"]
     # Same windows, same labels: the npz manifest agrees with the index.
     assert counts["npz"]["counts"] == counts["eegcache"]["table"]["counts"] == counts["npy"]["counts"]
@@ -54,7 +54,7 @@ def test_bench_writes_every_figure(tmp_path, capsys):
         assert all(by_store[s]["median"] > 0 for s in ("eegcache", "eegcache-collate", "eegcache-tensorstore", "eegcache-zarr", "npz", "npy")), by_store
     keys = {t["key"] for t in r["targets"]}
     assert {"ingest_vs_floor_1", "ingest_vs_npz_10s", "disk_10s", "counts_10M_table", "counts_tusz_view", "epoch_10M",
-            "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reingest_unchanged", "new_stride_no_edf"} <= keys
+            "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reingest_unchanged", "noop_cli", "new_stride_no_edf"} <= keys
     assert all(t["status"] in ("PASS", "MISS", "PENDING") for t in r["targets"])
     table = capsys.readouterr().out.rsplit("| Figure |", 1)[1]
     for row in ("Build, EEG-h/s", "Disk per EEG-hour", "Class counts, corpus", "Epoch draw", "Random single-window",
