@@ -380,6 +380,28 @@ def test_a_damaged_chunk_or_shard_index_fails_the_read(tmp_path: Path, where: st
         _same(reader.read(key, 2 * WINDOW, 3 * WINDOW), tail)
 
 
+@pytest.mark.parametrize("cut", ["tail", "middle"])
+def test_a_shard_cut_short_fails_the_direct_read_cleanly(tmp_path: Path, cut: str) -> None:
+    """The direct reader maps shard files: a file cut short (its tail with the index gone, or bytes gone from the
+    middle so that the intact index points past the end) fails with DamagedChunk naming the file, never reads
+    outside the map (which would kill the process with SIGBUS)."""
+    from eegcache.store.shards import DamagedChunk
+
+    st = LocalObjectStore(tmp_path)
+    key = "ee" * 32
+    signal, labels = _object(np.random.default_rng(5), 4 * WINDOW, "float32")
+    assert st.write(key, signal, labels, {})
+    shard = st.path(key) / "signal" / "c" / "0" / "0"
+    data = shard.read_bytes()
+    index_bytes = 16 * -(-signal.shape[1] // SIGNAL_CHUNK) + 4
+    shard.write_bytes(data[:-10] if cut == "tail" else data[:1000] + data[2000:])
+    reader = st.reader("direct")
+    with pytest.raises(DamagedChunk, match=re.escape(str(shard))) as failure:
+        reader.read(key, 0, WINDOW)
+    assert len(data) - 1000 > index_bytes
+    assert ("points past the end" if cut == "middle" else "shard index fails its CRC32C") in str(failure.value)
+
+
 def test_the_layout_is_not_part_of_the_key(tree, tmp_path: Path) -> None:
     """The same tree ingested with the old layout and with today's gives the same content keys and the same
     windows; a cache holding an old object beside a new one (the old from before the change, the new added after)

@@ -10,9 +10,12 @@ Reading: the ``direct`` window reader. For the one layout ingest writes (``eegca
 along time, inner chunks ``bytes → blosc → crc32c``, shard index ``bytes → crc32c`` at the end of the shard) a
 window is a handful of inner chunks of one shard file, and what the general readers spend beyond reading and
 decoding them is their own machinery: zarr-python's per-chunk async path (~10 ms per 60 s window), and in
-tensorstore a software CRC32C that is ~40 % of its read (bench/RESULTS.md, 2026-12-02). Here the index and the
-chunks are read with ``os.pread``, checked with google-crc32c (the hardware CRC zarr-python itself uses), and
-decoded by numcodecs' Blosc (zarr's own Blosc), one thread, no thread pool: safe in forked DataLoader workers.
+tensorstore a software CRC32C that is ~40 % of its read (bench/RESULTS.md, 2026-12-02). Here each shard file is
+mapped read-only once per array handle and process (objects are immutable: replaced by rename, never rewritten), its
+index checked once, and a window's chunks are checked with google-crc32c (the hardware CRC zarr-python itself uses)
+and decoded by numcodecs' Blosc (zarr's own Blosc) straight from the map: one thread, no thread pool, safe in forked
+DataLoader workers. Mapped pages are the page cache's, shared by every process, and count in a reader's resident
+size as it touches them, as with any memory-mapped dataset.
 
 Only metadata this module understands exactly is read this way (``ShardedArray.open`` returns None otherwise, and
 the reader uses a general backend for that object): objects of an earlier layout or written by other tools still
@@ -23,8 +26,9 @@ shard edges, and that a damaged chunk or shard index fails the read.
 from __future__ import annotations
 
 import json
+import mmap
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +140,7 @@ class ShardedArray:
     fill_value: float
     shard: int  # samples per shard
     chunk: int  # samples per inner chunk
+    _maps: dict = field(default_factory=dict, compare=False, repr=False)  # shard -> (mapped bytes, index) or None
 
     @classmethod
     def open(cls, folder: Path) -> ShardedArray | None:
@@ -183,14 +188,37 @@ class ShardedArray:
     def _shard_path(self, s: int) -> Path:
         return self.folder / shard_key(len(self.shape), s)
 
-    def _index(self, fd: int, path: Path) -> np.ndarray:
-        """The shard's index: ``(offset, nbytes)`` per inner chunk, CRC32C-checked."""
-        size = os.fstat(fd).st_size
-        nbytes = self.per_shard * 16 + 4
-        raw = np.frombuffer(os.pread(fd, nbytes, size - nbytes) if size >= nbytes else b"", np.uint8)
-        if len(raw) != nbytes or not _crc_ok(raw):
+    def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Shard ``s``: its file's bytes, mapped read-only, and its index (``(offset, nbytes)`` per inner chunk,
+        CRC32C-checked, every range inside the file), opened once per array and process; None for a shard never
+        written. Objects are immutable (replaced by rename, never rewritten in place), so a map stays valid; reading
+        from it copies nothing into Python, where a ``pread`` per window copied ~1 MB."""
+        got = self._maps.get(s)
+        if got is not None or s in self._maps:
+            return got
+        path = self._shard_path(s)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # a shard never written: all fill value
+            self._maps[s] = None
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            nbytes = self.per_shard * 16 + 4
+            if size < nbytes:
+                raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
+            data = np.frombuffer(mmap.mmap(fd, size, access=mmap.ACCESS_READ), np.uint8)
+        finally:
+            os.close(fd)
+        raw = data[size - nbytes:]
+        if not _crc_ok(raw):
             raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
-        return raw[:-4].view("<u8").reshape(self.per_shard, 2)
+        index = raw[:-4].view("<u8").reshape(self.per_shard, 2)
+        written = ~((index[:, 0] == _EMPTY) & (index[:, 1] == _EMPTY))
+        if np.any(index[written, 0] + index[written, 1] > size - nbytes):
+            raise DamagedChunk(f"{path}: the shard index points past the end of the file (the file is cut short)")
+        self._maps[s] = (data, index)
+        return data, index
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """``array[..., start:stop]`` (numpy slice semantics on the last axis), decoded into ``out`` when given (an
@@ -209,46 +237,35 @@ class ShardedArray:
         first, last = lo // self.chunk, (hi - 1) // self.chunk
         for s in range(first // self.per_shard, last // self.per_shard + 1):
             j0, j1 = max(first, s * self.per_shard), min(last, (s + 1) * self.per_shard - 1)
-            path = self._shard_path(s)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:  # a shard never written: all fill value
+            shard = self._shard(s)
+            if shard is None:
                 out[..., max(lo, j0 * self.chunk) - lo:min(hi, (j1 + 1) * self.chunk) - lo] = self.fill_value
                 continue
-            try:
-                rows = self._index(fd, path)[j0 - s * self.per_shard:j1 - s * self.per_shard + 1]
-                self._read_chunks(fd, path, rows, j0, lo, hi, out)
-            finally:
-                os.close(fd)
+            data, index = shard
+            self._read_chunks(data, index[j0 - s * self.per_shard:j1 - s * self.per_shard + 1], s, j0, lo, hi, out)
         return out
 
-    def _read_chunks(self, fd: int, path: Path, rows: np.ndarray, j0: int, lo: int, hi: int, out: np.ndarray):
-        """Inner chunks ``j0, j0 + 1, ...`` (their ``rows`` of the shard index) into their part of ``out``."""
+    def _read_chunks(self, data: np.ndarray, rows: np.ndarray, s: int, j0: int, lo: int, hi: int, out: np.ndarray):
+        """Inner chunks ``j0, j0 + 1, ...`` of shard ``s`` (``data``; their ``rows`` of its index) into their part
+        of ``out``."""
         import numcodecs.blosc
 
-        written = ~((rows[:, 0] == _EMPTY) & (rows[:, 1] == _EMPTY))
-        span = None
-        if written.any():  # the chunks of a window lie one after the other in the shard: one read for them all
-            begin, end = int(rows[written, 0].min()), int((rows[written, 0] + rows[written, 1]).max())
-            if end - begin <= 2 * int(rows[written, 1].sum()):
-                span = (begin, np.frombuffer(os.pread(fd, end - begin, begin), np.uint8))
         decoded = np.empty((*self.shape[:-1], self.chunk), dtype=self.dtype)
         threads, numcodecs.blosc.use_threads = numcodecs.blosc.use_threads, False  # one core, no thread pool
         try:
             for i, (offset, length) in enumerate(rows.tolist()):
                 j = j0 + i
                 a, b = max(lo, j * self.chunk), min(hi, (j + 1) * self.chunk)
-                if not written[i]:
+                if offset == length == int(_EMPTY):
                     out[..., a - lo:b - lo] = self.fill_value
                     continue
-                if span is not None:
-                    raw = span[1][offset - span[0]:offset - span[0] + length]
-                else:
-                    raw = np.frombuffer(os.pread(fd, length, offset), np.uint8)
-                if len(raw) != length or not _crc_ok(raw):
-                    raise DamagedChunk(f"{path}: inner chunk {j % self.per_shard} fails its CRC32C (the file is damaged)")
+                raw = data[offset:offset + length]
+                if not _crc_ok(raw):
+                    raise DamagedChunk(f"{self._shard_path(s)}: inner chunk {j % self.per_shard} fails its CRC32C "
+                                       "(the file is damaged)")
                 if int.from_bytes(raw[4:8].tobytes(), "little") != decoded.nbytes:  # the Blosc header's size
-                    raise DamagedChunk(f"{path}: inner chunk {j % self.per_shard} decodes to the wrong size")
+                    raise DamagedChunk(f"{self._shard_path(s)}: inner chunk {j % self.per_shard} decodes to the "
+                                       "wrong size")
                 numcodecs.blosc.decompress(raw[:-4], decoded)
                 out[..., a - lo:b - lo] = decoded[..., a - j * self.chunk:b - j * self.chunk]
         finally:
