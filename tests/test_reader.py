@@ -402,6 +402,21 @@ def test_a_shard_cut_short_fails_the_direct_read_cleanly(tmp_path: Path, cut: st
     assert ("points past the end" if cut == "middle" else "shard index fails its CRC32C") in str(failure.value)
 
 
+def test_a_reader_keeps_at_most_max_open_objects(store, monkeypatch) -> None:
+    """Handles (and the direct reader's file maps) of the least recently read objects are dropped beyond the cap;
+    reading such an object again reopens it and returns the same bytes."""
+    import eegcache.store.reader
+
+    monkeypatch.setattr(eegcache.store.reader, "MAX_OPEN_OBJECTS", 2)
+    st, written = store
+    reader = st.reader("direct")
+    keys = list(written)
+    for key in [*keys, keys[0], keys[1], keys[0]]:
+        _same(reader.read(key, 0, WINDOW), (written[key][0][:, :WINDOW], written[key][1][:WINDOW]))
+        assert len(reader._handles) <= 2
+    assert list(reader._handles) == [keys[1], keys[0]]
+
+
 def test_the_layout_is_not_part_of_the_key(tree, tmp_path: Path) -> None:
     """The same tree ingested with the old layout and with today's gives the same content keys and the same
     windows; a cache holding an old object beside a new one (the old from before the change, the new added after)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,6 +42,10 @@ BACKENDS = ("direct", "tensorstore", "zarrs", "zarr")
 AUTO = ("direct", "tensorstore", "zarr")  # what auto chooses from: the backends that refuse a damaged chunk
 GENERAL = ("tensorstore", "zarr")  # what reads an object ``direct`` does not (another layout)
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+
+# Objects whose handles a reader keeps (least recently read dropped first). The direct reader maps each object's
+# shard files (two for a recording up to 68 min): this keeps a reader well under Linux's 65,530 maps per process.
+MAX_OPEN_OBJECTS = 4096
 
 _started: dict[str, int] = {}  # backend -> the process in which it started its thread pools (tensorstore, zarrs)
 
@@ -87,13 +92,13 @@ class WindowReader:
         self.requested = backend
         local = getattr(store, "url", None) is None
         self.backend = choose_backend(backend) if local else "zarr"
-        self._handles: dict[str, tuple[Any, Any]] = {}
+        self._handles: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # least recently read first
         self._pid = os.getpid()
         self._context: Any = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_handles"], state["_context"] = {}, None  # handles stay in the process that opened them
+        state["_handles"], state["_context"] = OrderedDict(), None  # handles stay in the process that opened them
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -104,7 +109,7 @@ class WindowReader:
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():  # forked: the parent's handles are not ours
-            self._handles, self._context, self._pid = {}, None, os.getpid()
+            self._handles, self._context, self._pid = OrderedDict(), None, os.getpid()
             if not _importable(self.backend):
                 self.backend = self._fallback()
 
@@ -123,6 +128,10 @@ class WindowReader:
         handles = self._handles.get(key)
         if handles is None:
             handles = self._handles[key] = self._opener(self.backend, key)
+            if len(self._handles) > MAX_OPEN_OBJECTS:  # its file maps go with it
+                self._handles.popitem(last=False)
+        else:
+            self._handles.move_to_end(key)
         return handles
 
     def _opener(self, backend: str, key: str) -> tuple[str, Any, Any]:
