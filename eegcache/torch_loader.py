@@ -106,7 +106,7 @@ class WindowLoader(DataLoader):
     def __init__(self, dataset: WindowDataset, batch_size: int, *, sampler: Sampler[int] | list[int] | None = None,
                  shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
                  **kwargs) -> None:
-        for name in ("collate_fn", "batch_sampler", "batch_size"):
+        for name in ("collate_fn", "batch_sampler"):
             if name in kwargs:
                 raise TypeError(f"WindowLoader does not take {name}: the dataset makes its batches")
         if batch_size < 1:
