@@ -6,7 +6,8 @@ bench/RESULTS.md: ~1 ms per 60 s window of 19 channels, as much as decoding it) 
 ``WindowLoader`` gives each worker of each iterator a few batch slots in shared memory (``prefetch_factor + 1``, the
 most batches a worker has in flight, plus the one it writes); a worker reads a batch straight into a free slot
 (``WindowDataset.read_batch``) and sends only the slot's number; the main process copies the slot into ordinary
-tensors as it receives the message (one memcpy, into memory the allocator reuses) and frees the slot. A worker
+tensors as it receives the message (one memcpy, into memory the allocator reuses; page-locked memory where the
+loader pins, so that pinning copies nothing more) and frees the slot. A worker
 that finds no slot free sends its batch the default way, so a slow consumer never blocks it. Batches are exactly
 what ``DataLoader(dataset, batch_size, collate_fn=default_collate)`` yields (tests/test_torch_loader.py).
 
@@ -33,8 +34,10 @@ class BatchSlots:
     """``slots`` batch buffers per worker in shared memory, and a busy flag for each (set by the worker that fills
     the slot, cleared by the main process once it has copied the batch out)."""
 
-    def __init__(self, workers: int, slots: int, batch_size: int, channels: int, samples: int) -> None:
+    def __init__(self, workers: int, slots: int, batch_size: int, channels: int, samples: int,
+                 pinned: bool = False) -> None:
         self.token = uuid.uuid4().hex
+        self.pinned = pinned  # copy batches out into page-locked memory (the loader pins: one copy, not two)
         self.signal = torch.empty((workers, slots, batch_size, channels, samples), dtype=torch.float32).share_memory_()
         self.mask = torch.empty((workers, slots, batch_size, samples), dtype=torch.float32).share_memory_()
         self.busy = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
@@ -66,9 +69,16 @@ def _take_slot(token: str, worker: int, slot: int, rows: int) -> tuple[torch.Ten
     if slots is None:
         raise RuntimeError("a DataLoader worker sent a batch for an iterator that no longer exists")
     try:
-        return slots.signal[worker, slot, :rows].clone(), slots.mask[worker, slot, :rows].clone()
+        return _copy(slots.signal[worker, slot, :rows], slots.pinned), _copy(slots.mask[worker, slot, :rows], slots.pinned)
     finally:
         slots.busy[worker, slot] = 0
+
+
+def _copy(view: torch.Tensor, pinned: bool) -> torch.Tensor:
+    """A copy of a slot's rows; page-locked where the loader pins, which then keeps it as it is."""
+    if not pinned:
+        return view.clone()
+    return torch.empty(view.shape, dtype=view.dtype, pin_memory=True).copy_(view)
 
 
 class _Batches(Dataset):
@@ -123,7 +133,8 @@ class WindowLoader(DataLoader):
             return super()._get_iterator()
         batches = self.dataset
         slots = BatchSlots(self.num_workers, (self.prefetch_factor or 2) + 1, batches.batch_size,
-                           batches.dataset.channels, batches.dataset.window_samples)
+                           batches.dataset.channels, batches.dataset.window_samples,
+                           pinned=bool(self.pin_memory) and torch.cuda.is_available())
         batches.slots = slots  # the workers take their copy of the dataset as they start
         try:
             iterator = super()._get_iterator()

@@ -127,3 +127,11 @@ def test_a_damaged_chunk_fails_the_iteration_naming_the_file(selection, tmp_path
     with pytest.raises(Exception, match=r"CRC32C") as failure:
         list(ds.loader(4, num_workers=2))
     assert str(shard) in str(failure.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches_are_copied_out_once_into_page_locked_memory(selection) -> None:
+    ds = WindowDataset(selection)
+    got = list(ds.loader(4, num_workers=2, pin_memory=True))
+    assert all(s.is_pinned() and m.is_pinned() for s, m in got)
+    _same_batches(got, _default(ds, 4))
