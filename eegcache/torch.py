@@ -6,12 +6,12 @@
     loader = ds.loader(32, sampler=sampler, num_workers=8)     # or torch.utils.data.DataLoader(ds, ...)
 
 Index i means window ``sel.ids[i]`` everywhere. The dataset looks its windows up once (object key and start
-sample per window) and reads through the store layer's ``WindowReader`` (its own reader of the layout ingest writes, tensorstore or
-zarr-python for others; a local folder or ``s3://``), opening handles lazily in each DataLoader worker (fork or
-spawn). The sampler is the trainer's epoch draw (``eegcache.sampling.draw_epoch``) over the selection's classes:
-per epoch all partial-seizure windows, 0.3x as many full-seizure and 2.5x background by default, reseeded by
-(seed, epoch); with ``num_replicas`` it shards like ``DistributedSampler`` (same epoch on every rank, disjoint
-slices, padded so ranks run equal steps).
+sample per window) and reads through the store layer's ``WindowReader`` (its own reader of the layout ingest
+writes, tensorstore or zarr-python for others; a local folder or ``s3://``), opening handles lazily in each
+DataLoader worker (fork or spawn). The sampler is the trainer's epoch draw (``eegcache.sampling.draw_epoch``)
+over the selection's classes: per epoch all partial-seizure windows, 0.3x as many full-seizure and 2.5x background
+by default, reseeded by (seed, epoch); with ``num_replicas`` it shards like ``DistributedSampler`` (same epoch on
+every rank, disjoint slices, padded so ranks run equal steps).
 
 ``ds.loader(batch_size, sampler=..., num_workers=...)`` is that DataLoader with batches read whole and handed over
 through shared memory allocated once (``eegcache.torch_loader``), rather than stacked into fresh shared memory per
@@ -129,14 +129,14 @@ class WindowDataset(Dataset):
         for i in indices:
             if not 0 <= i < len(self):
                 raise IndexError(i)
+        items = [self._item(i) for i in indices]
         if signal is None:
             signal = torch.empty((len(indices), self.channels, self.window_samples), dtype=torch.float32)
             mask = torch.empty((len(indices), self.window_samples), dtype=torch.float32)
         if self.read_transform is None and self.transform is None:
-            self.reader.read_into([self._item(i) for i in indices], signal.numpy(), mask.numpy())
+            self.reader.read_into(items, signal.numpy(), mask.numpy())
             return signal, mask
-        for row, (i, (s, lab)) in enumerate(zip(indices, self.reader.read_many([self._item(i) for i in indices]),
-                                                strict=True)):
+        for row, (i, (s, lab)) in enumerate(zip(indices, self.reader.read_many(items), strict=True)):
             s, lab = self._sample(i, s, lab)
             if s.shape != signal.shape[1:]:
                 raise ValueError(f"a transform turned window {int(self.ids[i])} into {tuple(s.shape)}; batches are "

@@ -94,7 +94,7 @@ class _Batches(Dataset):
     def __getitem__(self, indices: list[int]):
         info = get_worker_info()
         slot = None
-        if info is not None and self.slots is not None and len(indices) <= self.batch_size:
+        if info is not None and self.slots is not None:  # the batch sampler never gives more than batch_size
             slot = self.slots.claim(info.id)
         if slot is None:
             return self.dataset.read_batch(indices)

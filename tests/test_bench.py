@@ -51,7 +51,8 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert pending["reads_per_core"] in ("PASS", "MISS")
     assert {"0", "2", w} <= set(r["reads"]["dataloader"]["workers"])
     for by_store in r["reads"]["dataloader"]["workers"].values():
-        assert all(by_store[s]["median"] > 0 for s in ("eegcache", "eegcache-collate", "eegcache-tensorstore", "eegcache-zarr", "npz", "npy")), by_store
+        stores = ("eegcache", "eegcache-collate", "eegcache-tensorstore", "eegcache-zarr", "npz", "npy")
+        assert all(by_store[s]["median"] > 0 for s in stores), by_store
     keys = {t["key"] for t in r["targets"]}
     assert {"ingest_vs_floor_1", "ingest_vs_npz_10s", "disk_10s", "counts_10M_table", "counts_tusz_view", "epoch_10M",
             "reads_vs_npz", "reads_vs_npy", "disk_vs_npy", "reingest_unchanged", "noop_cli", "new_stride_no_edf"} <= keys

@@ -212,20 +212,17 @@ class WindowReader:
         self._check_process()
         if len(items) != len(signal) or len(items) != len(labels):
             raise ValueError(f"{len(items)} windows do not fill buffers of {len(signal)} and {len(labels)} rows")
-        if self.backend != "direct":
-            got = self.read_many(items)
+        got = None if self.backend == "direct" else self.read_many(items)
         for j, item in enumerate(items):
-            if self.backend == "direct":
+            if got is None:
                 backend, sig, lab = self._open(item[0])
                 if backend == "direct" and sig.dtype == signal.dtype:
                     sig.read(item[1], item[2], out=signal[j])
                     _fill(labels[j], lab.read(item[1], item[2]), item)
                     continue
-                got_j = self.read(*item)
-            else:
-                got_j = got[j]
-            _fill(signal[j], got_j[0], item)
-            _fill(labels[j], got_j[1], item)
+            window_signal, window_labels = self.read(*item) if got is None else got[j]
+            _fill(signal[j], window_signal, item)
+            _fill(labels[j], window_labels, item)
 
     def shape(self, key: str) -> tuple[int, int]:
         return tuple(int(n) for n in self._open(key)[1].shape)

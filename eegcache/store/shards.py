@@ -202,18 +202,15 @@ class ShardedArray:
         except FileNotFoundError:  # a shard never written: all fill value
             self._maps[s] = None
             return None
+        nbytes = self.per_shard * 16 + 4
         try:
             size = os.fstat(fd).st_size
-            nbytes = self.per_shard * 16 + 4
-            if size < nbytes:
-                raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
-            data = np.frombuffer(mmap.mmap(fd, size, access=mmap.ACCESS_READ), np.uint8)
+            data = np.frombuffer(mmap.mmap(fd, size, access=mmap.ACCESS_READ), np.uint8) if size >= nbytes else None
         finally:
             os.close(fd)
-        raw = data[size - nbytes:]
-        if not _crc_ok(raw):
+        if data is None or not _crc_ok(data[size - nbytes:]):
             raise DamagedChunk(f"{path}: the shard index fails its CRC32C (the file is damaged or cut short)")
-        index = raw[:-4].view("<u8").reshape(self.per_shard, 2)
+        index = data[size - nbytes:-4].view("<u8").reshape(self.per_shard, 2)
         written = ~((index[:, 0] == _EMPTY) & (index[:, 1] == _EMPTY))
         if np.any(index[written, 0] + index[written, 1] > size - nbytes):
             raise DamagedChunk(f"{path}: the shard index points past the end of the file (the file is cut short)")
