@@ -41,6 +41,9 @@ class Case:
 
 CASES = (
     Case("truncated", ("truncated EDF",)),
+    # a damaged EDF is named as such, whatever is wrong beside it (the header is read only when the annotation fails)
+    Case("truncnoann", ("truncated EDF",)),
+    Case("truncbadann", ("truncated EDF",)),
     Case("notedf", ("not an EDF file",)),
     Case("badheader", ("unreadable EDF header", "signal count")),
     Case("noannotation", ("no annotation file",)),
@@ -81,6 +84,13 @@ def _build(root: Path) -> None:
     edf = _write_plain(bad, "truncated", _plain())
     with open(edf, "r+b") as f:
         f.truncate(edf.stat().st_size * 6 // 10)
+
+    for stem in ("truncnoann", "truncbadann"):
+        edf = _write_plain(bad, stem, _plain())
+        with open(edf, "r+b") as f:
+            f.truncate(edf.stat().st_size * 6 // 10)
+    (bad / "truncnoann.csv_bi").unlink()
+    (bad / "truncbadann.csv_bi").write_text(csv_head("truncbadann", 60) + "TERM,7.0000,3.0000,seiz,1.0000\n")
 
     (bad / "notedf.edf").write_bytes(b"PK\x03\x04 this is a zip archive, not an EDF file\n" * 40)
     write_csv_bi(bad / "notedf.csv_bi", [], 60)

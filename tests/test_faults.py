@@ -242,11 +242,13 @@ def publish_then_eio(setattr_: Callable, key: str, nth: int, code: int = errno.E
 
 
 def pointer_fails(setattr_: Callable, key: str, nth: int, code: int = errno.ENOSPC) -> Fault:
-    """The signal pointer file (signals/...) naming the target is created, then the disk is full."""
+    """The signal pointer file (signals/...) naming the target is created, then the disk is full. (A write into a
+    signals/<prefix> folder not made yet fails before it creates anything, and the store makes the folder: not the
+    fault's moment.)"""
     fault, original = Fault(), pathlib.Path.write_text
 
     def write_text(self, data, *args, **kwargs):
-        if data == key and "signals" in self.parts and fault.hit(nth):
+        if data == key and "signals" in self.parts and self.parent.is_dir() and fault.hit(nth):
             original(self, "", *args, **kwargs)
             raise os_error(code, self)
         return original(self, data, *args, **kwargs)
@@ -407,7 +409,7 @@ def test_a_failed_object_write_leaves_no_staging_folder(
     def write_file(path, blob):
         if key in str(path) and state["failed"]:
             state["after"].append(path)
-        elif key in str(path) and "/signal/c/" in str(path):
+        elif key in str(path) and "/signal/c." in str(path):
             state["failed"] = True
             original(path, blob[:len(blob) // 2])
             raise os_error(errno.ENOSPC, path)

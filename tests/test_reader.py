@@ -1,5 +1,6 @@
-"""The window reader: every backend returns zarr-python's bytes exactly, on objects of today's sharded layout and of
-the unsharded layout written before 2026-12-02, at inner-chunk and shard edges; a damaged chunk or shard index fails
+"""The window reader: every backend returns zarr-python's bytes exactly, on objects of today's sharded layout, of the
+same layout with "/" chunk keys (written 2026-12-02 to 2026-12-04) and of the unsharded layout written before
+2026-12-02, at inner-chunk and shard edges; a damaged chunk or shard index fails
 the read (tensorstore, zarr-python; zarrs has a known bug); the fallback works without the optional libraries; the
 objects stay standard Zarr v3 that plain zarr-python and xarray read; the layout is not part of the content key."""
 
@@ -21,11 +22,13 @@ from hypothesis import strategies as st
 
 import eegcache.store.base
 import eegcache.store.layout
+import eegcache.store.shards
 from eegcache.ops.ingest import ingest
 from eegcache.pipeline.spec import IngestConfig
 from eegcache.store import LABEL_CHUNK, SHARD_SAMPLES, SIGNAL_CHUNK, LocalObjectStore, ObjectStore
 from eegcache.store.layout import FileChecksum, folder_checksums, shard_samples
 from eegcache.store.reader import BACKENDS, WindowReader, available_backends, choose_backend
+from eegcache.store.shards import ShardedArray
 
 N = 3 * LABEL_CHUNK + 1234  # one shard of ~25 inner signal chunks; labels: three full chunks and a partial one
 WINDOW = 15360  # 60 s at 256 Hz
@@ -58,11 +61,14 @@ def _object(rng: np.random.Generator, n: int, dtype: str) -> tuple[np.ndarray, n
     return signal, labels
 
 
-# key -> (samples, dtype, layout): today's layout in one shard and in several, and the layout before 2026-12-02
+# key -> (samples, dtype, layout): today's layout in one shard and in several, the same with "/" chunk keys
+# (c/0/0: 2026-12-02 to 2026-12-04), and the layout before 2026-12-02
 OBJECTS = {
     "ab" + "0" * 62: (N, "float32", "sharded"),
     "cd" + "1" * 62: (WINDOW + 7, "float16", "sharded"),
     "ef" + "2" * 62: (5 * SMALL_SHARD + 777, "float32", "several shards"),
+    "c0" + "5" * 62: (N, "float32", "slash keys"),
+    "c1" + "6" * 62: (5 * SMALL_SHARD + 99, "float32", "slash keys, several shards"),
     "a0" + "3" * 62: (3 * OLD_CHUNK + 1234, "float32", "old"),
     "b0" + "4" * 62: (OLD_LABEL_CHUNK + 5, "float32", "old"),
 }
@@ -81,8 +87,10 @@ def store(tmp_path_factory) -> tuple[ObjectStore, dict[str, tuple[np.ndarray, np
         with pytest.MonkeyPatch.context() as mp:
             if layout == "old":
                 mp.setattr(eegcache.store.base, "write_group", write_old_layout)
-            if layout == "several shards":
+            if layout.endswith("several shards"):
                 mp.setattr(eegcache.store.layout, "SHARD_SAMPLES", SMALL_SHARD)
+            if layout.startswith("slash keys"):
+                mp.setattr(eegcache.store.shards, "SEPARATOR", "/")
             assert store.write(key, *written[key], {"n_samples": n})
     return store, written
 
@@ -178,7 +186,6 @@ def test_direct_reads_equal_zarr_python_on_any_sharded_array(data, channels, chu
     from zarr.codecs import BloscCodec, Crc32cCodec
 
     from eegcache.store.layout import LABEL_BLOSC, SIGNAL_BLOSC
-    from eegcache.store.shards import ShardedArray
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     values = (rng.integers(1, 200, (channels, n)) if dtype == "uint8" else rng.standard_normal((channels, n)))
@@ -194,7 +201,8 @@ def test_direct_reads_equal_zarr_python_on_any_sharded_array(data, channels, chu
         lead = () if one_d else (channels,)
         array = group.create_array("a", shape=values.shape, dtype=dtype, chunks=(*lead, chunk),
                                    shards=(*lead, chunk * per_shard),
-                                   compressors=[BloscCodec(**(LABEL_BLOSC if dtype == "uint8" else SIGNAL_BLOSC)), Crc32cCodec()])
+                                   compressors=[BloscCodec(**(LABEL_BLOSC if dtype == "uint8" else SIGNAL_BLOSC)), Crc32cCodec()],
+                                   chunk_key_encoding={"name": "default", "separator": data.draw(st.sampled_from("./"))})
         array[...] = values
         direct = ShardedArray.open(Path(tmp) / "a")
         assert direct is not None and direct.shape == values.shape
@@ -310,8 +318,12 @@ def test_objects_are_standard_zarr_v3(store) -> None:
             assert [c["name"] for c in conf["codecs"]] == ["bytes", "blosc", "crc32c"]
             assert [c["name"] for c in conf["index_codecs"]] == ["bytes", "crc32c"]
             assert conf["chunk_shape"] == ([signal.shape[0], chunk] if name == "signal" else [chunk])
-            shard = SMALL_SHARD if layout == "several shards" else SHARD_SAMPLES
+            shard = SMALL_SHARD if layout.endswith("several shards") else SHARD_SAMPLES
             assert outer[-1] == min(shard, -(-n // chunk) * chunk)
+            separator = "/" if layout.startswith("slash keys") else "."
+            assert meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": separator}}
+            direct = ShardedArray.open(folder / name)  # read by the direct reader, with either separator
+            assert direct is not None and direct.separator == separator
         group = zarr.open_group(str(folder), mode="r", zarr_format=3)
         assert np.array_equal(group["signal"][...], signal) and np.array_equal(group["labels"][...], labels)
         ds = xr.open_zarr(str(folder), consolidated=False, zarr_format=3)
@@ -328,11 +340,15 @@ def test_a_recording_up_to_shard_samples_is_one_file_per_array(store) -> None:
     st, written = store
     for key, (n, _dtype, layout) in OBJECTS.items():
         files = sorted(p.relative_to(st.path(key)).as_posix() for p in st.path(key).rglob("*") if p.is_file())
-        shards = [f for f in files if f.startswith("signal/c/")]
+        shards = [f for f in files if f.startswith(("signal/c.", "signal/c/"))]
         if layout == "sharded":
-            assert shards == ["signal/c/0/0"] and len(files) <= 5, files
-        elif layout == "several shards":
+            assert shards == ["signal/c.0.0"] and len(files) <= 5, files
+            assert sorted(p.name for p in st.path(key).rglob("*") if p.is_dir()) == ["labels", "signal"]
+        elif layout == "slash keys":
+            assert shards == ["signal/c/0/0"]
+        elif layout.endswith("several shards"):
             assert len(shards) == -(-n // SMALL_SHARD)
+            assert all(f.startswith("signal/c/0/" if layout.startswith("slash") else "signal/c.0.") for f in shards)
 
 
 def _damage(path: Path, offset: int) -> None:
@@ -364,7 +380,7 @@ def test_a_damaged_chunk_or_shard_index_fails_the_read(tmp_path: Path, where: st
         if where == "old layout's chunk":
             mp.setattr(eegcache.store.base, "write_group", write_old_layout)
         assert st.write(key, signal, labels, {})
-    first = st.path(key) / "signal" / "c" / "0" / "0"  # the shard, or the old layout's first chunk
+    first = st.path(key) / "signal" / ("c/0/0" if where == "old layout's chunk" else "c.0.0")  # the shard, or the old
     index_bytes = 16 * -(-signal.shape[1] // SIGNAL_CHUNK) + 4  # (offset, length) per inner chunk + its CRC32C
     _damage(first, first.stat().st_size - index_bytes // 2 if where == "shard index" else 100)
     reader = st.reader(backend)
@@ -391,7 +407,7 @@ def test_a_shard_cut_short_fails_the_direct_read_cleanly(tmp_path: Path, cut: st
     key = "ee" * 32
     signal, labels = _object(np.random.default_rng(5), 4 * WINDOW, "float32")
     assert st.write(key, signal, labels, {})
-    shard = st.path(key) / "signal" / "c" / "0" / "0"
+    shard = st.path(key) / "signal" / "c.0.0"
     data = shard.read_bytes()
     index_bytes = 16 * -(-signal.shape[1] // SIGNAL_CHUNK) + 4
     shard.write_bytes(data[:-10] if cut == "tail" else data[:1000] + data[2000:])

@@ -185,7 +185,7 @@ def test_s3_store_ingest_verify_gc_and_detect_corruption(tree, tmp_path, s3_env,
     assert not fs.exists(orphan)
     assert cli("verify", "--cache", str(cache), "--store", store, env=s3_env).returncode == 0
 
-    chunk = next(p for p in fs.find(store) if "/signal/c/" in p)
+    chunk = next(p for p in fs.find(store) if "/signal/c." in p)
     data = bytearray(fs.cat_file(chunk))
     data[len(data) // 2] ^= 0xFF
     fs.pipe_file(chunk, bytes(data))

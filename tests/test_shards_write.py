@@ -32,7 +32,7 @@ def zarr_python_array(group: zarr.Group, name: str, values: np.ndarray, chunk: i
     lead = values.shape[:-1]
     array = group.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(*lead, chunk),
                                shards=(*lead, shard), compressors=[BloscCodec(**blosc), Crc32cCodec()],
-                               dimension_names=dims)
+                               dimension_names=dims, chunk_key_encoding={"name": "default", "separator": "."})
     array[...] = values
     return array
 
@@ -90,7 +90,7 @@ def test_an_ingested_object_is_the_group_zarr_python_writes(tree, tmp_path: Path
         signal, labels = np.asarray(group["signal"][...]), np.asarray(group["labels"][...])
         attrs = json.loads((folder / "zarr.json").read_text())["attributes"]
         seizures += bool(labels.any())
-        shards = max(shards, len(list((folder / "signal" / "c" / "0").iterdir())))
+        shards = max(shards, len(list((folder / "signal").glob("c.0.*"))))
         reference = tmp_path / "zarr-python" / folder.name
         zarr_python_group(reference, signal, labels, attrs)
         assert files_below(folder) == files_below(reference)
@@ -111,7 +111,7 @@ def test_write_group_round_trips_through_zarr_python_at_chunk_edges(tmp_path: Pa
     assert group.attrs["n"] == n
     assert np.array_equal(group["signal"][...], signal) and group["signal"].dtype == np.float16
     assert np.array_equal(group["labels"][...], labels)
-    assert not (tmp_path / "o" / "labels" / "c").exists()
+    assert not list((tmp_path / "o" / "labels").glob("c*"))
 
 
 def test_the_writer_refuses_what_it_does_not_know(tmp_path: Path) -> None:

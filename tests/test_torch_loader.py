@@ -120,7 +120,7 @@ def test_a_damaged_chunk_fails_the_iteration_naming_the_file(selection, tmp_path
         sel = copy.windows(stride_s=10)
     ds = WindowDataset(sel)
     key = ds.keys[int(ds._key_of[0])]
-    shard = LocalObjectStore(cache).path(key) / "signal" / "c" / "0" / "0"
+    shard = LocalObjectStore(cache).path(key) / "signal" / "c.0.0"
     data = bytearray(shard.read_bytes())
     data[100] ^= 0x01
     shard.write_bytes(bytes(data))

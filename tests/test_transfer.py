@@ -75,11 +75,11 @@ def test_pull_where_cannot_write(source, tmp_path):
 def test_corrupt_remote_object_is_detected_and_named(source, tmp_path):
     remote = tmp_path / "remote"
     cli("push", "--cache", str(source), str(remote), "--quiet")
-    chunk = sorted(remote.glob("objects/*/*/signal/c/0/0"))[0]
+    chunk = sorted(remote.glob("objects/*/*/signal/c.0.0"))[0]
     data = bytearray(chunk.read_bytes())
     data[100] ^= 0x01
     chunk.write_bytes(bytes(data))
-    key = chunk.parents[3].name
+    key = chunk.parents[1].name
     proc = cli("pull", "--cache", str(tmp_path / "local"), str(remote), "--quiet", check=False)
     assert proc.returncode == 1
     assert key[:12] in proc.stderr and "corrupt" in proc.stderr

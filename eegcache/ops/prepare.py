@@ -254,27 +254,12 @@ def _prepare(task: Task, result: Prepared) -> None:
     # The digest the index holds is only the file's while size and mtime are those it was recorded with: a file
     # changed between plan and prepare is hashed again, never recorded with its new stat and its old digest.
     known = task.known_edf_sha256 if task.known_edf_stat == (st.st_size, st.st_mtime_ns) else None
-    if known is None:
-        read_header(task.edf)  # a damaged EDF is named as such before its annotation is looked at
-    ann_path = find_annotation(task.edf)
-    if ann_path is None:
-        if task.layout == "bids":
-            raise EdfError(f"{name}: no {bids.recording_name(task.edf)}_events.tsv beside the EDF")
-        raise EdfError(f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF")
-    spec = task.spec
-    if task.layout == "bids":
-        sidecar = bids.read_sidecar(task.edf)
-        result.info.update(reference=sidecar.reference, power_line_hz=sidecar.power_line_hz)
-        if result.info["subject"] and task.root is not None:
-            result.info["split"] = bids.participant_split(task.root, result.info["subject"])
-        spec = _resolved_spec(spec, sidecar.power_line_hz, name)
-    result.spec = spec
-    ast = ann_path.stat()
-    result.annotation_path = path_text(ann_path)
-    result.annotation_size, result.annotation_mtime_ns = ast.st_size, ast.st_mtime_ns
-    ann_bytes = read_annotation_bytes(ann_path)  # read once: these bytes are hashed and parsed
-    result.annotation_sha256 = hashlib.sha256(ann_bytes).hexdigest()
-    annotation = parse_annotation(ann_path, decode_annotation(ann_path, ann_bytes))
+    try:
+        ann_path, ast, annotation, spec = _annotation_and_spec(task, result)
+    except (EdfError, AnnotationError, bids.BidsError):
+        if known is None:
+            read_header(task.edf)  # a damaged EDF is named as such, not what is wrong beside it
+        raise
     _checkpoint("annotation-read", ann_path)
     with ExitStack() as copies:
         copy = None
@@ -293,6 +278,31 @@ def _prepare(task: Task, result: Prepared) -> None:
     if _stamp(ann_path.stat()) != _stamp(ast):
         raise SourceChanged(ann_path, annotation_of=name)
     result.windows = _windows_for(mask, task.shapes)
+
+
+def _annotation_and_spec(task: Task, result: Prepared):
+    """The recording's annotation (path, stat, parsed from the bytes that are hashed) and the spec it is built with
+    (BIDS: the notch for its declared power line); fills their fields of ``result``."""
+    name = task.edf.name
+    ann_path = find_annotation(task.edf)
+    if ann_path is None:
+        if task.layout == "bids":
+            raise EdfError(f"{name}: no {bids.recording_name(task.edf)}_events.tsv beside the EDF")
+        raise EdfError(f"{name}: no annotation file (.csv_bi, .csv, .tse_bi or .tse) beside the EDF")
+    spec = task.spec
+    if task.layout == "bids":
+        sidecar = bids.read_sidecar(task.edf)
+        result.info.update(reference=sidecar.reference, power_line_hz=sidecar.power_line_hz)
+        if result.info["subject"] and task.root is not None:
+            result.info["split"] = bids.participant_split(task.root, result.info["subject"])
+        spec = _resolved_spec(spec, sidecar.power_line_hz, name)
+    result.spec = spec
+    ast = ann_path.stat()
+    result.annotation_path = path_text(ann_path)
+    result.annotation_size, result.annotation_mtime_ns = ast.st_size, ast.st_mtime_ns
+    ann_bytes = read_annotation_bytes(ann_path)  # read once: these bytes are hashed and parsed
+    result.annotation_sha256 = hashlib.sha256(ann_bytes).hexdigest()
+    return ann_path, ast, parse_annotation(ann_path, decode_annotation(ann_path, ann_bytes)), spec
 
 
 def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotation, st: os.stat_result,

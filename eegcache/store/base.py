@@ -39,7 +39,7 @@ class ObjectStore(ABC):
         self.staging_root = self.root / STAGING
 
     def _staging(self, key: str) -> Path:
-        self.staging_root.mkdir(parents=True, exist_ok=True)
+        """A new staging folder's name (``write_group`` makes it, and ``staging/`` when it is missing)."""
         return self.staging_root / f"{key}.{os.getpid()}.{secrets.token_hex(4)}"
 
     def write(self, key: str, signal: np.ndarray, labels: np.ndarray, attrs: dict) -> list[FileChecksum] | None:

@@ -84,7 +84,7 @@ def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dic
     """Write one object's group into a new local folder (a staging folder: publishing is the store's job);
     returns the checksums of its files, hashed from the bytes written."""
     files = group_files(signal, labels, attrs)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     for sub in sorted({parent for rel in files for parent in _parents(rel)}):  # parents before children
         (folder / sub).mkdir()
     out = []
@@ -92,6 +92,16 @@ def write_group(folder: Path, signal: np.ndarray, labels: np.ndarray, attrs: dic
         write_file(folder / rel, blob)
         out.append(FileChecksum(rel, len(blob), hashlib.sha256(blob).hexdigest()))
     return sorted(out, key=lambda c: c.path)
+
+
+def make_dir(folder: Path) -> None:
+    """Make a new folder, and its parents only when they are missing: on a cache's second object they exist, and
+    asking for each again is a system call per level per object."""
+    try:
+        folder.mkdir()
+    except FileNotFoundError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
 
 
 def write_file(path: Path, blob: bytes) -> None:

@@ -38,9 +38,13 @@ class LocalObjectStore(ObjectStore):
 
     def _publish(self, key: str, staging: Path) -> bool:
         final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(staging, final)
+            try:
+                os.rename(staging, final)
+            except FileNotFoundError:  # the first object under this prefix: make objects/<k[:2]>, durably
+                final.parent.mkdir(parents=True, exist_ok=True)
+                fsync_dir(final.parent.parent)
+                os.rename(staging, final)
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and self.exists(key):
                 return False
@@ -74,9 +78,12 @@ class LocalObjectStore(ObjectStore):
 
     def note_signal(self, signal_key: str, key: str) -> None:
         target = self._pointer(signal_key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        tmp.write_text(key)
+        try:
+            tmp.write_text(key)
+        except FileNotFoundError:  # the first pointer under this prefix
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(key)
         os.replace(tmp, target)
 
     def object_ages(self, now: float) -> dict[str, float]:

@@ -29,6 +29,7 @@ import json
 import mmap
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +50,17 @@ def _bytes_codec(dtype: np.dtype) -> dict:
     return {"name": "bytes"} if dtype.itemsize == 1 else {"name": "bytes", "configuration": {"endian": "little"}}
 
 
-def shard_key(ndim: int, s: int) -> str:
-    """The file of time shard ``s`` (chunk key encoding "default" with "/"): c/<channel shard>/<time shard> for
-    2-D arrays (every channel in one shard), c/<time shard> for 1-D."""
-    return f"c/0/{s}" if ndim == 2 else f"c/{s}"
+# Chunk keys "c.0.0" rather than "c/0/0": the shard files sit in the array's own folder, so an object is three
+# folders instead of six, and every folder made is one more create and one more fsync per object (bench/RESULTS.md,
+# 2026-12-04). Both are zarr's "default" encoding; objects written with "/" (2026-12-02 to 2026-12-04) still read.
+SEPARATOR = "."
+SEPARATORS = (".", "/")  # what the direct reader understands
+
+
+def shard_key(ndim: int, s: int, separator: str) -> str:
+    """The file of time shard ``s`` (chunk key encoding "default"): c.<channel shard>.<time shard> for 2-D arrays
+    (every channel in one shard), c.<time shard> for 1-D; with "/" as the separator for objects written so."""
+    return separator.join(("c", "0", str(s)) if ndim == 2 else ("c", str(s)))
 
 
 def _with_crc(payload) -> bytes:
@@ -64,7 +72,7 @@ def _with_crc(payload) -> bytes:
 
 def encode_array(data: np.ndarray, chunk: int, shard: int, blosc: dict,
                  dimension_names: tuple[str, ...]) -> dict[str, bytes]:
-    """The files of a Zarr v3 array (``zarr.json`` and ``c/...`` shards, by path relative to the array's folder)
+    """The files of a Zarr v3 array (``zarr.json`` and ``c.0.<s>`` or ``c.<s>`` shards, by path relative to the array's folder)
     holding ``data`` (1-D, or 2-D with every channel in each chunk), sharded along its last axis: ``shard``
     samples per shard, inner chunks of ``chunk`` samples encoded ``bytes → blosc → crc32c``, the shard index
     ``bytes → crc32c`` at the end; the fill value is 0. As zarr-python does (``write_empty_chunks`` off), an inner
@@ -77,20 +85,9 @@ def encode_array(data: np.ndarray, chunk: int, shard: int, blosc: dict,
         raise ValueError(f"not a layout this writer knows: {data.shape} {data.dtype}, chunk {chunk}, shard {shard}")
     dtype = np.dtype(_DTYPES[data.dtype.name])
     lead, n = data.shape[:-1], data.shape[-1]
-    config = {"typesize": dtype.itemsize, "cname": blosc["cname"], "clevel": blosc["clevel"],
-              "shuffle": blosc["shuffle"], "blocksize": 0}
-    files = {"zarr.json": metadata_bytes({
-        "shape": list(data.shape), "data_type": data.dtype.name,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [*lead, shard]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0.0 if dtype.kind == "f" else 0,
-        "codecs": [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": [*lead, chunk],
-            "codecs": [_bytes_codec(dtype), {"name": "blosc", "configuration": config}, {"name": "crc32c"}],
-            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-            "index_location": "end"}}],
-        "attributes": {}, "dimension_names": list(dimension_names), "zarr_format": 3, "node_type": "array",
-        "storage_transformers": []})}
+    separator = SEPARATOR  # read at call time: tests write the 2026-12-02 layout ("/") by setting it
+    files = {"zarr.json": _array_metadata(data.shape, data.dtype.name, chunk, shard, tuple(sorted(blosc.items())),
+                                          tuple(dimension_names), separator)}
     per_shard = shard // chunk
     for s in range(-(-n // shard)):
         index = np.full((per_shard, 2), _EMPTY, dtype="<u8")
@@ -104,15 +101,38 @@ def encode_array(data: np.ndarray, chunk: int, shard: int, blosc: dict,
                 block = np.concatenate([block, np.zeros((*lead, chunk - block.shape[-1]), dtype)], axis=-1)
             if not block.view(np.uint8).any():
                 continue
-            encoded = _with_crc(numcodecs.blosc.compress(block, config["cname"].encode(), config["clevel"],
-                                                         _SHUFFLES[config["shuffle"]], 0, dtype.itemsize))
+            encoded = _with_crc(numcodecs.blosc.compress(block, blosc["cname"].encode(), blosc["clevel"],
+                                                         _SHUFFLES[blosc["shuffle"]], 0, dtype.itemsize))
             index[i] = (offset, len(encoded))
             parts.append(encoded)
             offset += len(encoded)
         if parts:
             parts.append(_with_crc(index.tobytes()))
-            files[shard_key(data.ndim, s)] = b"".join(parts)
+            files[shard_key(data.ndim, s, separator)] = b"".join(parts)
     return files
+
+
+@lru_cache(maxsize=256)
+def _array_metadata(shape: tuple[int, ...], dtype_name: str, chunk: int, shard: int, blosc: tuple,
+                    dimension_names: tuple[str, ...], separator: str) -> bytes:
+    """An array's ``zarr.json`` (cached: recordings of one length share it, and zarr-python's indented JSON is
+    encoded in pure Python, ~0.3 ms a document)."""
+    dtype, blosc = np.dtype(_DTYPES[dtype_name]), dict(blosc)
+    lead = list(shape[:-1])
+    config = {"typesize": dtype.itemsize, "cname": blosc["cname"], "clevel": blosc["clevel"],
+              "shuffle": blosc["shuffle"], "blocksize": 0}
+    return metadata_bytes({
+        "shape": list(shape), "data_type": dtype_name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [*lead, shard]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": separator}},
+        "fill_value": 0.0 if dtype.kind == "f" else 0,
+        "codecs": [{"name": "sharding_indexed", "configuration": {
+            "chunk_shape": [*lead, chunk],
+            "codecs": [_bytes_codec(dtype), {"name": "blosc", "configuration": config}, {"name": "crc32c"}],
+            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
+            "index_location": "end"}}],
+        "attributes": {}, "dimension_names": list(dimension_names), "zarr_format": 3, "node_type": "array",
+        "storage_transformers": []})
 
 
 class DamagedChunk(OSError):
@@ -140,6 +160,7 @@ class ShardedArray:
     fill_value: float
     shard: int  # samples per shard
     chunk: int  # samples per inner chunk
+    separator: str  # of its chunk keys: "." (ingest since 2026-12-04) or "/"
     _maps: dict = field(default_factory=dict, compare=False, repr=False)  # shard -> (mapped bytes, index) or None
 
     @classmethod
@@ -161,7 +182,8 @@ class ShardedArray:
         if (meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or meta.get("storage_transformers")
                 or meta["data_type"] not in _DTYPES or len(shape) not in (1, 2) or len(codecs) != 1
                 or meta["chunk_grid"]["name"] != "regular"
-                or meta["chunk_key_encoding"] != {"name": "default", "configuration": {"separator": "/"}}
+                or meta["chunk_key_encoding"]["name"] != "default"
+                or meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/") not in SEPARATORS
                 or codecs[0]["name"] != "sharding_indexed"):
             return None
         conf = codecs[0]["configuration"]
@@ -179,14 +201,15 @@ class ShardedArray:
         fill = meta["fill_value"]
         if not isinstance(fill, int | float):
             return None  # "NaN" and friends: not what ingest writes
-        return cls(folder, shape, np.dtype(_DTYPES[meta["data_type"]]), fill, shard[-1], chunk[-1])
+        separator = meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
+        return cls(folder, shape, np.dtype(_DTYPES[meta["data_type"]]), fill, shard[-1], chunk[-1], separator)
 
     @property
     def per_shard(self) -> int:
         return self.shard // self.chunk
 
     def _shard_path(self, s: int) -> Path:
-        return self.folder / shard_key(len(self.shape), s)
+        return self.folder / shard_key(len(self.shape), s, self.separator)
 
     def _shard(self, s: int) -> tuple[np.ndarray, np.ndarray] | None:
         """Shard ``s``: its file's bytes, mapped read-only, and its index (``(offset, nbytes)`` per inner chunk,
