@@ -85,3 +85,61 @@ def test_after_fork_the_child_fsyncs_and_copies_on_its_own(tmp_path: Path) -> No
         raise AssertionError("the forked child hung in fsync_all")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     assert parent_dir.is_dir() and prepare_mod._read_dir() == parent_dir
+
+
+def _staged_batch(store: LocalObjectStore, n: int) -> list:
+    rng = np.random.default_rng(n)
+    return [store.stage(f"{i:02x}" * 32, rng.standard_normal((3, 5000)).astype(np.float32),
+                        (rng.random(5000) > 0.7).astype(np.uint8), {"i": i}) for i in range(n)]
+
+
+def test_a_batch_is_durable_before_any_of_it_is_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``publish`` of several staged objects: every file and folder of every one is fsynced before the first
+    rename into objects/, and every objects/<k[:2]> folder a rename changed is fsynced before it returns."""
+    store = LocalObjectStore(tmp_path)
+    staged = _staged_batch(store, 4)
+    files = {str(s.folder / c.path) for s in staged for c in s.checksums}
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+    lock = threading.Lock()
+
+    def fsync(fd: int) -> None:
+        with lock:
+            events.append(("fsync", _where(fd)))
+        real_fsync(fd)
+
+    def rename(a, b) -> None:
+        with lock:
+            events.append(("rename", str(a)))
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    done = store.publish(staged)
+    assert done == [s.checksums for s in staged]
+    first_rename = next(i for i, (what, _) in enumerate(events) if what == "rename")
+    before = {path for what, path in events[:first_rename] if what == "fsync"}
+    assert files <= before and {str(s.folder) for s in staged} <= before
+    last_rename = max(i for i, (what, _) in enumerate(events) if what == "rename")
+    after = {path for what, path in events[last_rename:] if what == "fsync"}
+    assert {str(store.path(s.key).parent) for s in staged} <= after
+    assert all(store.exists(s.key) for s in staged) and not any(s.folder.exists() for s in staged)
+
+
+def test_one_object_that_cannot_be_made_durable_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fsync error (EIO) on one file of one object of a batch: that object is not published and its staging
+    is removed; the others are published."""
+    store = LocalObjectStore(tmp_path)
+    staged = _staged_batch(store, 3)
+    bad, real = str(staged[1].folder / "signal" / "c.0.0"), os.fsync
+
+    def fsync(fd: int) -> None:
+        if _where(fd) == bad:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    done = store.publish(staged)
+    assert isinstance(done[1], OSError) and done[1].errno == errno.EIO
+    assert done[0] == staged[0].checksums and done[2] == staged[2].checksums
+    assert [store.exists(s.key) for s in staged] == [True, False, True]
+    assert not any(s.folder.exists() for s in staged)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from eegcache.index.claims import Claims
 from eegcache.index.db import open_index
 from eegcache.ops.plan import plan
-from eegcache.ops.prepare import CHANGE_ATTEMPTS, Prepared, Task, prepare  # noqa: F401 - CHANGE_ATTEMPTS re-exported
+from eegcache.ops.prepare import CHANGE_ATTEMPTS, Prepared, Task, prepare, prepare_batch  # noqa: F401 - re-exported
 from eegcache.ops.register import (  # noqa: F401 - reingest_recordings re-exported
     ObjectVanished,
     Target,
@@ -186,16 +186,24 @@ CLAIM_BATCH_FILES = 32
 CLAIM_BATCH_BYTES = 16 << 20
 
 
-def _claim_batch(pending: deque) -> list[Task]:
+def _take(queue: deque, files: int, nbytes: int) -> list[Task]:
+    """Up to ``files`` tasks from the front of ``queue``, and only while their EDFs come to under ``nbytes``."""
     batch, size = [], 0
-    while pending and len(batch) < CLAIM_BATCH_FILES and (not batch or size < CLAIM_BATCH_BYTES):
-        task = pending.popleft()
+    while queue and len(batch) < files and (not batch or size < nbytes):
+        task = queue.popleft()
         batch.append(task)
         try:
             size += task.edf.stat().st_size
         except OSError:  # prepare says what is wrong with it
             pass
     return batch
+
+
+# A worker prepares a few files at a time and publishes their objects together (``prepare_batch``: one journal
+# commit for their fsyncs): up to this many, and only while they are small (short segments, where the commit is a
+# large part of a file's cost); a long recording goes alone, so workers still share a tree of long files evenly.
+PREPARE_BATCH_FILES = 8
+PREPARE_BATCH_BYTES = 8 << 20
 
 
 def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: Target):
@@ -213,7 +221,7 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: T
         while pending or ready or waiting or in_flight:
             while (ready or pending) and (pool is None or len(in_flight) < workers + 1):
                 if not ready:
-                    batch = _claim_batch(pending)
+                    batch = _take(pending, CLAIM_BATCH_FILES, CLAIM_BATCH_BYTES)
                     try:
                         claimed = claims.try_claim_many([target.claim(t.rel_path) for t in batch])
                         mine = [t for t in batch if target.claim(t.rel_path) in claimed]
@@ -233,16 +241,16 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: T
                         else:
                             yield task, None
                     continue
-                task = ready.popleft()
+                tasks_now = _take(ready, PREPARE_BATCH_FILES, PREPARE_BATCH_BYTES)
                 if pool is None:
-                    yield task, prepare(task)
+                    yield from zip(tasks_now, prepare_batch(tasks_now), strict=True)
                 else:
-                    in_flight[pool.submit(prepare, task)] = task
+                    in_flight[pool.submit(prepare_batch, tasks_now)] = tasks_now
             if in_flight:
                 done, _ = wait(in_flight, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:
-                    task = in_flight.pop(future)
-                    yield task, _result(future, task)
+                    tasks_done = in_flight.pop(future)
+                    yield from zip(tasks_done, _results(future, tasks_done), strict=True)
                 if pool is not None and any(isinstance(f.exception(), BrokenProcessPool) for f in done):
                     # A worker died (killed, out of memory): the tasks it took down are reported failed
                     # (and retried by the next run); a fresh pool carries on with the rest.
@@ -257,11 +265,11 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: T
             pool.shutdown(cancel_futures=True)
 
 
-def _result(future, task: Task) -> Prepared:
+def _results(future, tasks: list[Task]) -> list[Prepared]:
     try:
         return future.result()
     except BrokenProcessPool:
-        return _failed(task, f"{task.edf.name}: a worker process died while this file was being prepared "
-                             "(killed or out of memory); the next run retries it")
+        return [_failed(task, f"{task.edf.name}: a worker process died while this file was being prepared "
+                              "(killed or out of memory); the next run retries it") for task in tasks]
     except Exception as exc:  # noqa: BLE001 - a crashed worker must not end the run
-        return _failed(task, f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})")
+        return [_failed(task, f"{task.edf.name}: worker crashed ({type(exc).__name__}: {exc})") for task in tasks]

@@ -28,7 +28,7 @@ from eegcache.sources.annotations import decode as decode_annotation
 from eegcache.sources.annotations import read_bytes as read_annotation_bytes
 from eegcache.sources.edf import EdfError, read_header, read_recording
 from eegcache.sources.tree import is_utf8, parse_path, path_text
-from eegcache.store import FileChecksum, open_store
+from eegcache.store import FileChecksum, Staged, open_store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,19 +196,44 @@ COPY_FIRST_BYTES = 64 << 20
 
 
 def prepare(task: Task) -> Prepared:
-    """Hash, parse, read, preprocess and publish one recording. Never raises for bad input.
+    """Hash, parse, read, preprocess and publish one recording. Never raises for bad input (``prepare_batch``)."""
+    return prepare_batch([task])[0]
+
+
+def prepare_batch(tasks: list[Task]) -> list[Prepared]:
+    """Hash, parse, read, preprocess and publish each recording (of one cache); never raises for bad input: a file
+    that cannot be prepared is returned failed with its reason, and the others go on.
 
     The key is always the digest of the bytes that were parsed: the annotation is read once and its bytes are both
     hashed and parsed; the EDF is parsed from a private copy hashed while it was made. A source whose inode, size,
-    mtime or ctime changed while it was prepared is prepared again (``CHANGE_ATTEMPTS`` in all), then failed."""
+    mtime or ctime changed while it was prepared is prepared again (``CHANGE_ATTEMPTS`` in all), then failed.
+
+    The new objects are written in staging one by one and published together (``ObjectStore.publish``): their
+    fsyncs cost one journal commit for the batch instead of one per object, the largest fixed cost of a short file.
+    Each is durable and published before its ``Prepared`` is returned."""
+    results, pending = [], []
+    signals: dict = {}  # signal key -> (signal, its Prepared): staged, not yet published, reused by a later twin
+    for task in tasks:
+        result, staged = _prepare_one(task, signals)
+        results.append(result)
+        if staged is not None:
+            pending.append((task, result, *staged))
+    if pending:
+        _publish_staged(open_store(tasks[0].cache, tasks[0].store_url), pending)
+    return results
+
+
+def _prepare_one(task: Task, signals: dict) -> tuple[Prepared, tuple[Staged, str] | None]:
+    """One recording, its new object (if any) left in staging: (result, (staged object, signal key) or None)."""
     changed: SourceChanged | None = None
     for _attempt in range(CHANGE_ATTEMPTS):
         result = Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed",
                           info=recording_info(task.layout, task.rel_path))
+        staged: list[tuple[Staged, str]] = []
         try:
-            _prepare(task, result)
+            _prepare(task, result, staged, signals)
             result.status = "ingested"
-            return result
+            return result, (staged[0] if staged else None)
         except SourceChanged as exc:
             changed = exc
             # What the index knew of the file no longer holds: hash everything again.
@@ -220,19 +245,47 @@ def prepare(task: Task) -> Prepared:
             result.reason = f"{task.edf.name}: permission denied reading {Path(exc.filename or task.edf.name).name}"
             _retry_next_run(result)
         except OSError as exc:
-            result.reason = f"{task.edf.name}: {exc.strerror or exc}"
-            _retry_next_run(result)
+            _failed_io(result, task, exc)
         except MemoryError:
             result.reason = f"{task.edf.name}: out of memory while reading or preprocessing"
             _retry_next_run(result)
         except Exception as exc:  # noqa: BLE001 - a file nobody foresaw must fail alone, never end the run
             result.reason = f"{task.edf.name}: unexpected error while preparing it ({type(exc).__name__}: {exc})"
-        return result
+        finally:
+            if result.status != "ingested":
+                for s, _ in staged:  # never to be published: what was staged from a failed or changed source
+                    shutil.rmtree(s.folder, ignore_errors=True)
+        return result, None
     assert changed is not None
     result = Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed",
                       info=recording_info(task.layout, task.rel_path))
     result.reason = changed.reason(CHANGE_ATTEMPTS)
-    return result
+    return result, None
+
+
+def _failed_io(result: Prepared, task: Task, exc: OSError) -> None:
+    result.status, result.reason = "failed", f"{task.edf.name}: {exc.strerror or exc}"
+    _retry_next_run(result)
+
+
+def _publish_staged(store, pending: list[tuple[Task, Prepared, Staged, str]]) -> None:
+    """Publish the staged objects of a batch together, then record each one's signal pointer and checksums; a
+    recording whose object could not be made durable or published fails alone (retried by the next run)."""
+    try:
+        outcomes = store.publish([s for _, _, s, _ in pending])
+    except Exception as exc:  # noqa: BLE001 - never end the run; publish removed the staging
+        outcomes = [exc] * len(pending)
+    for (task, result, staged, signal_key), done in zip(pending, outcomes, strict=True):
+        try:
+            if isinstance(done, Exception):
+                raise done
+            store.note_signal(signal_key, staged.key)
+            result.checksums = done or store.checksums(staged.key)  # None: another writer published it first
+        except OSError as exc:
+            _failed_io(result, task, exc)
+        except Exception as exc:  # noqa: BLE001
+            result.status = "failed"
+            result.reason = f"{task.edf.name}: unexpected error while storing it ({type(exc).__name__}: {exc})"
 
 
 def _retry_next_run(result: Prepared) -> None:
@@ -241,7 +294,7 @@ def _retry_next_run(result: Prepared) -> None:
     result.edf_size = result.edf_mtime_ns = None
 
 
-def _prepare(task: Task, result: Prepared) -> None:
+def _prepare(task: Task, result: Prepared, staged: list, signals: dict) -> None:
     src = result.source_path
     name = task.edf.name
     _checkpoint("prepare", task.edf)
@@ -270,7 +323,7 @@ def _prepare(task: Task, result: Prepared) -> None:
         else:
             result.edf_sha256 = known or keys.file_digest(task.edf)
         _checkpoint("edf-hashed", task.edf)
-        mask = _publish_object(task, result, spec, annotation, st, copy, copies)
+        mask = _publish_object(task, result, spec, annotation, st, copy, copies, staged, signals)
     # The object (new or reused) is the bytes' own, whatever happens now; but the size and mtime recorded beside
     # the digests must be those of the bytes that were hashed, or a later run would call a changed file unchanged.
     if _stamp(task.edf.stat()) != _stamp(st):
@@ -306,9 +359,11 @@ def _annotation_and_spec(task: Task, result: Prepared):
 
 
 def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotation, st: os.stat_result,
-                    copy: Path | None, copies: ExitStack) -> np.ndarray:
-    """Find or make the recording's object (stored already, or its signal stored under other labels, or read and
-    preprocessed from ``copy``, made here when it was not made before the digest); returns its label mask."""
+                    copy: Path | None, copies: ExitStack, staged: list, signals: dict) -> np.ndarray:
+    """Find or make the recording's object (stored already, or its signal stored or staged in this batch under
+    other labels, or read and preprocessed from ``copy``, made here when it was not made before the digest);
+    returns its label mask. A new object is left in staging, appended to ``staged`` with its signal key
+    (``prepare_batch`` publishes it), and its signal kept in ``signals`` for a later recording of the batch."""
     import numpy as np  # see the imports
 
     from eegcache.pipeline.labels import label_mask
@@ -329,6 +384,11 @@ def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotati
         group = store.open(donor)
         signal = np.asarray(group["signal"][...])
         _take_attrs(result, group)
+    elif signal_key in signals:  # staged by an earlier recording of this batch, not yet published
+        signal, earlier = signals[signal_key]
+        result.reader, result.orig_fs, result.filled = earlier.reader, earlier.orig_fs, earlier.filled
+        result.channel_names = earlier.channel_names
+        result.n_channels, result.n_samples = signal.shape
     else:
         if copy is None:
             copy, digest = copies.enter_context(_private_copy(task.edf))
@@ -345,6 +405,7 @@ def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotati
         result.channel_names = raw.names
         result.n_channels, result.n_samples = signal.shape
         result.preprocessed = True
+        signals[signal_key] = (signal, result)
     result.events, result.event_types, result.warnings = _clip(annotation, result.n_samples, spec.fs)
     duration = result.n_samples / spec.fs
     if annotation.duration_s is not None and abs(annotation.duration_s - duration) > 1.0:
@@ -363,9 +424,12 @@ def _publish_object(task: Task, result: Prepared, spec: PreprocessSpec, annotati
     if result.info.get("power_line_hz") is not None:  # what the recording declared, and the notch it got
         attrs["power_line_hz"] = result.info["power_line_hz"]
         attrs["notch_hz"] = list(spec.notch_hz)
-    written = store.write(result.object_key, signal, mask, attrs)
-    store.note_signal(signal_key, result.object_key)
-    result.checksums = written or store.checksums(result.object_key)  # None: another writer published it first
+    new = store.stage(result.object_key, signal, mask, attrs)
+    if new is not None:
+        staged.append((new, signal_key))
+    else:  # stored meanwhile by another writer
+        store.note_signal(signal_key, result.object_key)
+        result.checksums = store.checksums(result.object_key)
     return mask
 
 

@@ -43,7 +43,7 @@ from eegcache.index.models import (
 )
 from eegcache.index.query import QueryError, run_query
 from eegcache.index.sql import insert_ignore
-from eegcache.store import ObjectStore, fsync_all, open_store
+from eegcache.store import ObjectStore, Staged, open_store
 from eegcache.store.owner import require_owner
 
 RETRIES = 2
@@ -173,8 +173,9 @@ def _copy_object(src: Side, dst: Side, key: str, files: list, bar) -> int:
             target.write_bytes(data)
             total += len(data)
             bar.update(len(data))
-        fsync_all(staging)
-        dst.store._publish(key, staging)
+        (done,) = dst.store.publish([Staged(key, staging, list(files))])
+        if isinstance(done, OSError):
+            raise done
         return total
     finally:
         shutil.rmtree(staging, ignore_errors=True)

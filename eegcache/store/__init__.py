@@ -18,6 +18,7 @@ from eegcache.store.base import (
     STAGING,
     TRASH,
     ObjectStore,
+    Staged,
     age,
     fsync_all,
     pid_alive,
@@ -26,9 +27,9 @@ from eegcache.store.base import (
 from eegcache.store.layout import LABEL_CHUNK, SHARD_SAMPLES, SIGNAL_CHUNK, FileChecksum, fsync_tree, object_digest
 from eegcache.store.local import LocalObjectStore
 
-__all__ = ["LABEL_CHUNK", "MARKER", "OBJECTS", "SHARD_SAMPLES", "SIGNALS", "SIGNAL_CHUNK", "STAGING", "TRASH", "FileChecksum",
-           "LocalObjectStore", "ObjectStore", "age", "fsync_all", "fsync_tree", "object_digest", "open_store", "pid_alive",
-           "writer_alive"]
+__all__ = ["LABEL_CHUNK", "MARKER", "OBJECTS", "SHARD_SAMPLES", "SIGNALS", "SIGNAL_CHUNK", "STAGING", "TRASH",
+           "FileChecksum", "LocalObjectStore", "ObjectStore", "Staged", "age", "fsync_all", "fsync_tree",
+           "object_digest", "open_store", "pid_alive", "writer_alive"]
 
 
 def open_store(cache: Path, url: str | None = None) -> ObjectStore:

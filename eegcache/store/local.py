@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eegcache.store.base import OBJECTS, SIGNALS, TRASH, ObjectStore, age
+from eegcache.store.base import OBJECTS, SIGNALS, TRASH, ObjectStore, age, fsync_together
 from eegcache.store.layout import FileChecksum, folder_checksums, fsync_dir
 
 if TYPE_CHECKING:
@@ -49,8 +49,13 @@ class LocalObjectStore(ObjectStore):
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and self.exists(key):
                 return False
             raise
-        fsync_dir(final.parent)
         return True
+
+    def _settle(self, keys: list[str]) -> dict[str, OSError]:
+        """fsync the objects/<k[:2]> folders the renames changed, together."""
+        parents = sorted({self.path(k).parent for k in keys})
+        errors = fsync_together([(p, p) for p in parents])
+        return {k: errors[self.path(k).parent] for k in keys if self.path(k).parent in errors}
 
     def checksums(self, key: str) -> list[FileChecksum]:
         return folder_checksums(self.path(key))
