@@ -36,6 +36,7 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 import eegcache.ops.ingest as ingest_mod
+import eegcache.ops.register as register_mod
 import eegcache.store.layout
 from eegcache.index.db import open_index
 from eegcache.ops.gc import gc
@@ -176,6 +177,11 @@ class Fault:
             return True
         return False
 
+    def every(self) -> bool:
+        self.seen += 1
+        self.fired += 1
+        return True
+
 
 def os_error(code: int, filename: object = None) -> OSError:
     return OSError(code, os.strerror(code), None if filename is None else os.fspath(filename))
@@ -287,12 +293,14 @@ def _mentions(parameters, target: str) -> bool:
                                     and target.endswith("/" + parameters))
 
 
-def sql_fault(setattr_: Callable, source_path: str, where: str) -> Fault:
+def sql_fault(setattr_: Callable, source_path: str, where: str, persistent: bool = True) -> Fault:
     """The index write of one recording fails: the INSERT of its windows ("database or disk is full", raised by
     the driver so SQLAlchemy wraps it like a real one) or its COMMIT ("disk I/O error"). The recording's
-    transaction is recognised by the INSERT/UPDATE of its recordings row."""
+    transaction (its own, or its batch's) is recognised by the INSERT/UPDATE of its recordings row. Persistent:
+    every transaction that writes it fails for the rest of the run (the disk stays full); else only the first."""
     assert where in ("commit", "insert")
     fault, original = Fault(), ingest_mod.open_index
+    fires = fault.every if persistent else (lambda: fault.hit(1))
 
     def open_with_fault(*args, **kwargs):
         engine = original(*args, **kwargs)
@@ -303,11 +311,11 @@ def sql_fault(setattr_: Callable, source_path: str, where: str) -> Fault:
                 conn.info["eegcache_fault_armed"] = True
             if where == "insert" and text.startswith("INSERT INTO WINDOWS") and conn.info.get("eegcache_fault_armed"):
                 conn.info.pop("eegcache_fault_armed")
-                if fault.hit(1):
+                if fires():
                     raise sqlite3.OperationalError("database or disk is full")
 
         def commit(conn):
-            if conn.info.pop("eegcache_fault_armed", False) and where == "commit" and fault.hit(1):
+            if conn.info.pop("eegcache_fault_armed", False) and where == "commit" and fires():
                 raise sa_exc.OperationalError("COMMIT", None, sqlite3.OperationalError("disk I/O error"))
 
         def rollback(conn):
@@ -437,7 +445,7 @@ def sql_trial(ref: Reference, cache: Path, monkeypatch: pytest.MonkeyPatch, wher
             run_ingest(ref.root, cache)
         except sa_exc.OperationalError:
             pass  # whether the run reports it or dies is test_index_write_error_is_reported_and_the_run_goes_on's
-    assert fault.fired == 1
+    assert fault.fired >= 1
     rows = query(cache, "SELECT status, n_windows FROM recording_status WHERE source_path = ?", (path_text(edf),))
     assert rows in ([], [("failed", 0)]), rows  # rolled back whole, or recorded as failed: never half written
     assert_consistent(cache)
@@ -486,6 +494,22 @@ def test_index_write_error_is_reported_and_the_run_goes_on(
     reason = summary.failures[0][1]
     assert reason.startswith(f"{edf.name}: ") and ("disk I/O error" in reason or "disk is full" in reason), reason
     assert summary.ingested == len(FAULT_TREE) - 1
+
+
+@pytest.mark.parametrize("where", ["insert", "commit"])
+def test_a_transient_index_error_in_a_batch_costs_no_recording(
+    reference: Reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Recordings are registered a batch per transaction: an index error once (not again) in a batch's
+    transaction rolls the batch back whole, and each of its recordings is then registered on its own: none
+    fails, none is half written, and the index equals a clean run's."""
+    edf = reference.edfs[1]
+    with monkeypatch.context() as mp:
+        fault = sql_fault(mp.setattr, path_text(edf), where, persistent=False)
+        summary = run_ingest(reference.root, tmp_path / "cache")
+    assert fault.fired == 1 and summary.failed == 0 and summary.ingested == len(FAULT_TREE), summary
+    assert_consistent(tmp_path / "cache")
+    assert_healed(tmp_path / "cache", reference.snapshot)
 
 
 # --- real processes with workers: the sitecustomize shim ------------------------------------------------------
@@ -591,15 +615,17 @@ def _fill(folder: Path) -> Path:
 
 
 def fill_before_registration(setattr_: Callable, source_path: str, folder: str) -> Fault:
-    """Fill the filesystem holding ``folder`` just before this recording's index transaction."""
-    fault, original = Fault(), ingest_mod.register
+    """Fill the filesystem holding ``folder`` just before this recording's rows are written in its batch's index
+    transaction. Batches of two files, so that the recordings before the target's batch are registered first."""
+    fault, original = Fault(), register_mod._register_in
 
-    def register(engine, store, spec, item):
+    def register_in(conn, store, target, item, now):
         if item.source_path == source_path and fault.hit(1):
             _fill(Path(folder))
-        return original(engine, store, spec, item)
+        return original(conn, store, target, item, now)
 
-    setattr_(ingest_mod, "register", register)
+    setattr_(register_mod, "_register_in", register_in)
+    setattr_(ingest_mod, "PREPARE_BATCH_FILES", 2)
     return fault
 
 

@@ -32,6 +32,7 @@ from eegcache.ops.register import (  # noqa: F401 - reingest_recordings re-expor
     cover_missing_sources,
     mark_sources,
     register,
+    register_many,
     reingest_recordings,
     settle_twins,
     window_counts,
@@ -106,12 +107,14 @@ def ingest(
                    desc="ingest")
         with Claims(engine, claim_lease_s) as claims:
             replan = lambda batch: plan(engine, store, target, [t.edf for t in batch], requested, True)[0]  # noqa: E731
-            for task, item in _schedule(tasks, config.workers, claims, replan, target):
-                if item is None:  # another process ingested it meanwhile
-                    summary.unchanged += 1
-                else:
-                    _tally(summary, task, item, _register_or_redo(engine, store, target, task, item), bar)
-                bar.update(1)
+            for pairs in _schedule(tasks, config.workers, claims, replan, target):
+                statuses = _register_batch(engine, store, target, [(t, i) for t, i in pairs if i is not None])
+                for task, item in pairs:
+                    if item is None:  # another process ingested it meanwhile
+                        summary.unchanged += 1
+                    else:
+                        _tally(summary, task, item, statuses[id(item)], bar)
+                    bar.update(1)
         bar.close()
         try:
             summary.sources_missing = mark_sources(engine, target.dataset, scanned_prefix(target.dataset, src),
@@ -129,6 +132,20 @@ def ingest(
         engine.dispose()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _register_batch(engine: Engine, store: ObjectStore, target: Target,
+                    pairs: list[tuple[Task, Prepared]]) -> dict[int, str]:
+    """Register a batch of prepared recordings in one transaction (``register_many``); when that fails (an index
+    error, an object gc collected meanwhile), it is rolled back whole and each recording is registered on its own,
+    so that only the one at fault fails. Returns the status recorded for each, by ``id`` of its Prepared."""
+    if len(pairs) > 1:
+        try:
+            statuses = register_many(engine, store, target, [item for _, item in pairs])
+            return {id(item): status for (_, item), status in zip(pairs, statuses, strict=True)}
+        except (ObjectVanished, SQLAlchemyError, OSError):
+            pass
+    return {id(item): _register_or_redo(engine, store, target, task, item) for task, item in pairs}
 
 
 def _register_or_redo(engine: Engine, store: ObjectStore, target: Target, task: Task, item: Prepared) -> str:
@@ -207,9 +224,10 @@ PREPARE_BATCH_BYTES = 8 << 20
 
 
 def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: Target):
-    """Yield (task, Prepared) for each task this process claims and prepares, and (task, None) for tasks another
-    process finished while this one waited. Tasks claimed elsewhere wait until their owner registers them or
-    its claim expires. ``replan(tasks)`` gives the tasks, among these just claimed, that still need work."""
+    """Yield lists of (task, Prepared), a batch at a time, for the tasks this process claims and prepares, and of
+    (task, None) for tasks another process finished while this one waited. Tasks claimed elsewhere wait until
+    their owner registers them or its claim expires. ``replan(tasks)`` gives the tasks, among these just claimed,
+    that still need work."""
     pending = deque(tasks)
     ready: deque[Task] = deque()  # claimed by this process and re-planned, not started yet
     waiting: list[Task] = []
@@ -230,27 +248,24 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: T
                         if done_elsewhere := [t for t in mine if t.rel_path not in fresh]:
                             claims.release_many([target.claim(t.rel_path) for t in done_elsewhere])
                     except SQLAlchemyError as exc:  # the index cannot be written (disk full...): fail these, go on
-                        for task in batch:
-                            yield task, _failed(task, f"{task.edf.name}: the index is not writable "
-                                                      f"({getattr(exc, 'orig', exc)})")
+                        yield [(task, _failed(task, f"{task.edf.name}: the index is not writable "
+                                                    f"({getattr(exc, 'orig', exc)})")) for task in batch]
                         continue
                     waiting.extend(t for t in batch if target.claim(t.rel_path) not in claimed)
-                    for task in mine:
-                        if task.rel_path in fresh:
-                            ready.append(fresh[task.rel_path])
-                        else:
-                            yield task, None
+                    ready.extend(fresh[t.rel_path] for t in mine if t.rel_path in fresh)
+                    if done_elsewhere:
+                        yield [(task, None) for task in done_elsewhere]
                     continue
                 tasks_now = _take(ready, PREPARE_BATCH_FILES, PREPARE_BATCH_BYTES)
                 if pool is None:
-                    yield from zip(tasks_now, prepare_batch(tasks_now), strict=True)
+                    yield list(zip(tasks_now, prepare_batch(tasks_now), strict=True))
                 else:
                     in_flight[pool.submit(prepare_batch, tasks_now)] = tasks_now
             if in_flight:
                 done, _ = wait(in_flight, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:
                     tasks_done = in_flight.pop(future)
-                    yield from zip(tasks_done, _results(future, tasks_done), strict=True)
+                    yield list(zip(tasks_done, _results(future, tasks_done), strict=True))
                 if pool is not None and any(isinstance(f.exception(), BrokenProcessPool) for f in done):
                     # A worker died (killed, out of memory): the tasks it took down are reported failed
                     # (and retried by the next run); a fresh pool carries on with the rest.
