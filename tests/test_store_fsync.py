@@ -1,6 +1,7 @@
-"""The fsyncs that make an object durable before it is published are issued together (``fsync_all``): every file
-and folder is still flushed, an error still stops the publish, and a forked process still gets its own threads
-(and its own private folder for source copies)."""
+"""The fsyncs that make an object durable before it is published are issued together (``fsync_all``, and a batch's
+in ``ObjectStore.publish``): every file and folder is still flushed before any rename, an error still stops the
+publish (of that object alone), and a forked process still gets its own threads (and its own private folder for
+source copies, which go to /dev/shm when they can)."""
 
 from __future__ import annotations
 
@@ -143,3 +144,36 @@ def test_one_object_that_cannot_be_made_durable_fails_alone(tmp_path: Path, monk
     assert done[0] == staged[0].checksums and done[2] == staged[2].checksums
     assert [store.exists(s.key) for s in staged] == [True, False, True]
     assert not any(s.folder.exists() for s in staged)
+
+
+def test_a_small_source_is_copied_to_memory_and_a_full_dev_shm_falls_back(tmp_path: Path, monkeypatch) -> None:
+    """The private copy of a small source is made in /dev/shm (RAM: no file created on disk) with the source's
+    name and sha256; when /dev/shm cannot take it (a container's is 64 MB: ENOSPC) the copy is made in $TMPDIR,
+    same bytes, same digest; neither copy outlives its use."""
+    import hashlib
+
+    if not os.access(prepare_mod.SHM, os.W_OK):
+        pytest.skip("no writable /dev/shm here")
+    source = tmp_path / "rec_s001_t000.edf"
+    source.write_bytes(os.urandom(300_000))
+    want = hashlib.sha256(source.read_bytes()).hexdigest()
+    with prepare_mod._private_copy(source) as (copy, digest):
+        assert copy.parent.parent == prepare_mod.SHM and copy.name == source.name
+        assert digest == want and copy.read_bytes() == source.read_bytes()
+    assert not copy.exists()
+
+    real = prepare_mod._copy
+
+    def shm_full(src: Path, dst: Path) -> str:
+        if dst.is_relative_to(prepare_mod.SHM):
+            with open(dst, "wb") as f:
+                f.write(b"x" * 1000)  # half written, then full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(prepare_mod, "_copy", shm_full)
+    with prepare_mod._private_copy(source) as (copy, digest):
+        assert not copy.is_relative_to(prepare_mod.SHM) and copy.name == source.name
+        assert digest == want and copy.read_bytes() == source.read_bytes()
+    assert not copy.exists()
+    assert not any(prepare_mod._read_dir(in_memory=True).iterdir())  # the torn copy in /dev/shm is gone

@@ -156,14 +156,20 @@ def _checkpoint(step: str, path: Path) -> None:
 
 
 _read_dirs = threading.local()
+SHM = Path("/dev/shm")
+SHM_COPY_BYTES = 16 << 20  # sources up to this size are copied to memory (SHM) where it can be written
 
 
-def _read_dir() -> Path:
-    """This thread's private folder for copies of sources, made once (a folder made and removed per file cost more
-    than copying a short file) and removed when the process that made it exits (a forked child makes its own)."""
-    held = getattr(_read_dirs, "held", None)
+def _read_dir(in_memory: bool = False) -> Path:
+    """This thread's private folder for copies of sources, in $TMPDIR or (``in_memory``) in /dev/shm, made once
+    (a folder made and removed per file cost more than copying a short file) and removed when the process that
+    made it exits (a forked child makes its own). /dev/shm is RAM: a copy there is no file created on disk, which
+    on some filesystems costs as much as copying a short file (bench/RESULTS.md, 2026-12-04)."""
+    name = "shm" if in_memory else "held"
+    held = getattr(_read_dirs, name, None)
     if held is None or held[0] != os.getpid() or not held[1].is_dir():
-        held = _read_dirs.held = (os.getpid(), Path(tempfile.mkdtemp(prefix="eegcache-read-")))
+        held = (os.getpid(), Path(tempfile.mkdtemp(prefix="eegcache-read-", dir=SHM if in_memory else None)))
+        setattr(_read_dirs, name, held)
         atexit.register(_remove_read_dir, *held)
     return held[1]
 
@@ -175,18 +181,35 @@ def _remove_read_dir(pid: int, folder: Path) -> None:
 
 @contextmanager
 def _private_copy(path: Path):
-    """A copy of ``path`` that nobody else writes (in $TMPDIR, same file name for messages) and the sha256 of its
-    bytes, hashed while copying: what the readers parse is exactly what is hashed."""
-    copy = _read_dir() / path.name
+    """A copy of ``path`` that nobody else writes (same file name, for messages) and the sha256 of its bytes,
+    hashed while copying: what the readers parse is exactly what is hashed. A small source is copied to memory
+    (/dev/shm) when that can be written and has room, else to $TMPDIR."""
+    copy = None
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as src, open(copy, "wb") as dst:
-            while block := src.read(1 << 20):
-                digest.update(block)
-                dst.write(block)
-        yield copy, digest.hexdigest()
+        if path.stat().st_size <= SHM_COPY_BYTES and os.access(SHM, os.W_OK):
+            try:
+                copy = _read_dir(in_memory=True) / path.name
+                digest = _copy(path, copy)
+            except OSError:  # /dev/shm full (a container's is 64 MB), or the source unreadable: tried again below
+                if copy is not None:
+                    copy.unlink(missing_ok=True)
+                copy = None
+        if copy is None:
+            copy = _read_dir() / path.name
+            digest = _copy(path, copy)
+        yield copy, digest
     finally:
-        copy.unlink(missing_ok=True)
+        if copy is not None:
+            copy.unlink(missing_ok=True)
+
+
+def _copy(path: Path, copy: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        while block := src.read(1 << 20):
+            digest.update(block)
+            dst.write(block)
+    return digest.hexdigest()
 
 
 # A source up to this size is copied (and hashed while copied) before its object is looked up: one pass over its
