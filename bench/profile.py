@@ -103,7 +103,9 @@ PER_FILE_STAGES = (
     ("", "eegcache.store.local", "LocalObjectStore._settle"),
     ("signal pointer", "eegcache.store.local", "LocalObjectStore.note_signal"),
     ("checksums: read back + sha256 every file", "eegcache.store.local", "LocalObjectStore.checksums"),
-    ("register: one transaction per recording", "eegcache.ops.ingest", "register"),
+    ("register: one transaction per batch of recordings (one per recording after an error)", "eegcache.ops.ingest",
+     "register_many"),
+    ("", "eegcache.ops.ingest", "register"),
 )
 
 
