@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -25,7 +25,14 @@ from tqdm import tqdm
 from eegcache.index.claims import Claims
 from eegcache.index.db import open_index
 from eegcache.ops.plan import plan
-from eegcache.ops.prepare import CHANGE_ATTEMPTS, Prepared, Task, prepare, prepare_batch  # noqa: F401 - re-exported
+from eegcache.ops.prepare import (  # noqa: F401 - CHANGE_ATTEMPTS re-exported
+    CHANGE_ATTEMPTS,
+    Prepared,
+    Task,
+    prepare,
+    prepare_batch,
+    publish_prepared,
+)
 from eegcache.ops.register import (  # noqa: F401 - reingest_recordings re-exported
     ObjectVanished,
     Target,
@@ -42,7 +49,7 @@ from eegcache.pipeline.names import resolve_pipeline
 from eegcache.pipeline.spec import IngestConfig
 from eegcache.sources.datasets import layout_and_root, recordings_of, resolve_dataset, scanned_prefix
 from eegcache.sources.tree import discover, path_text
-from eegcache.store import ObjectStore, open_store
+from eegcache.store import LocalObjectStore, ObjectStore, open_store
 from eegcache.store.owner import NotOwner, require_owner
 
 
@@ -105,16 +112,20 @@ def ingest(
                                 failed_unchanged=len(failed_before), failures=list(failed_before))
         bar = tqdm(total=len(edfs), initial=unchanged + len(failed_before), unit="file", disable=not progress,
                    desc="ingest")
-        with Claims(engine, claim_lease_s) as claims:
+        # A local store's objects are published here, in a thread, while the next batch is prepared: the wait for
+        # the disk (fsync) overlaps the workers' computing. Workers publish to a remote store themselves (uploads).
+        workers_publish = not isinstance(store, LocalObjectStore)
+        with Claims(engine, claim_lease_s) as claims, \
+                ThreadPoolExecutor(1, thread_name_prefix="eegcache-publish") as publisher:
             replan = lambda batch: plan(engine, store, target, [t.edf for t in batch], requested, True)[0]  # noqa: E731
-            for pairs in _schedule(tasks, config.workers, claims, replan, target):
-                statuses = _register_batch(engine, store, target, [(t, i) for t, i in pairs if i is not None])
-                for task, item in pairs:
-                    if item is None:  # another process ingested it meanwhile
-                        summary.unchanged += 1
-                    else:
-                        _tally(summary, task, item, statuses[id(item)], bar)
-                    bar.update(1)
+            previous = None  # the batch before: (pairs, its publication)
+            for pairs in _schedule(tasks, config.workers, claims, replan, target, workers_publish):
+                publishing = publisher.submit(publish_prepared, store, [i for _, i in pairs if i is not None])
+                if previous is not None:
+                    _register_and_tally(engine, store, target, summary, bar, *previous)
+                previous = (pairs, publishing)
+            if previous is not None:
+                _register_and_tally(engine, store, target, summary, bar, *previous)
         bar.close()
         try:
             summary.sources_missing = mark_sources(engine, target.dataset, scanned_prefix(target.dataset, src),
@@ -132,6 +143,19 @@ def ingest(
         engine.dispose()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _register_and_tally(engine: Engine, store: ObjectStore, target: Target, summary: IngestSummary, bar,
+                        pairs: list[tuple[Task, Prepared | None]], publishing) -> None:
+    """Once a batch's objects are published: register it, count it."""
+    publishing.result()  # publish_prepared never raises: a recording it could not publish is failed
+    statuses = _register_batch(engine, store, target, [(t, i) for t, i in pairs if i is not None])
+    for task, item in pairs:
+        if item is None:  # another process ingested it meanwhile
+            summary.unchanged += 1
+        else:
+            _tally(summary, task, item, statuses[id(item)], bar)
+        bar.update(1)
 
 
 def _register_batch(engine: Engine, store: ObjectStore, target: Target,
@@ -223,9 +247,10 @@ PREPARE_BATCH_FILES = 8
 PREPARE_BATCH_BYTES = 8 << 20
 
 
-def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: Target):
-    """Yield lists of (task, Prepared), a batch at a time, for the tasks this process claims and prepares, and of
-    (task, None) for tasks another process finished while this one waited. Tasks claimed elsewhere wait until
+def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: Target, publish: bool):
+    """Yield lists of (task, Prepared), a batch at a time, for the tasks this process claims and prepares (their
+    objects published when ``publish``, else left staged: ``prepare_batch``), and of (task, None) for tasks
+    another process finished while this one waited. Tasks claimed elsewhere wait until
     their owner registers them or its claim expires. ``replan(tasks)`` gives the tasks, among these just claimed,
     that still need work."""
     pending = deque(tasks)
@@ -258,9 +283,9 @@ def _schedule(tasks: list[Task], workers: int, claims: Claims, replan, target: T
                     continue
                 tasks_now = _take(ready, PREPARE_BATCH_FILES, PREPARE_BATCH_BYTES)
                 if pool is None:
-                    yield list(zip(tasks_now, prepare_batch(tasks_now), strict=True))
+                    yield list(zip(tasks_now, prepare_batch(tasks_now, publish), strict=True))
                 else:
-                    in_flight[pool.submit(prepare_batch, tasks_now)] = tasks_now
+                    in_flight[pool.submit(prepare_batch, tasks_now, publish)] = tasks_now
             if in_flight:
                 done, _ = wait(in_flight, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for future in done:

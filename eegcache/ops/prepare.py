@@ -94,6 +94,7 @@ class Prepared:
     checksums: list[FileChecksum] | None = None
     preprocessed: bool = False
     channel_names: tuple[str, ...] = ()
+    staged: tuple[Staged, str] | None = None  # its new object, in staging, and its signal key: not yet published
 
 
 def _windows_for(mask: np.ndarray, shapes: tuple[WindowShape, ...]) -> dict:
@@ -223,7 +224,7 @@ def prepare(task: Task) -> Prepared:
     return prepare_batch([task])[0]
 
 
-def prepare_batch(tasks: list[Task]) -> list[Prepared]:
+def prepare_batch(tasks: list[Task], publish: bool = True) -> list[Prepared]:
     """Hash, parse, read, preprocess and publish each recording (of one cache); never raises for bad input: a file
     that cannot be prepared is returned failed with its reason, and the others go on.
 
@@ -231,18 +232,18 @@ def prepare_batch(tasks: list[Task]) -> list[Prepared]:
     hashed and parsed; the EDF is parsed from a private copy hashed while it was made. A source whose inode, size,
     mtime or ctime changed while it was prepared is prepared again (``CHANGE_ATTEMPTS`` in all), then failed.
 
-    The new objects are written in staging one by one and published together (``ObjectStore.publish``): their
-    fsyncs cost one journal commit for the batch instead of one per object, the largest fixed cost of a short file.
-    Each is durable and published before its ``Prepared`` is returned."""
-    results, pending = [], []
+    The new objects are written in staging one by one and published together (``publish_prepared``): their fsyncs
+    cost one journal commit for the batch instead of one per object, the largest fixed cost of a short file. With
+    ``publish`` off they are left in staging (``Prepared.staged``) for the caller to publish: ingest's parent does,
+    waiting for the disk while its workers compute."""
+    results = []
     signals: dict = {}  # signal key -> (signal, its Prepared): staged, not yet published, reused by a later twin
     for task in tasks:
         result, staged = _prepare_one(task, signals)
+        result.staged = staged
         results.append(result)
-        if staged is not None:
-            pending.append((task, result, *staged))
-    if pending:
-        _publish_staged(open_store(tasks[0].cache, tasks[0].store_url), pending)
+    if publish:
+        publish_prepared(open_store(tasks[0].cache, tasks[0].store_url), results)
     return results
 
 
@@ -268,7 +269,7 @@ def _prepare_one(task: Task, signals: dict) -> tuple[Prepared, tuple[Staged, str
             result.reason = f"{task.edf.name}: permission denied reading {Path(exc.filename or task.edf.name).name}"
             _retry_next_run(result)
         except OSError as exc:
-            _failed_io(result, task, exc)
+            _failed_io(result, exc)
         except MemoryError:
             result.reason = f"{task.edf.name}: out of memory while reading or preprocessing"
             _retry_next_run(result)
@@ -286,29 +287,35 @@ def _prepare_one(task: Task, signals: dict) -> tuple[Prepared, tuple[Staged, str
     return result, None
 
 
-def _failed_io(result: Prepared, task: Task, exc: OSError) -> None:
-    result.status, result.reason = "failed", f"{task.edf.name}: {exc.strerror or exc}"
+def _failed_io(result: Prepared, exc: OSError) -> None:
+    result.status, result.reason = "failed", f"{Path(result.source_path).name}: {exc.strerror or exc}"
     _retry_next_run(result)
 
 
-def _publish_staged(store, pending: list[tuple[Task, Prepared, Staged, str]]) -> None:
-    """Publish the staged objects of a batch together, then record each one's signal pointer and checksums; a
-    recording whose object could not be made durable or published fails alone (retried by the next run)."""
+def publish_prepared(store, results: list[Prepared]) -> None:
+    """Publish the staged objects of prepared recordings together (``ObjectStore.publish``), then record each one's
+    signal pointer and checksums; a recording whose object could not be made durable or published fails alone
+    (retried by the next run). Never raises."""
+    pending = [r for r in results if r.staged is not None]
+    if not pending:
+        return
     try:
-        outcomes = store.publish([s for _, _, s, _ in pending])
+        outcomes = store.publish([r.staged[0] for r in pending])
     except Exception as exc:  # noqa: BLE001 - never end the run; publish removed the staging
         outcomes = [exc] * len(pending)
-    for (task, result, staged, signal_key), done in zip(pending, outcomes, strict=True):
+    for result, done in zip(pending, outcomes, strict=True):
+        (staged, signal_key), result.staged = result.staged, None
         try:
             if isinstance(done, Exception):
                 raise done
             store.note_signal(signal_key, staged.key)
             result.checksums = done or store.checksums(staged.key)  # None: another writer published it first
         except OSError as exc:
-            _failed_io(result, task, exc)
+            _failed_io(result, exc)
         except Exception as exc:  # noqa: BLE001
             result.status = "failed"
-            result.reason = f"{task.edf.name}: unexpected error while storing it ({type(exc).__name__}: {exc})"
+            result.reason = (f"{Path(result.source_path).name}: unexpected error while storing it "
+                             f"({type(exc).__name__}: {exc})")
 
 
 def _retry_next_run(result: Prepared) -> None:
