@@ -37,6 +37,7 @@ from sqlalchemy import exc as sa_exc
 
 import eegcache.ops.ingest as ingest_mod
 import eegcache.ops.register as register_mod
+import eegcache.store.base
 import eegcache.store.layout
 from eegcache.index.db import open_index
 from eegcache.ops.gc import gc
@@ -203,8 +204,15 @@ def file_write(setattr_: Callable, key: str, nth: int, code: int = errno.ENOSPC)
 
 
 def fsync_fails(setattr_: Callable, key: str, nth: int, code: int = errno.EIO) -> Fault:
-    """The nth fsync of a file or folder of the target object's staging folder fails."""
-    fault, original = Fault(), os.fsync
+    """The nth fsync of a file or folder of the target object's staging folder fails; while the target is staged,
+    the flush of its batch (syncfs) reports the error too, so the store fsyncs each file to find the culprit."""
+    fault, original, flush = Fault(), os.fsync, eegcache.store.base.flush_filesystem
+
+    def flush_filesystem(path):
+        staged = Path(path).parent
+        if staged.name == "staging" and any(key in name for name in os.listdir(staged)):
+            raise os_error(code, path)
+        return flush(path)
 
     def fsync(fd):
         try:
@@ -216,6 +224,7 @@ def fsync_fails(setattr_: Callable, key: str, nth: int, code: int = errno.EIO) -
         return original(fd)
 
     setattr_(os, "fsync", fsync)
+    setattr_(eegcache.store.base, "flush_filesystem", flush_filesystem)
     return fault
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from eegcache.ops import prepare as prepare_mod
 from eegcache.store import LocalObjectStore, fsync_all
+from eegcache.store import base as base_mod
 
 
 def _tree(root: Path) -> set[str]:
@@ -94,13 +95,20 @@ def _staged_batch(store: LocalObjectStore, n: int) -> list:
                         (rng.random(5000) > 0.7).astype(np.uint8), {"i": i}) for i in range(n)]
 
 
-def test_a_batch_is_durable_before_any_of_it_is_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``publish`` of several staged objects: every file and folder of every one is fsynced before the first
-    rename into objects/, and every objects/<k[:2]> folder a rename changed is fsynced before it returns."""
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync each"])
+def test_a_batch_is_durable_before_any_of_it_is_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          syncfs: bool) -> None:
+    """``publish`` of several staged objects flushes them before the first rename into objects/ and flushes the
+    renames before it returns: with one syncfs of the filesystem each time (Linux), or, where there is none,
+    with an fsync of every file and folder of every object, then of every objects/<k[:2]> folder."""
+    if syncfs and base_mod._libc() is None:
+        pytest.skip("no syncfs in this C library")
+    if not syncfs:
+        monkeypatch.setattr(base_mod, "_libc", lambda: None)
     store = LocalObjectStore(tmp_path)
     staged = _staged_batch(store, 4)
     files = {str(s.folder / c.path) for s in staged for c in s.checksums}
-    events, real_fsync, real_rename = [], os.fsync, os.rename
+    events, real_fsync, real_rename, real_flush = [], os.fsync, os.rename, base_mod.flush_filesystem
     lock = threading.Lock()
 
     def fsync(fd: int) -> None:
@@ -113,36 +121,64 @@ def test_a_batch_is_durable_before_any_of_it_is_published(tmp_path: Path, monkey
             events.append(("rename", str(a)))
         real_rename(a, b)
 
+    def flush(path) -> bool:
+        done = real_flush(path)
+        events.append(("syncfs" if done else "no syncfs", str(path)))
+        return done
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(base_mod, "flush_filesystem", flush)
     done = store.publish(staged)
     assert done == [s.checksums for s in staged]
-    first_rename = next(i for i, (what, _) in enumerate(events) if what == "rename")
-    before = {path for what, path in events[:first_rename] if what == "fsync"}
-    assert files <= before and {str(s.folder) for s in staged} <= before
-    last_rename = max(i for i, (what, _) in enumerate(events) if what == "rename")
-    after = {path for what, path in events[last_rename:] if what == "fsync"}
-    assert {str(store.path(s.key).parent) for s in staged} <= after
+    renames = [i for i, (what, _) in enumerate(events) if what == "rename"]
+    before, after = events[:renames[0]], events[renames[-1]:]
+    if syncfs:
+        assert ("syncfs", str(staged[0].folder)) in before and any(what == "syncfs" for what, _ in after)
+        # one flush for the batch, not one per file (objects/ itself is fsynced when a new objects/<k[:2]> is made)
+        assert {path for what, path in events if what == "fsync"} <= {str(tmp_path / "objects")}
+    else:
+        flushed = {path for what, path in before if what == "fsync"}
+        assert files <= flushed and {str(s.folder) for s in staged} <= flushed
+        assert {str(store.path(s.key).parent) for s in staged} <= {p for what, p in after if what == "fsync"}
     assert all(store.exists(s.key) for s in staged) and not any(s.folder.exists() for s in staged)
 
 
-def test_one_object_that_cannot_be_made_durable_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An fsync error (EIO) on one file of one object of a batch: that object is not published and its staging
-    is removed; the others are published."""
+def test_syncfs_flushes_this_filesystem(tmp_path: Path) -> None:
+    """On Linux the batch flush is a real syncfs(2) call that succeeds on a writable filesystem."""
+    if base_mod._libc() is None:
+        pytest.skip("no syncfs in this C library")
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    assert base_mod.flush_filesystem(tmp_path) is True
+
+
+@pytest.mark.parametrize("bad_file", [True, False], ids=["one object's file", "elsewhere on the filesystem"])
+def test_a_failed_flush_fails_only_the_objects_that_cannot_be_made_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad_file: bool) -> None:
+    """The syncfs of a batch reports a write-back error (EIO): every file and folder is then fsynced on its own.
+    When one file of one object fails its fsync, that object is not published and its staging is removed, the
+    others are published; when the error was elsewhere on the filesystem (every fsync succeeds), all are."""
     store = LocalObjectStore(tmp_path)
     staged = _staged_batch(store, 3)
     bad, real = str(staged[1].folder / "signal" / "c.0.0"), os.fsync
 
+    def syncfs_error(path) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
     def fsync(fd: int) -> None:
-        if _where(fd) == bad:
+        if bad_file and _where(fd) == bad:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real(fd)
 
+    monkeypatch.setattr(base_mod, "flush_filesystem", syncfs_error)
     monkeypatch.setattr(os, "fsync", fsync)
     done = store.publish(staged)
-    assert isinstance(done[1], OSError) and done[1].errno == errno.EIO
-    assert done[0] == staged[0].checksums and done[2] == staged[2].checksums
-    assert [store.exists(s.key) for s in staged] == [True, False, True]
+    if bad_file:
+        assert isinstance(done[1], OSError) and done[1].errno == errno.EIO
+        assert done[0] == staged[0].checksums and done[2] == staged[2].checksums
+        assert [store.exists(s.key) for s in staged] == [True, False, True]
+    else:
+        assert done == [s.checksums for s in staged] and all(store.exists(s.key) for s in staged)
     assert not any(s.folder.exists() for s in staged)
 
 

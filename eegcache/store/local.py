@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eegcache.store.base import OBJECTS, SIGNALS, TRASH, ObjectStore, age, fsync_together
+from eegcache.store.base import OBJECTS, SIGNALS, TRASH, ObjectStore, age, make_durable
 from eegcache.store.layout import FileChecksum, folder_checksums, fsync_dir
 
 if TYPE_CHECKING:
@@ -52,9 +52,8 @@ class LocalObjectStore(ObjectStore):
         return True
 
     def _settle(self, keys: list[str]) -> dict[str, OSError]:
-        """fsync the objects/<k[:2]> folders the renames changed, together."""
-        parents = sorted({self.path(k).parent for k in keys})
-        errors = fsync_together([(p, p) for p in parents])
+        """Flush the objects/<k[:2]> folders the renames changed (``make_durable``)."""
+        errors = make_durable(sorted({self.path(k).parent for k in keys}), below=False)
         return {k: errors[self.path(k).parent] for k in keys if self.path(k).parent in errors}
 
     def checksums(self, key: str) -> list[FileChecksum]:
