@@ -283,8 +283,8 @@ IO_FAULTS = {
     # an object has at least 4 files: three zarr.json and the signal's shard (no label shard without a seizure)
     "object file write ENOSPC": IoKind(file_write, errno.ENOSPC, 4),
     "object file write EIO": IoKind(lambda s, k, n: file_write(s, k, n, errno.EIO), errno.EIO, 4),
-    "fsync EIO": IoKind(fsync_fails, errno.EIO, 8),
-    "fsync ENOSPC": IoKind(lambda s, k, n: fsync_fails(s, k, n, errno.ENOSPC), errno.ENOSPC, 8),
+    "fsync EIO": IoKind(fsync_fails, errno.EIO, 7),
+    "fsync ENOSPC": IoKind(lambda s, k, n: fsync_fails(s, k, n, errno.ENOSPC), errno.ENOSPC, 7),
     "rename ENOSPC": IoKind(rename_fails, errno.ENOSPC, 1),
     "rename EIO": IoKind(lambda s, k, n: rename_fails(s, k, n, errno.EIO), errno.EIO, 1),
     "folder fsync after rename EIO": IoKind(publish_then_eio, errno.EIO, 1),
