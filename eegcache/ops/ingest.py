@@ -1,9 +1,10 @@
-"""Ingest: EDF tree → preprocessed objects in the store → one index transaction per recording.
+"""Ingest: EDF tree → preprocessed objects in the store → one index transaction per batch of recordings.
 
 This module is the orchestration: ``plan`` the files that need work, claim them a few at a time (so that concurrent
-runs divide the work), have worker processes ``prepare`` them (``eegcache.ops.prepare``), and ``register`` each one in
-the parent, the only writer to the index (``eegcache.ops.register``). A kill at any moment leaves at most an
-unreferenced object or staging folder, which the next run reuses or ``gc`` removes.
+runs divide the work), have worker processes ``prepare`` them a batch at a time (``eegcache.ops.prepare``), publish
+each batch's objects and ``register`` the batch in the parent, the only writer to the index
+(``eegcache.ops.register``). A kill at any moment leaves at most an unreferenced object or staging folder, which
+the next run reuses or ``gc`` removes.
 """
 
 from __future__ import annotations

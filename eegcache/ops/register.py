@@ -1,4 +1,5 @@
-"""The index side of ingest: each prepared recording written in ONE transaction (``register``), and what keeps the
+"""The index side of ingest: each batch of prepared recordings written in ONE transaction (``register_many``; a
+recording alone: ``register``), and what keeps the
 index whole across recordings: which of byte-identical twins owns the windows, which sources are gone, window sets.
 
 Only the parent process writes the index. Also used outside ingest: ``reingest_recordings`` (repair) and
@@ -87,7 +88,7 @@ def register_many(engine: Engine, store: ObjectStore, target: Target, items: lis
     """Write prepared recordings in ONE transaction, each as ``register`` would (a later one sees the earlier ones'
     rows: twins among them are settled as in a serial run); all or none of them is recorded. Returns the statuses
     that were recorded. One transaction per batch instead of per recording: its BEGIN, COMMIT and connection
-    checkout were a third of the index's cost per short file (bench/RESULTS.md, 2026-12-04)."""
+    checkout are paid once per batch of short files."""
     now = datetime.now(UTC).replace(tzinfo=None)
     with writer(engine).begin() as conn:
         return [_register_in(conn, store, target, item, now) for item in items]

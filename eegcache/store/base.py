@@ -128,7 +128,7 @@ class ObjectStore(ABC):
         """Make the complete staging folder the object ``key``; False when another writer published it first."""
 
     def _settle(self, keys: list[str]) -> dict[str, OSError]:
-        """After ``_publish`` of a batch: make the publications durable (a local store fsyncs the folders the
+        """After ``_publish`` of a batch: make the publications durable (a local store flushes the folders the
         renames changed); the error of each key whose publication is not known durable."""
         return {}
 

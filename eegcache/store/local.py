@@ -7,8 +7,9 @@ Layout under the root::
     staging/<k>.<pid>.<random>/     objects being written; never read, removed by gc after a grace period
     trash/<k>.<pid>                 objects gc withdrew in its open transaction
 
-An object is written completely in ``staging/``, every file and folder is fsynced, and the folder is renamed into
-``objects/``: a folder in ``objects/`` is always complete; whether it is *referenced* is the index's business.
+An object is written completely in ``staging/``, made durable (``base.make_durable``: a syncfs of the filesystem, or
+an fsync of every file and folder), and the folder is renamed into ``objects/``: a folder in ``objects/`` is always
+complete; whether it is *referenced* is the index's business.
 """
 
 from __future__ import annotations
