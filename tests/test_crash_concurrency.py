@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -121,6 +122,10 @@ def _assert_final(cache: Path, ref: Reference) -> None:
 
 
 def _kill_and_rerun(ref: Reference, cache: Path, kills: int, seed: int, extra: tuple[str, ...] = ()) -> int:
+    """Start ingests and kill each at a random moment of an uninterrupted run's duration, checking the invariants
+    after each; a run that finished before its kill starts the next over on an empty cache (once the cache is
+    complete a run has nothing to do, and kills would no longer land on work). Then a rerun must give the
+    uninterrupted index. Returns how many kills landed on a running ingest."""
     rng = random.Random(seed)
     landed = 0
     for _ in range(kills):
@@ -130,10 +135,12 @@ def _kill_and_rerun(ref: Reference, cache: Path, kills: int, seed: int, extra: t
         except subprocess.TimeoutExpired:
             _kill(proc)
             landed += 1
+            _check_invariants(cache)
         else:
             _, err = _output(proc)
             assert "Traceback" not in err, err
-        _check_invariants(cache)
+            _check_invariants(cache)
+            shutil.rmtree(cache)
     final = _start(ref.root, cache, *extra)
     assert final.wait(timeout=300) == ref.rc, _output(final)
     _assert_final(cache, ref)
