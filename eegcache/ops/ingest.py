@@ -114,7 +114,7 @@ def ingest(
         bar = tqdm(total=len(edfs), initial=unchanged + len(failed_before), unit="file", disable=not progress,
                    desc="ingest")
         # A local store's objects are published here, in a thread, while the next batch is prepared: the wait for
-        # the disk (fsync) overlaps the workers' computing. Workers publish to a remote store themselves (uploads).
+        # the disk (the flush) overlaps the workers' computing. Workers publish to a remote store themselves.
         workers_publish = not isinstance(store, LocalObjectStore)
         with Claims(engine, claim_lease_s) as claims, \
                 ThreadPoolExecutor(1, thread_name_prefix="eegcache-publish") as publisher:
@@ -241,9 +241,9 @@ def _take(queue: deque, files: int, nbytes: int) -> list[Task]:
     return batch
 
 
-# A worker prepares a few files at a time and publishes their objects together (``prepare_batch``: one journal
-# commit for their fsyncs): up to this many, and only while they are small (short segments, where the commit is a
-# large part of a file's cost); a long recording goes alone, so workers still share a tree of long files evenly.
+# A worker prepares a few files at a time, whose objects are published together (``prepare_batch``: one flush of
+# the filesystem for the batch): up to this many, and only while they are small (short segments, where the flush is
+# a large part of a file's cost); a long recording goes alone, so workers still share a tree of long files evenly.
 PREPARE_BATCH_FILES = 8
 PREPARE_BATCH_BYTES = 8 << 20
 
