@@ -232,23 +232,21 @@ def prepare_batch(tasks: list[Task], publish: bool = True) -> list[Prepared]:
     hashed and parsed; the EDF is parsed from a private copy hashed while it was made. A source whose inode, size,
     mtime or ctime changed while it was prepared is prepared again (``CHANGE_ATTEMPTS`` in all), then failed.
 
-    The new objects are written in staging one by one and published together (``publish_prepared``): their fsyncs
-    cost one journal commit for the batch instead of one per object, the largest fixed cost of a short file. With
+    The new objects are written in staging one by one and published together (``publish_prepared``): one flush of
+    the filesystem for the batch instead of fsyncs per object, the largest fixed cost of a short file. With
     ``publish`` off they are left in staging (``Prepared.staged``) for the caller to publish: ingest's parent does,
     waiting for the disk while its workers compute."""
     results = []
     signals: dict = {}  # signal key -> (signal, its Prepared): staged, not yet published, reused by a later twin
     for task in tasks:
-        result, staged = _prepare_one(task, signals)
-        result.staged = staged
-        results.append(result)
+        results.append(_prepare_one(task, signals))
     if publish:
         publish_prepared(open_store(tasks[0].cache, tasks[0].store_url), results)
     return results
 
 
-def _prepare_one(task: Task, signals: dict) -> tuple[Prepared, tuple[Staged, str] | None]:
-    """One recording, its new object (if any) left in staging: (result, (staged object, signal key) or None)."""
+def _prepare_one(task: Task, signals: dict) -> Prepared:
+    """One recording, its new object (if any) left in staging (``Prepared.staged``)."""
     changed: SourceChanged | None = None
     for _attempt in range(CHANGE_ATTEMPTS):
         result = Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed",
@@ -257,7 +255,8 @@ def _prepare_one(task: Task, signals: dict) -> tuple[Prepared, tuple[Staged, str
         try:
             _prepare(task, result, staged, signals)
             result.status = "ingested"
-            return result, (staged[0] if staged else None)
+            result.staged = staged[0] if staged else None
+            return result
         except SourceChanged as exc:
             changed = exc
             # What the index knew of the file no longer holds: hash everything again.
@@ -279,12 +278,12 @@ def _prepare_one(task: Task, signals: dict) -> tuple[Prepared, tuple[Staged, str
             if result.status != "ingested":
                 for s, _ in staged:  # never to be published: what was staged from a failed or changed source
                     shutil.rmtree(s.folder, ignore_errors=True)
-        return result, None
+        return result
     assert changed is not None
     result = Prepared(source_path=path_text(task.edf), rel_path=task.rel_path, status="failed",
                       info=recording_info(task.layout, task.rel_path))
     result.reason = changed.reason(CHANGE_ATTEMPTS)
-    return result, None
+    return result
 
 
 def _failed_io(result: Prepared, exc: OSError) -> None:

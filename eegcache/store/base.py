@@ -214,9 +214,9 @@ def make_durable(folders: list[Path], below: bool = True) -> dict[Path, OSError]
     rename publishes durable data or a published rename survives a crash; the error of each folder that could not
     be flushed.
 
-    One syncfs where there is one: the fsyncs of a batch's ~8 files and folders per object cost ~6 ms of system
-    time per object here (each its own write-out and journal wait, even issued together), one syncfs of the batch
-    ~1 ms (bench/RESULTS.md, 2026-12-04). It flushes the whole filesystem, so where another process writes a lot
+    One syncfs where there is one: the fsyncs of ~8 files and folders per object, even issued together, cost ~3.5 ms
+    more per short file here than one syncfs per batch (each its own write-out, thread wake-up and journal wait;
+    bench/RESULTS.md, 2026-12-04). It flushes the whole filesystem, so where another process writes a lot
     to it, it waits for that data too (ingest calls it from a thread, while the next batch is prepared). Without
     syncfs, or when it reports an error, every file and folder is fsynced on its own (``fsync_many``), which says
     which folders failed: an error elsewhere on the filesystem fails none of them."""
